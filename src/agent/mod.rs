@@ -1,0 +1,579 @@
+//! `applianced agent`: the daemon on every appliance.
+//!
+//! Routes are parsed in [`routes`], answered here from the domain modules ([`store`],
+//! [`status`]), and turned into responses in [`response`]. One log event and one metric
+//! sample per request, with the client's identity.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http::{HeaderMap, Method, header};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::{Request, Response};
+use serde::Serialize;
+
+use crate::config::agent::{AgentConfig, TlsPaths};
+use crate::exit;
+use crate::fsutil::{ensure_dir, write_atomic};
+use crate::transport::server::Server;
+use crate::transport::tls::AllowList;
+use crate::transport::{App, ConnInfo, ServerLimits, TlsMaterial, TlsSettings};
+
+pub mod ids;
+pub mod metrics;
+pub mod response;
+pub mod routes;
+pub mod status;
+pub mod store;
+
+use ids::InstanceId;
+use metrics::AgentMetrics;
+use response::{AgentError, Reply};
+use routes::{Route, RouteError};
+use status::{Sampler, StatusCache};
+use store::{Daemon, InstanceStore, running_pid};
+
+/// API version reported by `GET /`.
+pub const API_VERSION: &str = "1.0";
+
+/// Loads the TLS material named by the configuration (finishing an interrupted
+/// certificate swap first).
+pub fn load_tls(config: &AgentConfig) -> Result<TlsMaterial, String> {
+    let paths = config.tls_paths();
+    finish_pending_swap(&paths);
+    TlsMaterial::load(&paths, tls_settings(config))
+}
+
+fn tls_settings(config: &AgentConfig) -> TlsSettings {
+    TlsSettings {
+        tls13_only: config.server.tls13_only,
+        allowed_clients: AllowList::new(&config.server.allowed_clients),
+    }
+}
+
+/// The agent: everything a request handler needs.
+pub struct Agent {
+    tls: Arc<ArcSwap<TlsMaterial>>,
+    tls_paths: TlsPaths,
+    store: InstanceStore,
+    status: Arc<StatusCache>,
+    metrics: Arc<AgentMetrics>,
+    appliance_id: String,
+    max_body_bytes: u64,
+    body_timeout: Duration,
+    certificate_lock: tokio::sync::Mutex<()>,
+}
+
+impl App for Agent {
+    async fn handle(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        conn: Arc<ConnInfo>,
+    ) -> Response<Full<Bytes>> {
+        let started = Instant::now();
+        let method = req.method().clone();
+        let path = req.uri().path().to_owned();
+        let wants_json = accepts_json(req.headers());
+        let route = routes::parse(&method, &path);
+        let label = route.as_ref().map(Route::label).unwrap_or("(unknown)");
+        let result = match route {
+            Ok(route) => self.dispatch(route, req).await,
+            Err(RouteError::Unknown) => Err(AgentError::UnknownRoute),
+            Err(RouteError::BadInstanceId(id)) => Err(AgentError::BadInstanceId(id)),
+        };
+        if let Err(AgentError::Internal(detail)) = &result {
+            tracing::error!(%method, %path, client = %conn.identity, error = %detail, "internal error");
+        }
+        let (mut response, code) = response::build(result, wants_json);
+        if method == Method::HEAD {
+            *response.body_mut() = Full::new(Bytes::new());
+        }
+        let elapsed = started.elapsed();
+        let status = response.status().as_u16();
+        self.metrics
+            .observe_request(label, status, elapsed.as_secs_f64());
+        tracing::info!(
+            client = conn.identity.name(),
+            client_serial = %conn.identity.serial,
+            peer = %conn.peer,
+            method = %method,
+            path = %path,
+            route = label,
+            status,
+            code,
+            duration_ms = elapsed.as_secs_f64() * 1000.0,
+            "request"
+        );
+        response
+    }
+}
+
+fn accepts_json(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.contains("application/json"))
+}
+
+#[derive(Serialize)]
+struct RootInfo<'a> {
+    api_version: &'a str,
+    agent_version: &'a str,
+    appliance_id: &'a str,
+}
+
+#[derive(Serialize)]
+struct ListenerInfo {
+    id: String,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    status: &'static str,
+    haproxy: &'static str,
+    stunnel: &'static str,
+}
+
+impl Agent {
+    async fn dispatch(&self, route: Route, req: Request<Incoming>) -> Result<Reply, AgentError> {
+        match route {
+            Route::Root => Ok(Reply::json(&RootInfo {
+                api_version: API_VERSION,
+                agent_version: env!("CARGO_PKG_VERSION"),
+                appliance_id: &self.appliance_id,
+            })),
+            Route::Status => Ok(Reply::Json(Bytes::clone(&self.status.load()))),
+            Route::Metrics => Ok(Reply::Raw {
+                content_type: "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                body: Bytes::from(self.metrics.encode()),
+            }),
+            Route::ServiceStatus => self.blocking(service_status).await,
+            Route::ListInstances { json: false } => self.blocking(list_instances).await,
+            Route::ListInstances { json: true } => self.blocking(|s| listeners(s, None)).await,
+            Route::GetInstance { id, json: false } => {
+                self.blocking(move |s| match s.has_files(&id)? {
+                    true => Ok(Reply::ok("")),
+                    false => Err(AgentError::NotFound),
+                })
+                .await
+            }
+            Route::GetInstance { id, json: true } => {
+                self.blocking(move |s| listeners(s, Some(id))).await
+            }
+            Route::PutAgentCertificate => {
+                let body = self.read_body(req).await?;
+                self.put_agent_certificate(body).await
+            }
+        }
+    }
+
+    /// Runs file-system work off the async workers.
+    async fn blocking<F>(&self, f: F) -> Result<Reply, AgentError>
+    where
+        F: FnOnce(&InstanceStore) -> Result<Reply, AgentError> + Send + 'static,
+    {
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || f(&store))
+            .await
+            .map_err(|e| AgentError::Internal(format!("worker failed: {e}")))?
+    }
+
+    /// Reads the body within the size and time limits; 413 before reading when the
+    /// declared length is already too large.
+    async fn read_body(&self, req: Request<Incoming>) -> Result<Bytes, AgentError> {
+        let limit = self.max_body_bytes;
+        let declared = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > limit) {
+            return Err(AgentError::PayloadTooLarge(limit));
+        }
+        let body = Limited::new(
+            req.into_body(),
+            usize::try_from(limit).unwrap_or(usize::MAX),
+        );
+        match tokio::time::timeout(self.body_timeout, body.collect()).await {
+            Err(_) => Err(AgentError::BodyTimeout),
+            Ok(Ok(collected)) => Ok(collected.to_bytes()),
+            Ok(Err(e))
+                if e.downcast_ref::<http_body_util::LengthLimitError>()
+                    .is_some() =>
+            {
+                Err(AgentError::PayloadTooLarge(limit))
+            }
+            Ok(Err(e)) => Err(AgentError::BadRequest {
+                code: "bad_body",
+                message: format!("Could not read the body: {e}"),
+            }),
+        }
+    }
+
+    async fn put_agent_certificate(&self, body: Bytes) -> Result<Reply, AgentError> {
+        // One swap at a time, so files and the live configuration always agree.
+        let _guard = self.certificate_lock.lock().await;
+        let current = self.tls.load_full();
+        let bundle = current.validate_server_bundle(&body)?;
+        let paths = self.tls_paths.clone();
+        let (cert_pem, key_pem) = (bundle.cert_pem.clone(), bundle.key_pem.clone());
+        tokio::task::spawn_blocking(move || write_certificate_pair(&paths, &cert_pem, &key_pem))
+            .await
+            .map_err(|e| AgentError::Internal(e.to_string()))??;
+        let info = bundle.material.server_cert.clone();
+        self.metrics.set_cert_expiry("agent", info.not_after);
+        self.tls.store(Arc::new(bundle.material));
+        tracing::info!(serial = %info.serial, cn = ?info.subject_cn, "agent certificate replaced");
+        Ok(Reply::created(format!(
+            "certificate {} serial {} valid until {}",
+            info.subject_cn.as_deref().unwrap_or("-"),
+            info.serial,
+            crate::certs::format_unix(info.not_after)
+        )))
+    }
+}
+
+fn list_instances(store: &InstanceStore) -> Result<Reply, AgentError> {
+    let ids = store.list()?;
+    let details: String = ids.iter().map(|id| format!("{id}\n")).collect();
+    Ok(Reply::Raw {
+        content_type: "text/plain; charset=utf-8",
+        body: Bytes::from(details),
+    })
+}
+
+fn daemon_state(store: &InstanceStore, id: &InstanceId, daemon: Daemon) -> DaemonState {
+    if !store.has_config(id, daemon) {
+        return DaemonState::Absent;
+    }
+    match running_pid(&store.pid_file(id, daemon), daemon.name()) {
+        Some(pid) => DaemonState::Running(pid),
+        None => DaemonState::Stopped,
+    }
+}
+
+fn instance_health(store: &InstanceStore, id: &InstanceId) -> (&'static str, [DaemonState; 2]) {
+    let states = Daemon::ALL.map(|d| daemon_state(store, id, d));
+    let configured = states.iter().filter(|s| **s != DaemonState::Absent).count();
+    let running = states
+        .iter()
+        .filter(|s| matches!(s, DaemonState::Running(_)))
+        .count();
+    let health = match (configured, running) {
+        (0, _) => "PENDING",
+        (c, r) if c == r => "OK",
+        (_, 0) => "DOWN",
+        _ => "DEGRADED",
+    };
+    (health, states)
+}
+
+fn service_status(store: &InstanceStore) -> Result<Reply, AgentError> {
+    let mut out = String::new();
+    for id in store.list()? {
+        let (health, states) = instance_health(store, &id);
+        out.push_str(&format!("{id:<52}{health}\n"));
+        for (daemon, state) in Daemon::ALL.iter().zip(states) {
+            match state {
+                DaemonState::Absent => {}
+                DaemonState::Stopped => out.push_str(&format!("  {:<17}stopped\n", daemon.name())),
+                DaemonState::Running(pid) => {
+                    out.push_str(&format!("  {:<17}running (pid {pid})\n", daemon.name()))
+                }
+            }
+        }
+    }
+    Ok(Reply::Raw {
+        content_type: "text/plain; charset=utf-8",
+        body: Bytes::from(out),
+    })
+}
+
+fn listeners(store: &InstanceStore, only: Option<InstanceId>) -> Result<Reply, AgentError> {
+    let only_one = only.is_some();
+    let ids = match only {
+        Some(id) if store.has_files(&id)? => vec![id],
+        Some(_) => return Err(AgentError::NotFound),
+        None => store.list()?,
+    };
+    let infos: Vec<ListenerInfo> = ids
+        .into_iter()
+        .map(|id| {
+            let (status, [haproxy, stunnel]) = instance_health(store, &id);
+            ListenerInfo {
+                kind: listener_type(store, &id),
+                status,
+                haproxy: haproxy.word(),
+                stunnel: stunnel.word(),
+                id: id.to_string(),
+            }
+        })
+        .collect();
+    // `/listeners` answers a list, `/listeners/:id` one object.
+    Ok(match (only_one, infos.as_slice()) {
+        (true, [one]) => Reply::json(one),
+        _ => Reply::json(&infos),
+    })
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DaemonState {
+    Absent,
+    Stopped,
+    Running(u32),
+}
+
+impl DaemonState {
+    fn word(self) -> &'static str {
+        match self {
+            DaemonState::Running(_) => "running",
+            DaemonState::Absent | DaemonState::Stopped => "stopped",
+        }
+    }
+}
+
+/// HTTPS when TLS is terminated (stunnel, or an haproxy `bind ... ssl`), else haproxy's mode.
+fn listener_type(store: &InstanceStore, id: &InstanceId) -> &'static str {
+    let haproxy =
+        std::fs::read_to_string(store.config_path(id, Daemon::Haproxy)).unwrap_or_default();
+    let terminates_tls = store.has_config(id, Daemon::Stunnel)
+        || haproxy.lines().any(|l| {
+            let l = l.trim();
+            l.starts_with("bind ") && l.split_whitespace().any(|w| w == "ssl")
+        });
+    let http = haproxy
+        .lines()
+        .any(|l| l.split_whitespace().collect::<Vec<_>>() == ["mode", "http"]);
+    match (terminates_tls, http, haproxy.is_empty()) {
+        (true, _, _) => "HTTPS",
+        (false, true, _) => "HTTP",
+        (false, false, false) => "TCP",
+        (false, false, true) => "UNKNOWN",
+    }
+}
+
+/// Writes a new certificate and key durably. Both are staged as `*.next` first and then
+/// renamed, key first; [`finish_pending_swap`] completes an interrupted swap at start-up.
+fn write_certificate_pair(
+    paths: &TlsPaths,
+    cert_pem: &str,
+    key_pem: &str,
+) -> Result<(), AgentError> {
+    let (cert_next, key_next) = (next_path(&paths.cert), next_path(&paths.key));
+    write_atomic(&key_next, key_pem.as_bytes(), 0o600)?;
+    write_atomic(&cert_next, cert_pem.as_bytes(), 0o644)?;
+    std::fs::rename(&key_next, &paths.key)?;
+    std::fs::rename(&cert_next, &paths.cert)?;
+    for p in [&paths.key, &paths.cert] {
+        if let Some(dir) = p.parent() {
+            crate::fsutil::sync_dir(dir)?;
+        }
+    }
+    Ok(())
+}
+
+fn next_path(p: &Path) -> std::path::PathBuf {
+    let mut s = p.as_os_str().to_owned();
+    s.push(".next");
+    s.into()
+}
+
+/// Rolls an interrupted certificate swap forward: a staged `*.next` file is complete
+/// (written atomically) and was validated before staging.
+fn finish_pending_swap(paths: &TlsPaths) {
+    for p in [&paths.key, &paths.cert] {
+        let next = next_path(p);
+        if next.is_file() {
+            match std::fs::rename(&next, p) {
+                Ok(()) => {
+                    tracing::warn!(file = %p.display(), "completed an interrupted certificate swap")
+                }
+                Err(e) => {
+                    tracing::error!(file = %p.display(), error = %e, "cannot complete an interrupted certificate swap")
+                }
+            }
+        }
+    }
+}
+
+/// Runs the agent until SIGTERM; returns the exit code.
+pub fn run(config: AgentConfig) -> i32 {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the async runtime");
+            return exit::FAILURE;
+        }
+    };
+    runtime.block_on(run_async(config))
+}
+
+async fn run_async(config: AgentConfig) -> i32 {
+    let material = match load_tls(&config) {
+        Ok(m) => m,
+        Err(e) => {
+            tracing::error!("cannot load TLS material: {e}");
+            return exit::TLS_MATERIAL;
+        }
+    };
+    for (dir, mode) in [(&config.state_dir, 0o750), (&config.run_dir, 0o750)] {
+        if let Err(e) =
+            ensure_dir(dir, mode).and_then(|_| ensure_dir(&dir.join("instances"), 0o750))
+        {
+            tracing::error!(dir = %dir.display(), error = %e, "cannot create directory");
+            return exit::FAILURE;
+        }
+    }
+    let mut listeners = Vec::new();
+    for addr in &config.server.listen {
+        match bind(*addr) {
+            Ok(l) => listeners.push(l),
+            Err(e) => {
+                tracing::error!(%addr, error = %e, "cannot listen");
+                return exit::BIND;
+            }
+        }
+    }
+
+    let metrics = Arc::new(AgentMetrics::new());
+    metrics.set_cert_expiry("agent", material.server_cert.not_after);
+    let appliance_id = config
+        .appliance_id
+        .clone()
+        .or_else(|| material.server_cert.subject_cn.clone())
+        .unwrap_or_else(|| {
+            nix::unistd::gethostname()
+                .map(|h| h.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        });
+    let tls = Arc::new(ArcSwap::from_pointee(material));
+    let store = InstanceStore::new(&config.state_dir, &config.run_dir);
+
+    let status_cache = Arc::new(StatusCache::from_pointee(Bytes::new()));
+    let mut sampler = {
+        let tls = tls.clone();
+        Sampler::new(
+            store.clone(),
+            config.state_dir.clone(),
+            Arc::new(move || tls.load().server_cert.not_after),
+        )
+    };
+    // The first snapshot exists before the first request can arrive.
+    let first = sampler.sample();
+    status_cache.store(Arc::new(Bytes::from(
+        serde_json::to_vec(&first).unwrap_or_default(),
+    )));
+    tokio::spawn(sampler.run(status_cache.clone(), config.status.interval.0));
+
+    let agent = Arc::new(Agent {
+        tls: tls.clone(),
+        tls_paths: config.tls_paths(),
+        store,
+        status: status_cache,
+        metrics: metrics.clone(),
+        appliance_id,
+        max_body_bytes: config.limits.max_body_bytes,
+        body_timeout: config.limits.body_timeout.0,
+        certificate_lock: tokio::sync::Mutex::new(()),
+    });
+    let limits = ServerLimits {
+        handshake_timeout: config.limits.handshake_timeout.0,
+        header_timeout: config.limits.header_timeout.0,
+        idle_timeout: config.limits.idle_timeout.0,
+        shutdown_timeout: config.limits.shutdown_timeout.0,
+        max_connections: config.limits.max_connections,
+        max_header_bytes: config.limits.max_header_bytes,
+    };
+    let addrs: Vec<String> = listeners
+        .iter()
+        .filter_map(|l| l.local_addr().ok())
+        .map(|a| a.to_string())
+        .collect();
+    let server = Server::start(
+        listeners,
+        tls.clone(),
+        limits,
+        metrics.transport.clone(),
+        agent,
+    );
+    tracing::info!(listen = ?addrs, version = env!("CARGO_PKG_VERSION"), "agent serving");
+    notify_ready();
+
+    let signals = wait_for_signals(&config, &tls, &metrics).await;
+    if let Err(e) = signals {
+        tracing::error!(error = %e, "cannot install signal handlers");
+        return exit::FAILURE;
+    }
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+    tracing::info!("shutting down: waiting for in-flight requests");
+    if server.shutdown().await {
+        tracing::info!("stopped");
+    } else {
+        tracing::warn!("stopped with connections still open at limits.shutdown_timeout");
+    }
+    exit::OK
+}
+
+fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(1024)
+}
+
+/// READY=1 once every listener is bound, and watchdog pings from the runtime.
+fn notify_ready() {
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+    if let Some(period) = sd_notify::watchdog_enabled() {
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(period / 2);
+            loop {
+                tick.tick().await;
+                let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
+            }
+        });
+    }
+}
+
+/// Handles SIGHUP (reload TLS material) until SIGTERM or SIGINT arrives.
+async fn wait_for_signals(
+    config: &AgentConfig,
+    tls: &Arc<ArcSwap<TlsMaterial>>,
+    metrics: &AgentMetrics,
+) -> std::io::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => return Ok(()),
+            _ = int.recv() => return Ok(()),
+            _ = hup.recv() => {
+                let _ = sd_notify::notify(&[sd_notify::NotifyState::Reloading]);
+                let cfg = config.clone();
+                match tokio::task::spawn_blocking(move || load_tls(&cfg)).await {
+                    Ok(Ok(material)) => {
+                        metrics.set_cert_expiry("agent", material.server_cert.not_after);
+                        tracing::info!(serial = %material.server_cert.serial, "SIGHUP: TLS material reloaded");
+                        tls.store(Arc::new(material));
+                    }
+                    Ok(Err(e)) => tracing::error!("SIGHUP: keeping the current TLS material: {e}"),
+                    Err(e) => tracing::error!("SIGHUP: reload failed: {e}"),
+                }
+                let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+            }
+        }
+    }
+}

@@ -1,0 +1,161 @@
+//! The command line: `applianced agent | pki | config check`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::agent::{self, AgentConfig, AgentOverrides};
+use crate::exit;
+use crate::pki::cli::PkiCommand;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "applianced",
+    version,
+    about = "Load-balancer appliance agent and controller"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the appliance agent (mutual-TLS API on the management address).
+    Agent(AgentArgs),
+    /// Certificate authority: init, issue, revoke, crl.
+    Pki {
+        #[command(subcommand)]
+        command: PkiCommand,
+    },
+    /// Configuration tools.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+struct AgentArgs {
+    /// Configuration file (TOML).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Address to listen on; repeatable; replaces server.listen.
+    #[arg(long)]
+    listen: Vec<SocketAddr>,
+    /// Server certificate chain (PEM).
+    #[arg(long)]
+    cert: Option<PathBuf>,
+    /// Server private key (PEM).
+    #[arg(long)]
+    key: Option<PathBuf>,
+    /// CA bundle client certificates must chain to.
+    #[arg(long)]
+    client_ca: Option<PathBuf>,
+    /// CRL file; repeatable; replaces server.crl.
+    #[arg(long)]
+    crl: Vec<PathBuf>,
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+    #[arg(long)]
+    run_dir: Option<PathBuf>,
+}
+
+impl AgentArgs {
+    fn split(self) -> (Option<PathBuf>, AgentOverrides) {
+        (
+            self.config,
+            AgentOverrides {
+                listen: self.listen,
+                cert: self.cert,
+                key: self.key,
+                client_ca: self.client_ca,
+                crl: self.crl,
+                state_dir: self.state_dir,
+                run_dir: self.run_dir,
+            },
+        )
+    }
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Parse and validate a configuration, load its certificates; exit non-zero on any problem.
+    Check {
+        #[arg(
+            long,
+            conflicts_with = "controller",
+            required_unless_present = "controller"
+        )]
+        agent: Option<PathBuf>,
+        #[arg(long)]
+        controller: Option<PathBuf>,
+    },
+}
+
+/// Runs the command line and returns the process exit code.
+pub fn main() -> i32 {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Agent(args) => {
+            let (path, overrides) = args.split();
+            let explicit = path.is_some();
+            let path = path.unwrap_or_else(|| PathBuf::from(agent::DEFAULT_PATH));
+            let config = match AgentConfig::load(&path, explicit, overrides) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("applianced: invalid configuration:\n{e}");
+                    return exit::CONFIG;
+                }
+            };
+            crate::logging::init(config.log_level.as_deref());
+            crate::agent::run(config)
+        }
+        Command::Pki { command } => match crate::pki::cli::run(command) {
+            Ok(()) => exit::OK,
+            Err(e) => {
+                eprintln!("applianced pki: {e}");
+                exit::FAILURE
+            }
+        },
+        Command::Config {
+            command: ConfigCommand::Check { agent, controller },
+        } => match (agent, controller) {
+            (Some(path), _) => check_agent(&path),
+            (None, Some(path)) => {
+                eprintln!(
+                    "{}: the controller configuration is not supported by this build",
+                    path.display()
+                );
+                exit::CONFIG
+            }
+            (None, None) => exit::CONFIG,
+        },
+    }
+}
+
+fn check_agent(path: &std::path::Path) -> i32 {
+    let config = match AgentConfig::load(path, true, AgentOverrides::default()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return exit::CONFIG;
+        }
+    };
+    match crate::agent::load_tls(&config) {
+        Ok(material) => {
+            println!(
+                "{}: OK (certificate {:?} valid until {})",
+                path.display(),
+                material.server_cert.subject_cn.as_deref().unwrap_or("-"),
+                crate::certs::format_unix(material.server_cert.not_after)
+            );
+            exit::OK
+        }
+        Err(e) => {
+            eprintln!("{}: server: {e}", path.display());
+            exit::TLS_MATERIAL
+        }
+    }
+}

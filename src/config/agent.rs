@@ -1,0 +1,362 @@
+//! The agent's configuration (`/etc/applianced/agent.toml`). Every key is documented in
+//! `packaging/agent.toml`; command-line flags override the main ones.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use super::{ConfigError, HumanDuration, Problem};
+
+pub const DEFAULT_PATH: &str = "/etc/applianced/agent.toml";
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    /// This appliance's id, reported by `GET /`. Default: the CN of the agent certificate.
+    #[serde(default)]
+    pub appliance_id: Option<String>,
+    /// The management address substituted for `{MYIP}`. Default: the first listen address
+    /// that is not a wildcard.
+    #[serde(default)]
+    pub management_address: Option<IpAddr>,
+    #[serde(default = "default_state_dir")]
+    pub state_dir: PathBuf,
+    #[serde(default = "default_run_dir")]
+    pub run_dir: PathBuf,
+    /// `error`, `warn`, `info`, `debug`, `trace` or a tracing filter; `RUST_LOG` wins.
+    #[serde(default)]
+    pub log_level: Option<String>,
+    #[serde(default)]
+    pub server: ServerSection,
+    #[serde(default)]
+    pub limits: Limits,
+    #[serde(default)]
+    pub status: StatusSection,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSection {
+    /// Addresses to bind (the management addresses, never the load-balanced ones).
+    #[serde(default)]
+    pub listen: Vec<SocketAddr>,
+    /// The agent's certificate chain (leaf first), PEM.
+    pub cert: Option<PathBuf>,
+    /// The agent's private key, PEM, unencrypted.
+    pub key: Option<PathBuf>,
+    /// CA bundle that client certificates must chain to.
+    pub client_ca: Option<PathBuf>,
+    /// CA bundle a new agent certificate (`PUT /certificate`) must chain to.
+    /// Default: `client_ca`.
+    #[serde(default)]
+    pub server_ca: Option<PathBuf>,
+    /// CRL files (PEM or DER); a client certificate listed in any is refused.
+    #[serde(default)]
+    pub crl: Vec<PathBuf>,
+    /// Refuse TLS 1.2.
+    #[serde(default)]
+    pub tls13_only: bool,
+    /// When not empty, only clients whose certificate CN or a DNS SAN matches one of
+    /// these patterns (`*` matches any run of characters) may connect.
+    #[serde(default)]
+    pub allowed_clients: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    pub handshake_timeout: HumanDuration,
+    pub header_timeout: HumanDuration,
+    pub idle_timeout: HumanDuration,
+    /// Time allowed to receive a request body.
+    pub body_timeout: HumanDuration,
+    /// Time in-flight requests get to finish after SIGTERM.
+    pub shutdown_timeout: HumanDuration,
+    pub max_connections: usize,
+    pub max_body_bytes: u64,
+    pub max_header_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            handshake_timeout: HumanDuration::secs(10),
+            header_timeout: HumanDuration::secs(10),
+            idle_timeout: HumanDuration::secs(60),
+            body_timeout: HumanDuration::secs(60),
+            shutdown_timeout: HumanDuration::secs(30),
+            max_connections: 1024,
+            max_body_bytes: 1024 * 1024,
+            max_header_bytes: 16 * 1024,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StatusSection {
+    /// How often the background sampler refreshes `/status`.
+    pub interval: HumanDuration,
+}
+
+impl Default for StatusSection {
+    fn default() -> Self {
+        StatusSection {
+            interval: HumanDuration::secs(5),
+        }
+    }
+}
+
+fn default_state_dir() -> PathBuf {
+    PathBuf::from("/var/lib/applianced")
+}
+
+fn default_run_dir() -> PathBuf {
+    PathBuf::from("/run/applianced")
+}
+
+/// Command-line overrides of the configuration file.
+#[derive(Debug, Default, Clone)]
+pub struct AgentOverrides {
+    pub listen: Vec<SocketAddr>,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    pub client_ca: Option<PathBuf>,
+    pub crl: Vec<PathBuf>,
+    pub state_dir: Option<PathBuf>,
+    pub run_dir: Option<PathBuf>,
+}
+
+/// TLS file paths once validated as present.
+#[derive(Debug, Clone)]
+pub struct TlsPaths {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub client_ca: PathBuf,
+    pub server_ca: PathBuf,
+    pub crls: Vec<PathBuf>,
+}
+
+impl AgentConfig {
+    /// Loads the configuration: the file at `path` (a missing default file is allowed
+    /// when `explicit` is false), then the overrides, then validation.
+    pub fn load(
+        path: &Path,
+        explicit: bool,
+        overrides: AgentOverrides,
+    ) -> Result<AgentConfig, ConfigError> {
+        let from_file = explicit || path.exists();
+        let mut config: AgentConfig = if from_file {
+            super::read_toml(path)?
+        } else {
+            super::parse_toml("").map_err(|(k, m)| ConfigError::one(None, &k, m))?
+        };
+        config.apply(overrides);
+        config.validate().map_err(|problems| ConfigError {
+            file: from_file.then(|| path.display().to_string()),
+            problems,
+        })?;
+        Ok(config)
+    }
+
+    fn apply(&mut self, o: AgentOverrides) {
+        if !o.listen.is_empty() {
+            self.server.listen = o.listen;
+        }
+        if !o.crl.is_empty() {
+            self.server.crl = o.crl;
+        }
+        macro_rules! set {
+            ($field:expr, $value:expr) => {
+                if let Some(v) = $value {
+                    $field = v.into();
+                }
+            };
+        }
+        set!(self.server.cert, o.cert.map(Some));
+        set!(self.server.key, o.key.map(Some));
+        set!(self.server.client_ca, o.client_ca.map(Some));
+        set!(self.state_dir, o.state_dir);
+        set!(self.run_dir, o.run_dir);
+    }
+
+    /// Every problem of the configuration, each with its key.
+    pub fn validate(&self) -> Result<(), Vec<Problem>> {
+        let mut problems = Vec::new();
+        let mut problem = |key: &str, message: String| {
+            problems.push(Problem {
+                key: key.into(),
+                message,
+            })
+        };
+        if self.server.listen.is_empty() {
+            problem(
+                "server.listen",
+                "at least one address to listen on is required".into(),
+            );
+        }
+        let files = [
+            ("server.cert", self.server.cert.as_ref()),
+            ("server.key", self.server.key.as_ref()),
+            ("server.client_ca", self.server.client_ca.as_ref()),
+        ];
+        for (key, value) in files {
+            match value {
+                None => problem(key, "required".into()),
+                Some(p) => {
+                    if let Err(e) = std::fs::metadata(p) {
+                        problem(key, format!("{}: {e}", p.display()));
+                    }
+                }
+            }
+        }
+        if let Some(p) = &self.server.server_ca
+            && let Err(e) = std::fs::metadata(p)
+        {
+            problem("server.server_ca", format!("{}: {e}", p.display()));
+        }
+        for p in &self.server.crl {
+            if let Err(e) = std::fs::metadata(p) {
+                problem("server.crl", format!("{}: {e}", p.display()));
+            }
+        }
+        for pattern in &self.server.allowed_clients {
+            if pattern.trim().is_empty() {
+                problem("server.allowed_clients", "empty pattern".into());
+            }
+        }
+        for (key, dir) in [("state_dir", &self.state_dir), ("run_dir", &self.run_dir)] {
+            if !dir.is_absolute() {
+                problem(key, format!("{}: must be an absolute path", dir.display()));
+            }
+        }
+        let l = &self.limits;
+        for (key, d) in [
+            ("limits.handshake_timeout", l.handshake_timeout),
+            ("limits.header_timeout", l.header_timeout),
+            ("limits.idle_timeout", l.idle_timeout),
+            ("limits.body_timeout", l.body_timeout),
+            ("status.interval", self.status.interval),
+        ] {
+            if d.0.is_zero() {
+                problem(key, "must be greater than zero".into());
+            }
+        }
+        if l.max_connections == 0 {
+            problem("limits.max_connections", "must be at least 1".into());
+        }
+        if l.max_body_bytes < 1024 {
+            problem(
+                "limits.max_body_bytes",
+                format!("{} is below the minimum of 1024", l.max_body_bytes),
+            );
+        }
+        if l.max_header_bytes < 1024 {
+            problem(
+                "limits.max_header_bytes",
+                format!("{} is below the minimum of 1024", l.max_header_bytes),
+            );
+        }
+        if let Some(level) = &self.log_level
+            && tracing_subscriber::EnvFilter::try_new(level).is_err()
+        {
+            problem(
+                "log_level",
+                format!("{level:?} is not a log level or filter"),
+            );
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems)
+        }
+    }
+
+    /// The TLS file paths; valid after [`AgentConfig::validate`].
+    pub fn tls_paths(&self) -> TlsPaths {
+        let s = &self.server;
+        let client_ca = s.client_ca.clone().unwrap_or_default();
+        TlsPaths {
+            cert: s.cert.clone().unwrap_or_default(),
+            key: s.key.clone().unwrap_or_default(),
+            server_ca: s.server_ca.clone().unwrap_or_else(|| client_ca.clone()),
+            client_ca,
+            crls: s.crl.clone(),
+        }
+    }
+
+    /// The address `{MYIP}` stands for.
+    pub fn management_ip(&self) -> Option<IpAddr> {
+        self.management_address.or_else(|| {
+            self.server
+                .listen
+                .iter()
+                .map(|a| a.ip())
+                .find(|ip| !ip.is_unspecified())
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn base(dir: &Path) -> String {
+        for f in ["c.crt", "c.key", "ca.crt"] {
+            std::fs::write(dir.join(f), "x").unwrap();
+        }
+        format!(
+            "state_dir = \"{d}/state\"\nrun_dir = \"{d}/run\"\n[server]\nlisten = [\"127.0.0.1:8443\"]\ncert = \"{d}/c.crt\"\nkey = \"{d}/c.key\"\nclient_ca = \"{d}/ca.crt\"\n",
+            d = dir.display()
+        )
+    }
+
+    #[test]
+    fn loads_and_overrides() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.toml");
+        std::fs::write(
+            &path,
+            base(dir.path()) + "[limits]\nidle_timeout = \"2s\"\n",
+        )
+        .unwrap();
+        let o = AgentOverrides {
+            listen: vec!["127.0.0.2:9443".parse().unwrap()],
+            ..Default::default()
+        };
+        let c = AgentConfig::load(&path, true, o).unwrap();
+        assert_eq!(c.server.listen, vec!["127.0.0.2:9443".parse().unwrap()]);
+        assert_eq!(c.limits.idle_timeout.0, std::time::Duration::from_secs(2));
+        assert_eq!(c.limits.max_connections, 1024);
+        assert_eq!(c.management_ip(), Some("127.0.0.2".parse().unwrap()));
+        assert_eq!(c.tls_paths().server_ca, dir.path().join("ca.crt"));
+    }
+
+    #[test]
+    fn rejects_unknown_keys_and_reports_every_problem() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.toml");
+        std::fs::write(&path, base(dir.path()) + "[limits]\nmax_conections = 5\n").unwrap();
+        let err = AgentConfig::load(&path, true, AgentOverrides::default()).unwrap_err();
+        assert!(err.to_string().contains("max_conections"), "{err}");
+
+        std::fs::write(
+            &path,
+            "state_dir = \"relative\"\n[limits]\nmax_connections = 0\n",
+        )
+        .unwrap();
+        let err = AgentConfig::load(&path, true, AgentOverrides::default()).unwrap_err();
+        let keys: Vec<_> = err.problems.iter().map(|p| p.key.as_str()).collect();
+        for k in [
+            "server.listen",
+            "server.cert",
+            "server.key",
+            "server.client_ca",
+            "state_dir",
+            "limits.max_connections",
+        ] {
+            assert!(keys.contains(&k), "{k} missing from {keys:?}");
+        }
+    }
+}

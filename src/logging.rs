@@ -1,0 +1,31 @@
+//! Logging: to journald (structured fields) when systemd started us, to stderr otherwise.
+//! The level comes from `RUST_LOG` when set, else from the configuration, else `info`.
+
+use tracing_subscriber::EnvFilter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+
+/// Installs the global subscriber. Safe to call more than once (later calls do nothing).
+pub fn init(config_level: Option<&str>) {
+    let filter = std::env::var("RUST_LOG")
+        .ok()
+        .and_then(|v| EnvFilter::try_new(v).ok())
+        .or_else(|| config_level.and_then(|l| EnvFilter::try_new(l).ok()))
+        .unwrap_or_else(|| EnvFilter::new("info"));
+    // systemd sets JOURNAL_STREAM when stdout/stderr go to the journal.
+    if std::env::var_os("JOURNAL_STREAM").is_some()
+        && let Ok(journald) = tracing_journald::layer()
+    {
+        let _ = tracing_subscriber::registry()
+            .with(filter)
+            .with(journald)
+            .try_init();
+        return;
+    }
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
+}

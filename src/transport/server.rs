@@ -1,0 +1,400 @@
+//! The HTTPS server loop: accept with a connection cap, TLS handshake under a timeout,
+//! HTTP/1.1 and HTTP/2 with header and idle timeouts, graceful shutdown.
+//!
+//! Each connection loads the TLS configuration current at accept time, so certificate
+//! swaps reach new connections at once and never disturb open ones.
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, watch};
+use tokio_rustls::TlsAcceptor;
+
+use super::tls::{ClientIdentity, TlsMaterial, handshake_failure_reason};
+
+/// What the application learns about the connection a request came on.
+#[derive(Debug)]
+pub struct ConnInfo {
+    pub peer: SocketAddr,
+    pub identity: ClientIdentity,
+}
+
+/// The application behind the transport.
+pub trait App: Send + Sync + 'static {
+    fn handle(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        conn: Arc<ConnInfo>,
+    ) -> impl Future<Output = Response<Full<Bytes>>> + Send;
+}
+
+/// Connection-level limits.
+#[derive(Debug, Clone)]
+pub struct ServerLimits {
+    pub handshake_timeout: Duration,
+    pub header_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub shutdown_timeout: Duration,
+    pub max_connections: usize,
+    pub max_header_bytes: usize,
+}
+
+/// Counters the transport keeps.
+#[derive(Clone, Default)]
+pub struct TransportMetrics {
+    pub handshake_failures: Family<Vec<(String, String)>, Counter>,
+    pub connections_refused: Counter,
+    pub connections_active: Gauge,
+    pub connections_total: Counter,
+}
+
+impl TransportMetrics {
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "applianced_tls_handshake_failures",
+            "TLS handshakes that failed, by reason",
+            self.handshake_failures.clone(),
+        );
+        registry.register(
+            "applianced_connections_refused",
+            "Connections closed at once because max_connections was reached",
+            self.connections_refused.clone(),
+        );
+        registry.register(
+            "applianced_connections_active",
+            "Connections currently open",
+            self.connections_active.clone(),
+        );
+        registry.register(
+            "applianced_connections",
+            "Connections that completed the TLS handshake",
+            self.connections_total.clone(),
+        );
+    }
+}
+
+/// A running server; `shutdown` stops accepting and drains the connections.
+pub struct Server {
+    shutdown: watch::Sender<bool>,
+    permits: Arc<Semaphore>,
+    limits: ServerLimits,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Server {
+    /// Serves `app` on every listener until [`Server::shutdown`].
+    pub fn start<A: App>(
+        listeners: Vec<TcpListener>,
+        tls: Arc<ArcSwap<TlsMaterial>>,
+        limits: ServerLimits,
+        metrics: TransportMetrics,
+        app: Arc<A>,
+    ) -> Server {
+        let (shutdown, _) = watch::channel(false);
+        let permits = Arc::new(Semaphore::new(limits.max_connections));
+        let http = Arc::new(http_builder(&limits));
+        let tasks = listeners
+            .into_iter()
+            .map(|listener| {
+                let ctx = AcceptContext {
+                    tls: tls.clone(),
+                    limits: limits.clone(),
+                    metrics: metrics.clone(),
+                    permits: permits.clone(),
+                    http: http.clone(),
+                    shutdown: shutdown.subscribe(),
+                };
+                tokio::spawn(accept_loop(listener, ctx, app.clone()))
+            })
+            .collect();
+        Server {
+            shutdown,
+            permits,
+            limits,
+            tasks,
+        }
+    }
+
+    /// Stops accepting, lets in-flight requests finish (up to the shutdown timeout),
+    /// then returns. Returns false when connections were still open at the deadline.
+    pub async fn shutdown(self) -> bool {
+        let _ = self.shutdown.send(true);
+        for t in &self.tasks {
+            t.abort();
+        }
+        let all = u32::try_from(self.limits.max_connections).unwrap_or(u32::MAX);
+        tokio::time::timeout(self.limits.shutdown_timeout, self.permits.acquire_many(all))
+            .await
+            .is_ok()
+    }
+}
+
+fn http_builder(limits: &ServerLimits) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
+        .keep_alive(true)
+        .max_buf_size(limits.max_header_bytes.max(8192));
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(128)
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+        .keep_alive_interval(Some(limits.idle_timeout / 2))
+        .keep_alive_timeout(limits.header_timeout);
+    builder
+}
+
+struct AcceptContext {
+    tls: Arc<ArcSwap<TlsMaterial>>,
+    limits: ServerLimits,
+    metrics: TransportMetrics,
+    permits: Arc<Semaphore>,
+    http: Arc<auto::Builder<TokioExecutor>>,
+    shutdown: watch::Receiver<bool>,
+}
+
+async fn accept_loop<A: App>(listener: TcpListener, ctx: AcceptContext, app: Arc<A>) {
+    let ctx = Arc::new(ctx);
+    loop {
+        let (tcp, peer) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = ctx.permits.clone().try_acquire_owned() else {
+            ctx.metrics.connections_refused.inc();
+            tracing::warn!(%peer, limit = ctx.limits.max_connections, "connection refused: limits.max_connections reached");
+            drop(tcp);
+            continue;
+        };
+        let _ = tcp.set_nodelay(true);
+        let ctx = ctx.clone();
+        let app = app.clone();
+        tokio::spawn(async move {
+            ctx.metrics.connections_active.inc();
+            serve_connection(tcp, peer, &ctx, app).await;
+            ctx.metrics.connections_active.dec();
+            drop(permit);
+        });
+    }
+}
+
+async fn serve_connection<A: App>(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    ctx: &AcceptContext,
+    app: Arc<A>,
+) {
+    let acceptor = TlsAcceptor::from(ctx.tls.load().config.clone());
+    let tls = match tokio::time::timeout(ctx.limits.handshake_timeout, acceptor.accept(tcp)).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
+            let reason = handshake_failure_reason(&e);
+            record_handshake_failure(ctx, reason);
+            tracing::info!(%peer, reason, error = %e, "TLS handshake refused");
+            return;
+        }
+        Err(_) => {
+            record_handshake_failure(ctx, "timeout");
+            tracing::info!(%peer, "TLS handshake timed out");
+            return;
+        }
+    };
+    let Some(identity) = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .and_then(ClientIdentity::from_cert)
+    else {
+        // The verifier requires a certificate, so this is unreachable in practice.
+        record_handshake_failure(ctx, "no_certificate");
+        return;
+    };
+    ctx.metrics.connections_total.inc();
+    let conn = Arc::new(ConnInfo { peer, identity });
+    let activity = Activity::new();
+    let io = TokioIo::new(ActivityIo {
+        inner: tls,
+        activity: activity.clone(),
+    });
+    let service = {
+        let activity = activity.clone();
+        hyper::service::service_fn(move |req| {
+            let app = app.clone();
+            let conn = conn.clone();
+            let guard = activity.begin_request();
+            async move {
+                let response = app.handle(req, conn).await;
+                drop(guard);
+                Ok::<_, std::convert::Infallible>(response)
+            }
+        })
+    };
+    let connection = ctx.http.serve_connection(io, service);
+    tokio::pin!(connection);
+    let mut shutdown = ctx.shutdown.clone();
+    let mut tick = tokio::time::interval(ctx.limits.idle_timeout / 4 + Duration::from_millis(1));
+    let mut closing = false;
+    loop {
+        tokio::select! {
+            result = connection.as_mut() => {
+                if let Err(e) = result {
+                    tracing::debug!(%peer, error = %e, "connection ended with an error");
+                }
+                return;
+            }
+            _ = shutdown.changed(), if !closing => {
+                closing = true;
+                connection.as_mut().graceful_shutdown();
+            }
+            _ = tick.tick(), if !closing => {
+                if activity.idle_for() >= ctx.limits.idle_timeout {
+                    tracing::debug!(%peer, "closing idle connection");
+                    closing = true;
+                    connection.as_mut().graceful_shutdown();
+                }
+            }
+        }
+    }
+}
+
+fn record_handshake_failure(ctx: &AcceptContext, reason: &str) {
+    ctx.metrics
+        .handshake_failures
+        .get_or_create(&vec![("reason".to_string(), reason.to_string())])
+        .inc();
+}
+
+/// When the connection last moved a byte, and how many requests are in flight.
+#[derive(Clone)]
+struct Activity(Arc<ActivityState>);
+
+struct ActivityState {
+    start: Instant,
+    last_ms: AtomicU64,
+    in_flight: AtomicUsize,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Activity(Arc::new(ActivityState {
+            start: Instant::now(),
+            last_ms: AtomicU64::new(0),
+            in_flight: AtomicUsize::new(0),
+        }))
+    }
+
+    fn touch(&self) {
+        let ms = u64::try_from(self.0.start.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.0.last_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// Zero while a request is being handled: a slow handler is not an idle client.
+    fn idle_for(&self) -> Duration {
+        if self.0.in_flight.load(Ordering::Relaxed) > 0 {
+            return Duration::ZERO;
+        }
+        let last = Duration::from_millis(self.0.last_ms.load(Ordering::Relaxed));
+        self.0.start.elapsed().saturating_sub(last)
+    }
+
+    fn begin_request(&self) -> RequestGuard {
+        self.0.in_flight.fetch_add(1, Ordering::Relaxed);
+        RequestGuard(self.clone())
+    }
+}
+
+struct RequestGuard(Activity);
+
+impl Drop for RequestGuard {
+    fn drop(&mut self) {
+        self.0.touch();
+        self.0.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// An I/O stream that records activity for the idle timeout.
+struct ActivityIo<T> {
+    inner: T,
+    activity: Activity,
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for ActivityIo<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let result = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.activity.touch();
+        }
+        result
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for ActivityIo<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let result = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if matches!(result, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.touch();
+        }
+        result
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let result = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if matches!(result, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.touch();
+        }
+        result
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
