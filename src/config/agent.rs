@@ -360,3 +360,16 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod shipped_example {
+    /// The commented example shipped in the package parses with every key it documents.
+    #[test]
+    fn packaging_example_parses() {
+        let text = include_str!("../../packaging/agent.toml");
+        let config: super::AgentConfig = super::super::parse_toml(text).unwrap();
+        assert_eq!(config.server.listen.len(), 1);
+        assert_eq!(config.limits.max_body_bytes, super::Limits::default().max_body_bytes);
+        assert_eq!(config.limits.idle_timeout, super::Limits::default().idle_timeout);
+    }
+}

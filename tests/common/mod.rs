@@ -1,0 +1,387 @@
+//! Black-box test harness: certificates made by the real `applianced pki`, the real
+//! agent binary on a loopback port, and a rustls + hyper client speaking real mTLS.
+#![allow(dead_code)]
+
+use std::error::Error as StdError;
+use std::net::{SocketAddr, TcpListener as StdListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
+use rustls::pki_types::ServerName;
+use rustls::{AlertDescription, ClientConfig, RootCertStore};
+use tempfile::TempDir;
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_applianced")
+}
+
+/// Runs the binary and panics with its output unless it succeeds.
+pub fn run_ok(args: &[&str]) -> String {
+    let out = Command::new(bin()).args(args).output().expect("run applianced");
+    assert!(
+        out.status.success(),
+        "applianced {args:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A test PKI: a CA made by `applianced pki init` in a temporary directory.
+pub struct Pki {
+    pub root: TempDir,
+}
+
+impl Pki {
+    pub fn new() -> Pki {
+        Pki::named("Test CA")
+    }
+
+    pub fn named(cn: &str) -> Pki {
+        let root = tempfile::tempdir().unwrap();
+        let pki = Pki { root };
+        run_ok(&["pki", "init", "--dir", pki.ca_dir().to_str().unwrap(), "--cn", cn]);
+        pki
+    }
+
+    pub fn ca_dir(&self) -> PathBuf {
+        self.root.path().join("ca")
+    }
+
+    pub fn ca_cert(&self) -> PathBuf {
+        self.ca_dir().join("ca.crt")
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.root.path().join(name)
+    }
+
+    /// Issues `name.crt` / `name.key` with extra `pki issue` arguments.
+    pub fn issue(&self, name: &str, cn: &str, extra: &[&str]) -> Creds {
+        let out = self.path(name);
+        let ca_dir = self.ca_dir();
+        let mut args = vec!["pki", "issue", "--dir", ca_dir.to_str().unwrap(), "--cn", cn];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&["--out", out.to_str().unwrap()]);
+        run_ok(&args);
+        Creds { cert: self.path(&format!("{name}.crt")), key: self.path(&format!("{name}.key")) }
+    }
+
+    pub fn server(&self, name: &str, cn: &str) -> Creds {
+        self.issue(name, cn, &["--server", "--san", "127.0.0.1"])
+    }
+
+    pub fn client(&self, name: &str, cn: &str) -> Creds {
+        self.issue(name, cn, &["--client"])
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Creds {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl Creds {
+    /// Key then certificate chain: the bundle form the agent accepts.
+    pub fn bundle(&self) -> Vec<u8> {
+        let mut b = std::fs::read(&self.key).unwrap();
+        b.extend(std::fs::read(&self.cert).unwrap());
+        b
+    }
+}
+
+/// A loopback port nobody listens on right now.
+pub fn free_port() -> u16 {
+    StdListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// The agent binary running on a loopback port.
+pub struct Agent {
+    pub child: Child,
+    pub addr: SocketAddr,
+    pub dir: TempDir,
+    pub log: PathBuf,
+}
+
+pub struct AgentOptions<'a> {
+    pub server: &'a Creds,
+    pub client_ca: PathBuf,
+    /// Extra TOML appended to the generated configuration.
+    pub extra_toml: String,
+    pub extra_args: Vec<String>,
+}
+
+impl<'a> AgentOptions<'a> {
+    pub fn new(pki: &Pki, server: &'a Creds) -> Self {
+        AgentOptions { server, client_ca: pki.ca_cert(), extra_toml: String::new(), extra_args: vec![] }
+    }
+
+    pub fn toml(mut self, toml: &str) -> Self {
+        self.extra_toml.push_str(toml);
+        self.extra_toml.push('\n');
+        self
+    }
+
+    pub fn arg(mut self, a: impl Into<String>) -> Self {
+        self.extra_args.push(a.into());
+        self
+    }
+}
+
+impl Agent {
+    pub fn start(opts: AgentOptions<'_>) -> Agent {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let config = dir.path().join("agent.toml");
+        let toml = format!(
+            "state_dir = \"{d}/state\"\nrun_dir = \"{d}/run\"\nlog_level = \"debug\"\n{extra}",
+            d = dir.path().display(),
+            extra = opts.extra_toml
+        );
+        std::fs::write(&config, toml).unwrap();
+        let log = dir.path().join("agent.log");
+        let mut cmd = Command::new(bin());
+        cmd.arg("agent")
+            .arg("--config")
+            .arg(&config)
+            .arg("--listen")
+            .arg(addr.to_string())
+            .arg("--cert")
+            .arg(&opts.server.cert)
+            .arg("--key")
+            .arg(&opts.server.key)
+            .arg("--client-ca")
+            .arg(&opts.client_ca)
+            .args(&opts.extra_args)
+            .env_remove("RUST_LOG")
+            .env_remove("NOTIFY_SOCKET")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap());
+        let child = cmd.spawn().expect("spawn agent");
+        let mut agent = Agent { child, addr, dir, log };
+        agent.wait_listening();
+        agent
+    }
+
+    fn wait_listening(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("agent exited early with {status}: {}", self.log_text());
+            }
+            if std::net::TcpStream::connect(self.addr).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("agent did not listen on {}: {}", self.addr, self.log_text());
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    pub fn run_dir(&self) -> PathBuf {
+        self.dir.path().join("run")
+    }
+
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), sig).unwrap();
+    }
+
+    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "agent did not exit: {}", self.log_text());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits until the log contains `needle`.
+    pub fn wait_log(&self, needle: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if self.log_text().contains(needle) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("log never contained {needle:?}: {}", self.log_text());
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An mTLS client.
+#[derive(Clone)]
+pub struct Client {
+    config: Arc<ClientConfig>,
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+}
+
+impl Client {
+    /// A client trusting `ca`, presenting `creds` when given.
+    pub fn new(ca: &Path, creds: Option<&Creds>) -> Client {
+        Client::with_alpn(ca, creds, vec![b"http/1.1".to_vec()])
+    }
+
+    pub fn with_alpn(ca: &Path, creds: Option<&Creds>, alpn: Vec<Vec<u8>>) -> Client {
+        let mut roots = RootCertStore::empty();
+        for c in applianced::certs::load_certs(ca).unwrap() {
+            roots.add(c).unwrap();
+        }
+        let builder = ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots);
+        let mut config = match creds {
+            Some(c) => builder
+                .with_client_auth_cert(
+                    applianced::certs::load_certs(&c.cert).unwrap(),
+                    applianced::certs::load_key(&c.key).unwrap(),
+                )
+                .unwrap(),
+            None => builder.with_no_client_auth(),
+        };
+        config.alpn_protocols = alpn;
+        Client { config: Arc::new(config) }
+    }
+
+    pub async fn tls(&self, addr: SocketAddr) -> std::io::Result<TlsStream<TcpStream>> {
+        let tcp = TcpStream::connect(addr).await?;
+        let name = ServerName::IpAddress(addr.ip().into());
+        TlsConnector::from(self.config.clone()).connect(name, tcp).await
+    }
+
+    /// A keep-alive HTTP/1.1 connection.
+    pub async fn connect(&self, addr: SocketAddr) -> Result<Conn, BoxError> {
+        let tls = self.tls(addr).await?;
+        let server_cn = tls
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .and_then(|c| applianced::certs::CertInfo::parse(c).ok())
+            .and_then(|i| i.subject_cn);
+        let (sender, conn) = http1::handshake(TokioIo::new(tls)).await?;
+        let task = tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Ok(Conn { sender, server_cn, _task: task })
+    }
+
+    /// One request on a new connection.
+    pub async fn request(&self, addr: SocketAddr, method: &str, path: &str, body: &[u8]) -> Result<Resp, BoxError> {
+        let mut conn = self.connect(addr).await?;
+        conn.request(method, path, body, &[]).await
+    }
+
+    pub async fn get(&self, addr: SocketAddr, path: &str) -> Result<Resp, BoxError> {
+        self.request(addr, "GET", path, b"").await
+    }
+}
+
+pub type BoxError = Box<dyn StdError + Send + Sync>;
+
+pub struct Conn {
+    sender: http1::SendRequest<Full<Bytes>>,
+    pub server_cn: Option<String>,
+    _task: tokio::task::JoinHandle<()>,
+}
+
+#[derive(Debug)]
+pub struct Resp {
+    pub status: u16,
+    pub headers: hyper::HeaderMap,
+    pub body: String,
+}
+
+impl Resp {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+    }
+}
+
+impl Conn {
+    pub async fn request(&mut self, method: &str, path: &str, body: &[u8], headers: &[(&str, &str)]) -> Result<Resp, BoxError> {
+        self.sender.ready().await?;
+        let mut req = hyper::Request::builder().method(method).uri(path).header("host", "agent");
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let req = req.body(Full::new(Bytes::copy_from_slice(body)))?;
+        let resp = self.sender.send_request(req).await?;
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let body = resp.into_body().collect().await?.to_bytes();
+        Ok(Resp { status, headers, body: String::from_utf8_lossy(&body).into_owned() })
+    }
+
+    pub async fn get(&mut self, path: &str) -> Result<Resp, BoxError> {
+        self.request("GET", path, b"", &[]).await
+    }
+}
+
+/// The TLS alert in an error's source chain, if any.
+pub fn tls_alert(err: &(dyn StdError + 'static)) -> Option<AlertDescription> {
+    let mut cur: Option<&(dyn StdError + 'static)> = Some(err);
+    while let Some(e) = cur {
+        if let Some(rustls::Error::AlertReceived(a)) = e.downcast_ref::<rustls::Error>() {
+            return Some(*a);
+        }
+        if let Some(io) = e.downcast_ref::<std::io::Error>()
+            && let Some(inner) = io.get_ref()
+            && let Some(rustls::Error::AlertReceived(a)) = inner.downcast_ref::<rustls::Error>()
+        {
+            return Some(*a);
+        }
+        cur = e.source();
+    }
+    None
+}
+
+/// Asserts that the connection was refused in the TLS handshake with `alert`: no HTTP
+/// response at all. (With TLS 1.3 the client finishes its side of the handshake first and
+/// reads the server's alert on its first read.)
+pub async fn assert_refused(client: &Client, addr: SocketAddr, alert: AlertDescription) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tls = match client.tls(addr).await {
+        Ok(tls) => tls,
+        Err(e) => {
+            assert_eq!(tls_alert(&e), Some(alert), "unexpected handshake error: {e:?}");
+            return;
+        }
+    };
+    let _ = tls.write_all(b"GET /status HTTP/1.1\r\nhost: a\r\n\r\n").await;
+    let mut buf = vec![0u8; 4096];
+    match tls.read(&mut buf).await {
+        Ok(n) => panic!("expected a TLS refusal ({alert:?}), got {:?}", String::from_utf8_lossy(&buf[..n])),
+        Err(e) => assert_eq!(tls_alert(&e), Some(alert), "unexpected error: {e:?}"),
+    }
+}
