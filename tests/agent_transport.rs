@@ -34,7 +34,11 @@ fn setup() -> Setup {
     let pki = Pki::new();
     let server = pki.server("server", "agent-1");
     let client = pki.client("client", "controller-1");
-    Setup { pki, server, client }
+    Setup {
+        pki,
+        server,
+        client,
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -62,28 +66,48 @@ async fn allowed_client_gets_status_with_the_seed_fields() {
     // The request log names the client.
     agent.wait_log("controller-1", Duration::from_secs(5));
     let log = agent.log_text();
-    assert!(log.contains("path=/status") && log.contains("status=200"), "{log}");
+    assert!(
+        log.contains("path=/status") && log.contains("status=200"),
+        "{log}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_route_or_method_is_403_and_json_on_request() {
     let s = setup();
     let agent = Agent::start(AgentOptions::new(&s.pki, &s.server));
-    let mut conn = Client::new(&s.pki.ca_cert(), Some(&s.client)).connect(agent.addr).await.unwrap();
+    let mut conn = Client::new(&s.pki.ca_cert(), Some(&s.client))
+        .connect(agent.addr)
+        .await
+        .unwrap();
 
     let r = conn.get("/no/such/thing").await.unwrap();
     assert_eq!((r.status, r.body.as_str()), (403, "Invalid request\n"));
     let r = conn.request("POST", "/status", b"", &[]).await.unwrap();
     assert_eq!(r.status, 403);
-    let r = conn.request("DELETE", "/", b"", &[("accept", "application/json")]).await.unwrap();
+    let r = conn
+        .request("DELETE", "/", b"", &[("accept", "application/json")])
+        .await
+        .unwrap();
     assert_eq!(r.status, 403);
     assert_eq!(r.json()["code"], "invalid_request");
 
     let r = conn.get("/instances").await.unwrap();
     assert_eq!((r.status, r.body.as_str()), (200, ""));
-    let r = conn.get("/instances/7e9f91eb-b3e6-4e3b-a1a7-d6f7fdc1de7c").await.unwrap();
+    let r = conn
+        .get("/instances/7e9f91eb-b3e6-4e3b-a1a7-d6f7fdc1de7c")
+        .await
+        .unwrap();
     assert_eq!((r.status, r.body.as_str()), (404, "Not found\n"));
-    let r = conn.request("GET", "/instances/not-a-uuid", b"", &[("accept", "application/json")]).await.unwrap();
+    let r = conn
+        .request(
+            "GET",
+            "/instances/not-a-uuid",
+            b"",
+            &[("accept", "application/json")],
+        )
+        .await
+        .unwrap();
     assert_eq!(r.status, 400);
     assert_eq!(r.json()["code"], "bad_instance_id");
     let r = conn.get("/listeners").await.unwrap();
@@ -93,8 +117,18 @@ async fn unknown_route_or_method_is_403_and_json_on_request() {
 
     let m = conn.get("/metrics").await.unwrap();
     assert_eq!(m.status, 200);
-    assert!(m.body.contains("applianced_requests_total{route=\"/instances\",code=\"200\"} 1"), "{}", m.body);
-    assert!(m.body.contains("applianced_certificate_not_after_timestamp_seconds"), "{}", m.body);
+    assert!(
+        m.body
+            .contains("applianced_requests_total{route=\"/instances\",code=\"200\"} 1"),
+        "{}",
+        m.body
+    );
+    assert!(
+        m.body
+            .contains("applianced_certificate_not_after_timestamp_seconds"),
+        "{}",
+        m.body
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -102,39 +136,122 @@ async fn bad_client_certificates_are_refused_in_the_handshake() {
     let s = setup();
     let crl = s.pki.path("ca.crl");
     let revoked = s.pki.client("revoked", "revoked-client");
-    run_ok(&["pki", "revoke", "--dir", s.pki.ca_dir().to_str().unwrap(), "--cert", revoked.cert.to_str().unwrap()]);
-    run_ok(&["pki", "crl", "--dir", s.pki.ca_dir().to_str().unwrap(), "--out", crl.to_str().unwrap()]);
-    let agent = Agent::start(AgentOptions::new(&s.pki, &s.server).arg("--crl").arg(crl.to_str().unwrap()));
+    run_ok(&[
+        "pki",
+        "revoke",
+        "--dir",
+        s.pki.ca_dir().to_str().unwrap(),
+        "--cert",
+        revoked.cert.to_str().unwrap(),
+    ]);
+    run_ok(&[
+        "pki",
+        "crl",
+        "--dir",
+        s.pki.ca_dir().to_str().unwrap(),
+        "--out",
+        crl.to_str().unwrap(),
+    ]);
+    let agent = Agent::start(
+        AgentOptions::new(&s.pki, &s.server)
+            .arg("--crl")
+            .arg(crl.to_str().unwrap()),
+    );
     let ca = s.pki.ca_cert();
 
     // No certificate at all.
-    assert_refused(&Client::new(&ca, None), agent.addr, AlertDescription::CertificateRequired).await;
+    assert_refused(
+        &Client::new(&ca, None),
+        agent.addr,
+        AlertDescription::CertificateRequired,
+    )
+    .await;
     // A certificate from another CA; and from an impostor CA with the same name (the
     // signature check fails).
     let other = Pki::named("Other CA");
     let stranger = other.client("stranger", "controller-1");
-    assert_refused(&Client::new(&ca, Some(&stranger)), agent.addr, AlertDescription::UnknownCA).await;
+    assert_refused(
+        &Client::new(&ca, Some(&stranger)),
+        agent.addr,
+        AlertDescription::UnknownCA,
+    )
+    .await;
     let impostor = Pki::new();
     let forged = impostor.client("forged", "controller-1");
-    assert_refused(&Client::new(&ca, Some(&forged)), agent.addr, AlertDescription::DecryptError).await;
+    assert_refused(
+        &Client::new(&ca, Some(&forged)),
+        agent.addr,
+        AlertDescription::DecryptError,
+    )
+    .await;
     // Expired, and not yet valid.
-    let expired = s.pki.issue("expired", "old", &["--client", "--not-before", "2020-01-01T00:00:00Z", "--not-after", "2021-01-01T00:00:00Z"]);
-    assert_refused(&Client::new(&ca, Some(&expired)), agent.addr, AlertDescription::CertificateExpired).await;
-    let future = s.pki.issue("future", "new", &["--client", "--not-before", "2090-01-01T00:00:00Z", "--not-after", "2091-01-01T00:00:00Z"]);
-    assert_refused(&Client::new(&ca, Some(&future)), agent.addr, AlertDescription::CertificateExpired).await;
+    let expired = s.pki.issue(
+        "expired",
+        "old",
+        &[
+            "--client",
+            "--not-before",
+            "2020-01-01T00:00:00Z",
+            "--not-after",
+            "2021-01-01T00:00:00Z",
+        ],
+    );
+    assert_refused(
+        &Client::new(&ca, Some(&expired)),
+        agent.addr,
+        AlertDescription::CertificateExpired,
+    )
+    .await;
+    let future = s.pki.issue(
+        "future",
+        "new",
+        &[
+            "--client",
+            "--not-before",
+            "2090-01-01T00:00:00Z",
+            "--not-after",
+            "2091-01-01T00:00:00Z",
+        ],
+    );
+    assert_refused(
+        &Client::new(&ca, Some(&future)),
+        agent.addr,
+        AlertDescription::CertificateExpired,
+    )
+    .await;
     // Revoked, listed in the CRL.
-    assert_refused(&Client::new(&ca, Some(&revoked)), agent.addr, AlertDescription::CertificateRevoked).await;
+    assert_refused(
+        &Client::new(&ca, Some(&revoked)),
+        agent.addr,
+        AlertDescription::CertificateRevoked,
+    )
+    .await;
     // Extended key usage without clientAuth.
     let server_only = s.pki.issue("server-only", "not-a-client", &["--server"]);
-    assert_refused(&Client::new(&ca, Some(&server_only)), agent.addr, AlertDescription::UnsupportedCertificate).await;
+    assert_refused(
+        &Client::new(&ca, Some(&server_only)),
+        agent.addr,
+        AlertDescription::UnsupportedCertificate,
+    )
+    .await;
 
     // The server keeps serving good clients, and counted every refusal.
     let good = Client::new(&ca, Some(&s.client));
     assert_eq!(good.get(agent.addr, "/status").await.unwrap().status, 200);
     let metrics = good.get(agent.addr, "/metrics").await.unwrap().body;
-    for reason in ["no_certificate", "unknown_ca", "bad_certificate", "expired", "not_yet_valid", "revoked", "wrong_purpose"] {
+    for reason in [
+        "no_certificate",
+        "unknown_ca",
+        "bad_certificate",
+        "expired",
+        "not_yet_valid",
+        "revoked",
+        "wrong_purpose",
+    ] {
         assert!(
-            metrics.contains(&format!("applianced_tls_handshake_failures_total{{reason=\"{reason}\"}} 1")),
+            metrics.contains(&format!(
+                "applianced_tls_handshake_failures_total{{reason=\"{reason}\"}} 1"
+            )),
             "{reason} not counted: {metrics}"
         );
     }
@@ -148,7 +265,12 @@ async fn allow_list_refuses_other_identities_and_logs_them() {
     );
     let ca = s.pki.ca_cert();
     let outsider = s.pki.client("outsider", "intruder-9");
-    assert_refused(&Client::new(&ca, Some(&outsider)), agent.addr, AlertDescription::AccessDenied).await;
+    assert_refused(
+        &Client::new(&ca, Some(&outsider)),
+        agent.addr,
+        AlertDescription::AccessDenied,
+    )
+    .await;
     agent.wait_log("intruder-9", Duration::from_secs(5));
     assert!(agent.log_text().contains("not in server.allowed_clients"));
     let good = Client::new(&ca, Some(&s.client));
@@ -158,7 +280,8 @@ async fn allow_list_refuses_other_identities_and_logs_them() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls13_only_refuses_tls12() {
     let s = setup();
-    let agent = Agent::start(AgentOptions::new(&s.pki, &s.server).toml("[server]\ntls13_only = true"));
+    let agent =
+        Agent::start(AgentOptions::new(&s.pki, &s.server).toml("[server]\ntls13_only = true"));
     let out = std::process::Command::new("curl")
         .args(["-sS", "--tls-max", "1.2", "--cacert"])
         .arg(s.pki.ca_cert())
@@ -177,17 +300,23 @@ async fn tls13_only_refuses_tls12() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_bodies_get_413() {
     let s = setup();
-    let agent = Agent::start(AgentOptions::new(&s.pki, &s.server).toml("[limits]\nmax_body_bytes = 2048"));
+    let agent =
+        Agent::start(AgentOptions::new(&s.pki, &s.server).toml("[limits]\nmax_body_bytes = 2048"));
     let client = Client::new(&s.pki.ca_cert(), Some(&s.client));
     let big = vec![b'x'; 4096];
-    let r = client.request(agent.addr, "PUT", "/certificate", &big).await.unwrap();
+    let r = client
+        .request(agent.addr, "PUT", "/certificate", &big)
+        .await
+        .unwrap();
     assert_eq!(r.status, 413);
     assert!(r.body.contains("2048"), "{}", r.body);
 
     // Without a Content-Length (chunked), the limit still holds while reading.
     let mut tls = client.tls(agent.addr).await.unwrap();
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    tls.write_all(b"PUT /certificate HTTP/1.1\r\nhost: a\r\ntransfer-encoding: chunked\r\n\r\n").await.unwrap();
+    tls.write_all(b"PUT /certificate HTTP/1.1\r\nhost: a\r\ntransfer-encoding: chunked\r\n\r\n")
+        .await
+        .unwrap();
     for _ in 0..4 {
         tls.write_all(b"400\r\n").await.unwrap();
         tls.write_all(&[b'y'; 0x400]).await.unwrap();
@@ -210,57 +339,89 @@ async fn silent_slow_and_garbage_clients_are_dropped_without_hurting_others() {
 
     // A silent TCP client is dropped at the handshake timeout...
     let mut silent = std::net::TcpStream::connect(agent.addr).unwrap();
-    silent.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    silent
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
     // ...while others are served at once.
     let t = Instant::now();
     assert_eq!(client.get(agent.addr, "/status").await.unwrap().status, 200);
-    assert!(t.elapsed() < Duration::from_millis(900), "served slowly: {:?}", t.elapsed());
+    assert!(
+        t.elapsed() < Duration::from_millis(900),
+        "served slowly: {:?}",
+        t.elapsed()
+    );
     let t = Instant::now();
     let n = silent.read(&mut [0u8; 16]).unwrap_or(0);
     assert_eq!(n, 0, "silent client not closed");
     let waited = t.elapsed();
-    assert!(waited >= Duration::from_millis(500) && waited < Duration::from_secs(5), "{waited:?}");
+    assert!(
+        waited >= Duration::from_millis(500) && waited < Duration::from_secs(5),
+        "{waited:?}"
+    );
 
     // Garbage instead of a ClientHello: closed, server keeps serving.
     let mut garbage = std::net::TcpStream::connect(agent.addr).unwrap();
-    garbage.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    garbage.write_all(b"GET / HTTP/1.1\r\nHost: plain-http\r\n\r\n\x00\x01\x02garbage").unwrap();
+    garbage
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    garbage
+        .write_all(b"GET / HTTP/1.1\r\nHost: plain-http\r\n\r\n\x00\x01\x02garbage")
+        .unwrap();
     let mut rest = Vec::new();
     let _ = garbage.read_to_end(&mut rest);
-    assert!(!String::from_utf8_lossy(&rest).contains("HTTP/1.1 200"), "plain HTTP was served");
+    assert!(
+        !String::from_utf8_lossy(&rest).contains("HTTP/1.1 200"),
+        "plain HTTP was served"
+    );
 
     // A client that completes TLS but never finishes its headers is dropped.
     let mut slow = client.tls(agent.addr).await.unwrap();
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    slow.write_all(b"GET /status HTTP/1.1\r\nhost: a\r\n").await.unwrap();
+    slow.write_all(b"GET /status HTTP/1.1\r\nhost: a\r\n")
+        .await
+        .unwrap();
     let t = Instant::now();
     let mut buf = Vec::new();
     let read = tokio::time::timeout(Duration::from_secs(6), slow.read_to_end(&mut buf)).await;
     assert!(read.is_ok(), "slow-header client was never dropped");
-    assert!(t.elapsed() >= Duration::from_millis(500), "{:?}", t.elapsed());
+    assert!(
+        t.elapsed() >= Duration::from_millis(500),
+        "{:?}",
+        t.elapsed()
+    );
     assert!(!String::from_utf8_lossy(&buf).contains("200 OK"));
 
     // An idle keep-alive connection is closed after the idle timeout.
     let mut idle = client.connect(agent.addr).await.unwrap();
     assert_eq!(idle.get("/status").await.unwrap().status, 200);
     tokio::time::sleep(Duration::from_millis(3500)).await;
-    assert!(idle.get("/status").await.is_err(), "idle connection still open");
+    assert!(
+        idle.get("/status").await.is_err(),
+        "idle connection still open"
+    );
 
     assert_eq!(client.get(agent.addr, "/status").await.unwrap().status, 200);
     let metrics = client.get(agent.addr, "/metrics").await.unwrap().body;
-    assert!(metrics.contains("applianced_tls_handshake_failures_total{reason=\"timeout\"} 1"), "{metrics}");
+    assert!(
+        metrics.contains("applianced_tls_handshake_failures_total{reason=\"timeout\"} 1"),
+        "{metrics}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connection_cap_closes_extra_connections() {
     let s = setup();
-    let agent = Agent::start(AgentOptions::new(&s.pki, &s.server).toml("[limits]\nmax_connections = 2"));
+    let agent =
+        Agent::start(AgentOptions::new(&s.pki, &s.server).toml("[limits]\nmax_connections = 2"));
     let client = Client::new(&s.pki.ca_cert(), Some(&s.client));
     let mut a = client.connect(agent.addr).await.unwrap();
     let mut b = client.connect(agent.addr).await.unwrap();
     assert_eq!(a.get("/status").await.unwrap().status, 200);
     assert_eq!(b.get("/status").await.unwrap().status, 200);
-    assert!(client.get(agent.addr, "/status").await.is_err(), "a third connection was served");
+    assert!(
+        client.get(agent.addr, "/status").await.is_err(),
+        "a third connection was served"
+    );
     drop(a);
     // The slot frees once the server sees the close.
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -270,7 +431,9 @@ async fn connection_cap_closes_extra_connections() {
                 assert_eq!(r.status, 200);
                 break;
             }
-            Err(_) if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(50)).await,
+            Err(_) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await
+            }
             Err(e) => panic!("slot never freed: {e}"),
         }
     }
@@ -281,7 +444,10 @@ async fn connection_cap_closes_extra_connections() {
 async fn sighup_swaps_the_certificate_without_dropping_connections() {
     let s = setup();
     // The agent reads its certificate from files we replace.
-    let live = Creds { cert: s.pki.path("live.crt"), key: s.pki.path("live.key") };
+    let live = Creds {
+        cert: s.pki.path("live.crt"),
+        key: s.pki.path("live.key"),
+    };
     std::fs::copy(&s.server.cert, &live.cert).unwrap();
     std::fs::copy(&s.server.key, &live.key).unwrap();
     let agent = Agent::start(AgentOptions::new(&s.pki, &live));
@@ -295,7 +461,15 @@ async fn sighup_swaps_the_certificate_without_dropping_connections() {
     std::fs::write(&live.cert, "not a certificate").unwrap();
     agent.signal(Signal::SIGHUP);
     agent.wait_log("keeping the current TLS material", Duration::from_secs(5));
-    assert_eq!(client.connect(agent.addr).await.unwrap().server_cn.as_deref(), Some("agent-1"));
+    assert_eq!(
+        client
+            .connect(agent.addr)
+            .await
+            .unwrap()
+            .server_cn
+            .as_deref(),
+        Some("agent-1")
+    );
 
     let next = s.pki.server("next", "agent-2");
     std::fs::copy(&next.cert, &live.cert).unwrap();
@@ -312,7 +486,10 @@ async fn sighup_swaps_the_certificate_without_dropping_connections() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn put_certificate_validates_writes_and_hot_swaps() {
     let s = setup();
-    let live = Creds { cert: s.pki.path("live.crt"), key: s.pki.path("live.key") };
+    let live = Creds {
+        cert: s.pki.path("live.crt"),
+        key: s.pki.path("live.key"),
+    };
     std::fs::copy(&s.server.cert, &live.cert).unwrap();
     std::fs::copy(&s.server.key, &live.key).unwrap();
     let agent = Agent::start(AgentOptions::new(&s.pki, &live));
@@ -328,7 +505,17 @@ async fn put_certificate_validates_writes_and_hot_swaps() {
     mismatched.extend(std::fs::read(&next.cert).unwrap());
     let foreign_pki = Pki::new();
     let foreign = foreign_pki.server("foreign", "agent-x");
-    let expired = s.pki.issue("expired", "agent-old", &["--server", "--not-before", "2020-01-01T00:00:00Z", "--not-after", "2021-01-01T00:00:00Z"]);
+    let expired = s.pki.issue(
+        "expired",
+        "agent-old",
+        &[
+            "--server",
+            "--not-before",
+            "2020-01-01T00:00:00Z",
+            "--not-after",
+            "2021-01-01T00:00:00Z",
+        ],
+    );
     let client_only = s.pki.client("client-only", "agent-c");
     let cases: Vec<(Vec<u8>, &str)> = vec![
         (mismatched, "cert_key_mismatch"),
@@ -341,29 +528,73 @@ async fn put_certificate_validates_writes_and_hot_swaps() {
     ];
     let before = std::fs::read(&live.cert).unwrap();
     for (body, code) in cases {
-        let r = open.request("PUT", "/certificate", &body, &json).await.unwrap();
+        let r = open
+            .request("PUT", "/certificate", &body, &json)
+            .await
+            .unwrap();
         assert_eq!(r.status, 409, "{code}: {}", r.body);
         assert_eq!(r.json()["code"], code);
     }
     assert_eq!(std::fs::read(&live.cert).unwrap(), before);
-    assert_eq!(client.connect(agent.addr).await.unwrap().server_cn.as_deref(), Some("agent-1"));
+    assert_eq!(
+        client
+            .connect(agent.addr)
+            .await
+            .unwrap()
+            .server_cn
+            .as_deref(),
+        Some("agent-1")
+    );
 
     // A good bundle is written and served at once; the open connection stays.
-    let r = open.request("PUT", "/certificate", &next.bundle(), &[("expect", "100-continue")]).await.unwrap();
+    let r = open
+        .request(
+            "PUT",
+            "/certificate",
+            &next.bundle(),
+            &[("expect", "100-continue")],
+        )
+        .await
+        .unwrap();
     assert_eq!(r.status, 201, "{}", r.body);
     assert!(r.body.starts_with("OK\n"), "{}", r.body);
-    assert_eq!(client.connect(agent.addr).await.unwrap().server_cn.as_deref(), Some("agent-2"));
+    assert_eq!(
+        client
+            .connect(agent.addr)
+            .await
+            .unwrap()
+            .server_cn
+            .as_deref(),
+        Some("agent-2")
+    );
     assert_eq!(open.get("/status").await.unwrap().status, 200);
     let on_disk = applianced::certs::load_certs(&live.cert).unwrap();
-    assert_eq!(applianced::certs::CertInfo::parse(&on_disk[0]).unwrap().subject_cn.as_deref(), Some("agent-2"));
+    assert_eq!(
+        applianced::certs::CertInfo::parse(&on_disk[0])
+            .unwrap()
+            .subject_cn
+            .as_deref(),
+        Some("agent-2")
+    );
     use std::os::unix::fs::PermissionsExt;
-    assert_eq!(std::fs::metadata(&live.key).unwrap().permissions().mode() & 0o777, 0o600);
+    assert_eq!(
+        std::fs::metadata(&live.key).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
 
     // And it survives a restart.
     drop(open);
     drop(agent);
     let agent = Agent::start(AgentOptions::new(&s.pki, &live));
-    assert_eq!(client.connect(agent.addr).await.unwrap().server_cn.as_deref(), Some("agent-2"));
+    assert_eq!(
+        client
+            .connect(agent.addr)
+            .await
+            .unwrap()
+            .server_cn
+            .as_deref(),
+        Some("agent-2")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -376,7 +607,10 @@ async fn sigterm_lets_in_flight_requests_finish_then_exits_zero() {
     // A request whose body is still arriving when SIGTERM comes.
     let mut tls = client.tls(agent.addr).await.unwrap();
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let head = format!("PUT /certificate HTTP/1.1\r\nhost: a\r\ncontent-length: {}\r\n\r\n", body.len());
+    let head = format!(
+        "PUT /certificate HTTP/1.1\r\nhost: a\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    );
     tls.write_all(head.as_bytes()).await.unwrap();
     tls.write_all(&body[..100]).await.unwrap();
     tls.flush().await.unwrap();
@@ -406,23 +640,39 @@ fn curl_with_pki_files_works_and_without_cert_fails() {
         let mut cmd = std::process::Command::new("curl");
         cmd.args(["-sS", "--fail", "--cacert"]).arg(s.pki.ca_cert());
         if with_cert {
-            cmd.arg("--cert").arg(&s.client.cert).arg("--key").arg(&s.client.key);
+            cmd.arg("--cert")
+                .arg(&s.client.cert)
+                .arg("--key")
+                .arg(&s.client.key);
         }
-        cmd.args(extra).arg(&url).output().expect("curl is installed")
+        cmd.args(extra)
+            .arg(&url)
+            .output()
+            .expect("curl is installed")
     };
     let ok = curl(true, &[]);
-    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
     let v: serde_json::Value = serde_json::from_slice(&ok.stdout).unwrap();
     assert!(v.get("hostname").is_some());
 
-    let h2 = curl(true, &["--http2", "-o", "/dev/null", "-w", "%{http_version}"]);
+    let h2 = curl(
+        true,
+        &["--http2", "-o", "/dev/null", "-w", "%{http_version}"],
+    );
     assert_eq!(String::from_utf8_lossy(&h2.stdout), "2");
 
     let refused = curl(false, &[]);
     assert!(!refused.status.success());
     // A TLS failure (35 handshake, 55/56 send/receive on the alerted connection), never
     // an HTTP status (22 with --fail).
-    assert!(matches!(refused.status.code(), Some(35 | 55 | 56)), "{refused:?}");
+    assert!(
+        matches!(refused.status.code(), Some(35 | 55 | 56)),
+        "{refused:?}"
+    );
     assert!(refused.stdout.is_empty());
 }
 
@@ -432,9 +682,16 @@ fn bad_configuration_exits_with_distinct_codes() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("agent.toml");
     std::fs::write(&cfg, "[server]\nlisten = [\"127.0.0.1:1\"]\nlisen = 3\n").unwrap();
-    let out = std::process::Command::new(bin()).args(["agent", "--config"]).arg(&cfg).output().unwrap();
+    let out = std::process::Command::new(bin())
+        .args(["agent", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(78));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("lisen"), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("lisen"),
+        "{out:?}"
+    );
 
     // Files that exist but hold no certificate: a TLS-material error.
     let junk = dir.path().join("junk.pem");
@@ -472,7 +729,14 @@ fn bad_configuration_exits_with_distinct_codes() {
         ),
     )
     .unwrap();
-    let out = std::process::Command::new(bin()).args(["config", "check", "--agent"]).arg(&cfg).output().unwrap();
+    let out = std::process::Command::new(bin())
+        .args(["config", "check", "--agent"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(79));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("do not match"), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("do not match"),
+        "{out:?}"
+    );
 }

@@ -173,8 +173,8 @@ impl Sampler {
         let (memory_total, memory_available) = parse_meminfo(&read("/proc/meminfo"));
         let (disk_total, disk_available) = nix::sys::statvfs::statvfs(&self.state_dir)
             .map(|s| {
-                let frag = s.fragment_size() as u64;
-                (s.blocks() as u64 * frag, s.blocks_available() as u64 * frag)
+                let frag = s.fragment_size();
+                (s.blocks() * frag, s.blocks_available() * frag)
             })
             .unwrap_or((0, 0));
         let ids = self.store.list().unwrap_or_default();

@@ -369,7 +369,13 @@ mod shipped_example {
         let text = include_str!("../../packaging/agent.toml");
         let config: super::AgentConfig = super::super::parse_toml(text).unwrap();
         assert_eq!(config.server.listen.len(), 1);
-        assert_eq!(config.limits.max_body_bytes, super::Limits::default().max_body_bytes);
-        assert_eq!(config.limits.idle_timeout, super::Limits::default().idle_timeout);
+        assert_eq!(
+            config.limits.max_body_bytes,
+            super::Limits::default().max_body_bytes
+        );
+        assert_eq!(
+            config.limits.idle_timeout,
+            super::Limits::default().idle_timeout
+        );
     }
 }

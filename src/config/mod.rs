@@ -144,10 +144,10 @@ fn key_at(text: &str, pos: usize) -> String {
                 .trim()
                 .to_string();
             key.clear();
-        } else if let Some((k, _)) = trimmed.split_once('=') {
-            if !trimmed.starts_with('#') {
-                key = k.trim().to_string();
-            }
+        } else if let Some((k, _)) = trimmed.split_once('=')
+            && !trimmed.starts_with('#')
+        {
+            key = k.trim().to_string();
         }
         if offset + line.len() > pos {
             break;

@@ -442,7 +442,7 @@ fn spki_of(cert: &CertificateDer<'_>) -> Result<Vec<u8>, PkiError> {
 }
 
 fn unhex(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 {
+    if !s.len().is_multiple_of(2) {
         return None;
     }
     (0..s.len())

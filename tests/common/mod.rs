@@ -26,7 +26,10 @@ pub fn bin() -> &'static str {
 
 /// Runs the binary and panics with its output unless it succeeds.
 pub fn run_ok(args: &[&str]) -> String {
-    let out = Command::new(bin()).args(args).output().expect("run applianced");
+    let out = Command::new(bin())
+        .args(args)
+        .output()
+        .expect("run applianced");
     assert!(
         out.status.success(),
         "applianced {args:?} failed: {}{}",
@@ -49,7 +52,14 @@ impl Pki {
     pub fn named(cn: &str) -> Pki {
         let root = tempfile::tempdir().unwrap();
         let pki = Pki { root };
-        run_ok(&["pki", "init", "--dir", pki.ca_dir().to_str().unwrap(), "--cn", cn]);
+        run_ok(&[
+            "pki",
+            "init",
+            "--dir",
+            pki.ca_dir().to_str().unwrap(),
+            "--cn",
+            cn,
+        ]);
         pki
     }
 
@@ -69,11 +79,21 @@ impl Pki {
     pub fn issue(&self, name: &str, cn: &str, extra: &[&str]) -> Creds {
         let out = self.path(name);
         let ca_dir = self.ca_dir();
-        let mut args = vec!["pki", "issue", "--dir", ca_dir.to_str().unwrap(), "--cn", cn];
+        let mut args = vec![
+            "pki",
+            "issue",
+            "--dir",
+            ca_dir.to_str().unwrap(),
+            "--cn",
+            cn,
+        ];
         args.extend_from_slice(extra);
         args.extend_from_slice(&["--out", out.to_str().unwrap()]);
         run_ok(&args);
-        Creds { cert: self.path(&format!("{name}.crt")), key: self.path(&format!("{name}.key")) }
+        Creds {
+            cert: self.path(&format!("{name}.crt")),
+            key: self.path(&format!("{name}.key")),
+        }
     }
 
     pub fn server(&self, name: &str, cn: &str) -> Creds {
@@ -102,7 +122,11 @@ impl Creds {
 
 /// A loopback port nobody listens on right now.
 pub fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    StdListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// The agent binary running on a loopback port.
@@ -123,7 +147,12 @@ pub struct AgentOptions<'a> {
 
 impl<'a> AgentOptions<'a> {
     pub fn new(pki: &Pki, server: &'a Creds) -> Self {
-        AgentOptions { server, client_ca: pki.ca_cert(), extra_toml: String::new(), extra_args: vec![] }
+        AgentOptions {
+            server,
+            client_ca: pki.ca_cert(),
+            extra_toml: String::new(),
+            extra_args: vec![],
+        }
     }
 
     pub fn toml(mut self, toml: &str) -> Self {
@@ -169,7 +198,12 @@ impl Agent {
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap());
         let child = cmd.spawn().expect("spawn agent");
-        let mut agent = Agent { child, addr, dir, log };
+        let mut agent = Agent {
+            child,
+            addr,
+            dir,
+            log,
+        };
         agent.wait_listening();
         agent
     }
@@ -210,7 +244,11 @@ impl Agent {
             if let Some(status) = self.child.try_wait().unwrap() {
                 return status;
             }
-            assert!(Instant::now() < deadline, "agent did not exit: {}", self.log_text());
+            assert!(
+                Instant::now() < deadline,
+                "agent did not exit: {}",
+                self.log_text()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -270,13 +308,17 @@ impl Client {
             None => builder.with_no_client_auth(),
         };
         config.alpn_protocols = alpn;
-        Client { config: Arc::new(config) }
+        Client {
+            config: Arc::new(config),
+        }
     }
 
     pub async fn tls(&self, addr: SocketAddr) -> std::io::Result<TlsStream<TcpStream>> {
         let tcp = TcpStream::connect(addr).await?;
         let name = ServerName::IpAddress(addr.ip().into());
-        TlsConnector::from(self.config.clone()).connect(name, tcp).await
+        TlsConnector::from(self.config.clone())
+            .connect(name, tcp)
+            .await
     }
 
     /// A keep-alive HTTP/1.1 connection.
@@ -293,11 +335,21 @@ impl Client {
         let task = tokio::spawn(async move {
             let _ = conn.await;
         });
-        Ok(Conn { sender, server_cn, _task: task })
+        Ok(Conn {
+            sender,
+            server_cn,
+            _task: task,
+        })
     }
 
     /// One request on a new connection.
-    pub async fn request(&self, addr: SocketAddr, method: &str, path: &str, body: &[u8]) -> Result<Resp, BoxError> {
+    pub async fn request(
+        &self,
+        addr: SocketAddr,
+        method: &str,
+        path: &str,
+        body: &[u8],
+    ) -> Result<Resp, BoxError> {
         let mut conn = self.connect(addr).await?;
         conn.request(method, path, body, &[]).await
     }
@@ -329,9 +381,18 @@ impl Resp {
 }
 
 impl Conn {
-    pub async fn request(&mut self, method: &str, path: &str, body: &[u8], headers: &[(&str, &str)]) -> Result<Resp, BoxError> {
+    pub async fn request(
+        &mut self,
+        method: &str,
+        path: &str,
+        body: &[u8],
+        headers: &[(&str, &str)],
+    ) -> Result<Resp, BoxError> {
         self.sender.ready().await?;
-        let mut req = hyper::Request::builder().method(method).uri(path).header("host", "agent");
+        let mut req = hyper::Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", "agent");
         for (k, v) in headers {
             req = req.header(*k, *v);
         }
@@ -340,7 +401,11 @@ impl Conn {
         let status = resp.status().as_u16();
         let headers = resp.headers().clone();
         let body = resp.into_body().collect().await?.to_bytes();
-        Ok(Resp { status, headers, body: String::from_utf8_lossy(&body).into_owned() })
+        Ok(Resp {
+            status,
+            headers,
+            body: String::from_utf8_lossy(&body).into_owned(),
+        })
     }
 
     pub async fn get(&mut self, path: &str) -> Result<Resp, BoxError> {
@@ -374,14 +439,23 @@ pub async fn assert_refused(client: &Client, addr: SocketAddr, alert: AlertDescr
     let mut tls = match client.tls(addr).await {
         Ok(tls) => tls,
         Err(e) => {
-            assert_eq!(tls_alert(&e), Some(alert), "unexpected handshake error: {e:?}");
+            assert_eq!(
+                tls_alert(&e),
+                Some(alert),
+                "unexpected handshake error: {e:?}"
+            );
             return;
         }
     };
-    let _ = tls.write_all(b"GET /status HTTP/1.1\r\nhost: a\r\n\r\n").await;
+    let _ = tls
+        .write_all(b"GET /status HTTP/1.1\r\nhost: a\r\n\r\n")
+        .await;
     let mut buf = vec![0u8; 4096];
     match tls.read(&mut buf).await {
-        Ok(n) => panic!("expected a TLS refusal ({alert:?}), got {:?}", String::from_utf8_lossy(&buf[..n])),
+        Ok(n) => panic!(
+            "expected a TLS refusal ({alert:?}), got {:?}",
+            String::from_utf8_lossy(&buf[..n])
+        ),
         Err(e) => assert_eq!(tls_alert(&e), Some(alert), "unexpected error: {e:?}"),
     }
 }
