@@ -56,3 +56,76 @@ mod tests {
         }
     }
 }
+
+/// A file of an instance that the API can read, write or delete.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InstanceFile {
+    Haproxy,
+    Stunnel,
+    Custom503,
+    Certificate(CertName),
+}
+
+impl InstanceFile {
+    /// The name of the file inside the instance directory.
+    pub fn relative_path(&self) -> String {
+        match self {
+            InstanceFile::Haproxy => "haproxy.cfg".into(),
+            InstanceFile::Stunnel => "stunnel.conf".into(),
+            InstanceFile::Custom503 => "custom503.http".into(),
+            InstanceFile::Certificate(name) => format!("certificates/{}", name.as_str()),
+        }
+    }
+}
+
+/// A certificate file name: letters, digits, `.`, `_` and `-`, not starting with a dot,
+/// at most 255 bytes. Whether it ends in `.pem` and matches the certificate is checked
+/// on upload (409 `bad_filename`), since that needs the certificate.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct CertName(String);
+
+impl CertName {
+    pub fn parse(s: &str) -> Option<CertName> {
+        let ok = !s.is_empty()
+            && s.len() <= 255
+            && !s.starts_with('.')
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+        ok.then(|| CertName(s.to_string()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+#[cfg(test)]
+mod cert_name_tests {
+    use super::*;
+
+    #[test]
+    fn safe_names_only() {
+        for good in [
+            "www.example.com.pem",
+            "WILDCARD.example.com.pem",
+            "a_b-c.pem",
+            "noext",
+        ] {
+            assert!(CertName::parse(good).is_some(), "{good}");
+        }
+        for bad in [
+            "",
+            ".",
+            "..",
+            ".hidden.pem",
+            "../x.pem",
+            "a/b.pem",
+            "a b.pem",
+            "x%2f.pem",
+            "é.pem",
+        ] {
+            assert!(CertName::parse(bad).is_none(), "{bad}");
+        }
+        assert!(CertName::parse(&"a".repeat(256)).is_none());
+    }
+}

@@ -17,21 +17,27 @@ use hyper::body::Incoming;
 use hyper::{Request, Response};
 use serde::Serialize;
 
-use crate::config::agent::{AgentConfig, TlsPaths};
+use crate::config::agent::{AgentConfig, ServiceManagerKind, TlsPaths};
 use crate::exit;
 use crate::fsutil::{ensure_dir, write_atomic};
 use crate::transport::server::Server;
 use crate::transport::tls::AllowList;
 use crate::transport::{App, ConnInfo, ServerLimits, TlsMaterial, TlsSettings};
 
+pub mod bundle;
+pub mod daemons;
 pub mod ids;
+pub mod instances;
 pub mod metrics;
+pub mod render;
 pub mod response;
 pub mod routes;
 pub mod status;
 pub mod store;
 
+use daemons::{DirectManager, ServiceManager, SystemdManager};
 use ids::InstanceId;
+use instances::{InstanceManager, InstanceSettings};
 use metrics::AgentMetrics;
 use response::{AgentError, Reply};
 use routes::{Route, RouteError};
@@ -61,6 +67,7 @@ pub struct Agent {
     tls: Arc<ArcSwap<TlsMaterial>>,
     tls_paths: TlsPaths,
     store: InstanceStore,
+    instances: Arc<InstanceManager>,
     status: Arc<StatusCache>,
     metrics: Arc<AgentMetrics>,
     appliance_id: String,
@@ -85,6 +92,7 @@ impl App for Agent {
             Ok(route) => self.dispatch(route, req).await,
             Err(RouteError::Unknown) => Err(AgentError::UnknownRoute),
             Err(RouteError::BadInstanceId(id)) => Err(AgentError::BadInstanceId(id)),
+            Err(RouteError::BadFileName(name)) => Err(AgentError::BadFileName(name)),
         };
         if let Err(AgentError::Internal(detail)) = &result {
             tracing::error!(%method, %path, client = %conn.identity, error = %detail, "internal error");
@@ -164,11 +172,50 @@ impl Agent {
             Route::GetInstance { id, json: true } => {
                 self.blocking(move |s| listeners(s, Some(id))).await
             }
+            Route::DeleteInstance { id } => {
+                let applied = self.instance_op(move |m| m.delete_instance(&id)).await?;
+                Ok(Reply::ok(applied.output))
+            }
+            Route::GetFile { id, file } => {
+                let content_type = match file {
+                    ids::InstanceFile::Custom503 => "application/octet-stream",
+                    _ => "text/plain; charset=utf-8",
+                };
+                let data = self.instance_op(move |m| m.get_file(&id, &file)).await?;
+                Ok(Reply::Raw {
+                    content_type,
+                    body: Bytes::from(data),
+                })
+            }
+            Route::PutFile { id, file } => {
+                let body = self.read_body(req).await?;
+                let applied = self
+                    .instance_op(move |m| m.put_file(&id, &file, &body))
+                    .await?;
+                Ok(Reply::created(applied.output))
+            }
+            Route::DeleteFile { id, file } => {
+                let applied = self.instance_op(move |m| m.delete_file(&id, &file)).await?;
+                Ok(Reply::ok(applied.output))
+            }
             Route::PutAgentCertificate => {
                 let body = self.read_body(req).await?;
                 self.put_agent_certificate(body).await
             }
         }
+    }
+
+    /// Runs an instance operation on the blocking pool (it runs daemons and waits).
+    async fn instance_op<T, F>(&self, f: F) -> Result<T, AgentError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&InstanceManager) -> Result<T, instances::InstanceError> + Send + 'static,
+    {
+        let manager = self.instances.clone();
+        tokio::task::spawn_blocking(move || f(&manager))
+            .await
+            .map_err(|e| AgentError::Internal(format!("worker failed: {e}")))?
+            .map_err(AgentError::from)
     }
 
     /// Runs file-system work off the async workers.
@@ -455,6 +502,27 @@ async fn run_async(config: AgentConfig) -> i32 {
         });
     let tls = Arc::new(ArcSwap::from_pointee(material));
     let store = InstanceStore::new(&config.state_dir, &config.run_dir);
+    let services: Arc<dyn ServiceManager> = match config.instances.service_manager {
+        ServiceManagerKind::Direct => Arc::new(DirectManager {
+            store: store.clone(),
+            haproxy_bin: config.instances.haproxy.clone(),
+            stunnel_bin: config.instances.stunnel.clone(),
+            timeout: config.instances.operation_timeout.0,
+        }),
+        ServiceManagerKind::Systemd => Arc::new(SystemdManager {
+            systemctl: config.instances.systemctl.clone(),
+        }),
+    };
+    let instances = Arc::new(InstanceManager::new(
+        store.clone(),
+        services,
+        InstanceSettings {
+            management_ip: config.management_ip(),
+            allow_invalid_dates: config.instances.allow_expired_certificates,
+            haproxy_bin: config.instances.haproxy.clone(),
+        },
+        metrics.reloads.clone(),
+    ));
 
     let status_cache = Arc::new(StatusCache::from_pointee(Bytes::new()));
     let mut sampler = {
@@ -476,6 +544,7 @@ async fn run_async(config: AgentConfig) -> i32 {
         tls: tls.clone(),
         tls_paths: config.tls_paths(),
         store,
+        instances: instances.clone(),
         status: status_cache,
         metrics: metrics.clone(),
         appliance_id,
@@ -505,6 +574,13 @@ async fn run_async(config: AgentConfig) -> i32 {
     );
     tracing::info!(listen = ?addrs, version = env!("CARGO_PKG_VERSION"), "agent serving");
     notify_ready();
+    // Daemons that survived an agent restart are adopted; configured ones that are not
+    // running (after a reboot) are started.
+    tokio::task::spawn_blocking(move || {
+        for line in instances.recover() {
+            tracing::info!("recovery: {line}");
+        }
+    });
 
     let signals = wait_for_signals(&config, &tls, &metrics).await;
     if let Err(e) = signals {

@@ -9,6 +9,7 @@ use http::{HeaderValue, StatusCode, header};
 use http_body_util::Full;
 use hyper::Response;
 
+use super::instances::InstanceError;
 use crate::certs::CertError;
 
 /// A successful result.
@@ -58,6 +59,8 @@ pub enum AgentError {
     UnknownRoute,
     #[error("Invalid instance id: {0:?}")]
     BadInstanceId(String),
+    #[error("Invalid file name: {0:?}")]
+    BadFileName(String),
     #[error("{message}")]
     BadRequest { code: &'static str, message: String },
     #[error("Not found")]
@@ -83,7 +86,9 @@ impl AgentError {
     pub fn status(&self) -> StatusCode {
         match self {
             AgentError::UnknownRoute => StatusCode::FORBIDDEN,
-            AgentError::BadInstanceId(_) | AgentError::BadRequest { .. } => StatusCode::BAD_REQUEST,
+            AgentError::BadInstanceId(_)
+            | AgentError::BadFileName(_)
+            | AgentError::BadRequest { .. } => StatusCode::BAD_REQUEST,
             AgentError::NotFound => StatusCode::NOT_FOUND,
             AgentError::Refused { .. } | AgentError::Certificate(_) => StatusCode::CONFLICT,
             AgentError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
@@ -96,6 +101,7 @@ impl AgentError {
         match self {
             AgentError::UnknownRoute => "invalid_request",
             AgentError::BadInstanceId(_) => "bad_instance_id",
+            AgentError::BadFileName(_) => "bad_filename",
             AgentError::BadRequest { code, .. } | AgentError::Refused { code, .. } => code,
             AgentError::NotFound => "not_found",
             AgentError::Certificate(e) => e.code(),
@@ -109,6 +115,32 @@ impl AgentError {
         match self {
             AgentError::Refused { details, .. } => details,
             _ => "",
+        }
+    }
+}
+
+impl From<InstanceError> for AgentError {
+    fn from(e: InstanceError) -> Self {
+        let refused = |code, e: &InstanceError, details: String| AgentError::Refused {
+            code,
+            message: e.to_string(),
+            details,
+        };
+        match e {
+            InstanceError::NotFound => AgentError::NotFound,
+            InstanceError::InvalidConfig { ref output } => {
+                refused("invalid_config", &e, output.clone())
+            }
+            InstanceError::ApplyFailed { ref output } => {
+                refused("apply_failed", &e, output.clone())
+            }
+            InstanceError::CertificateInUse { ref output } => {
+                refused("certificate_in_use", &e, output.clone())
+            }
+            InstanceError::InvalidCustom503(_) => refused("invalid_custom503", &e, String::new()),
+            InstanceError::TooLarge(n) => AgentError::PayloadTooLarge(n as u64),
+            InstanceError::Certificate(c) => AgentError::Certificate(c),
+            InstanceError::Io(io) => AgentError::Internal(io.to_string()),
         }
     }
 }

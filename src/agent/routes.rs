@@ -8,6 +8,11 @@
 //! GET    /metrics                            Metrics
 //! GET    /instances | /listeners             ListInstances
 //! GET    /instances/:id | /listeners/:id     GetInstance
+//! DELETE /instances/:id                      DeleteInstance
+//! GET|PUT|DELETE /instances/:id/haproxy      File (haproxy.cfg)
+//! GET|PUT|DELETE /instances/:id/stunnel      File (stunnel.conf)
+//! GET|PUT|DELETE /instances/:id/custom503    File (custom503.http)
+//! GET|PUT|DELETE /instances/:id/certificates/:file.pem
 //! PUT    /certificate                        PutAgentCertificate
 //! ```
 //! Every route under `/instances/` is also served under `/listeners/`; the two list
@@ -15,7 +20,7 @@
 
 use http::Method;
 
-use super::ids::InstanceId;
+use super::ids::{CertName, InstanceFile, InstanceId};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Route {
@@ -25,7 +30,19 @@ pub enum Route {
     Metrics,
     ListInstances { json: bool },
     GetInstance { id: InstanceId, json: bool },
+    DeleteInstance { id: InstanceId },
+    GetFile { id: InstanceId, file: InstanceFile },
+    PutFile { id: InstanceId, file: InstanceFile },
+    DeleteFile { id: InstanceId, file: InstanceFile },
     PutAgentCertificate,
+}
+
+/// What a request does to an instance file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FileVerb {
+    Get,
+    Put,
+    Delete,
 }
 
 impl Route {
@@ -40,6 +57,15 @@ impl Route {
             Route::ListInstances { json: true } => "/listeners",
             Route::GetInstance { json: false, .. } => "/instances/:id",
             Route::GetInstance { json: true, .. } => "/listeners/:id",
+            Route::DeleteInstance { .. } => "/instances/:id",
+            Route::GetFile { file, .. }
+            | Route::PutFile { file, .. }
+            | Route::DeleteFile { file, .. } => match file {
+                InstanceFile::Haproxy => "/instances/:id/haproxy",
+                InstanceFile::Stunnel => "/instances/:id/stunnel",
+                InstanceFile::Custom503 => "/instances/:id/custom503",
+                InstanceFile::Certificate(_) => "/instances/:id/certificates/:file",
+            },
             Route::PutAgentCertificate => "/certificate",
         }
     }
@@ -52,6 +78,8 @@ pub enum RouteError {
     Unknown,
     /// The instance id is not a UUID.
     BadInstanceId(String),
+    /// The certificate file name has characters that cannot be a file name here.
+    BadFileName(String),
 }
 
 /// Maps a request line to a route.
@@ -62,6 +90,47 @@ pub fn parse(method: &Method, path: &str) -> Result<Route, RouteError> {
     };
     let segments: Vec<&str> = path.split('/').skip(1).collect();
     let get = *method == Method::GET || *method == Method::HEAD;
+    let verb = if get {
+        Some(FileVerb::Get)
+    } else if *method == Method::PUT {
+        Some(FileVerb::Put)
+    } else if *method == Method::DELETE {
+        Some(FileVerb::Delete)
+    } else {
+        None
+    };
+    let instance =
+        |id: &str| InstanceId::parse(id).ok_or_else(|| RouteError::BadInstanceId(id.to_string()));
+    let file_route = |id: &str, file: InstanceFile| {
+        let id = instance(id)?;
+        Ok(match verb {
+            Some(FileVerb::Get) => Route::GetFile { id, file },
+            Some(FileVerb::Put) => Route::PutFile { id, file },
+            Some(FileVerb::Delete) => Route::DeleteFile { id, file },
+            None => return Err(RouteError::Unknown),
+        })
+    };
+    if let ["instances" | "listeners", id, rest @ ..] = segments.as_slice()
+        && !rest.is_empty()
+        && verb.is_some()
+    {
+        return match rest {
+            ["haproxy"] => file_route(id, InstanceFile::Haproxy),
+            ["stunnel"] => file_route(id, InstanceFile::Stunnel),
+            ["custom503"] => file_route(id, InstanceFile::Custom503),
+            ["certificates", name] => {
+                let name = CertName::parse(name)
+                    .ok_or_else(|| RouteError::BadFileName((*name).to_string()))?;
+                file_route(id, InstanceFile::Certificate(name))
+            }
+            _ => Err(RouteError::Unknown),
+        };
+    }
+    if let (["instances" | "listeners", id], true) =
+        (segments.as_slice(), *method == Method::DELETE)
+    {
+        return Ok(Route::DeleteInstance { id: instance(id)? });
+    }
     match (segments.as_slice(), get) {
         ([""], true) => Ok(Route::Root),
         (["status"], true) => Ok(Route::Status),

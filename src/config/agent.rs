@@ -33,6 +33,48 @@ pub struct AgentConfig {
     pub limits: Limits,
     #[serde(default)]
     pub status: StatusSection,
+    #[serde(default)]
+    pub instances: InstancesSection,
+}
+
+/// How instances' daemons are run.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ServiceManagerKind {
+    /// The agent starts haproxy and stunnel itself (detached) and adopts them on restart.
+    #[default]
+    Direct,
+    /// Through the `haproxy@<id>` and `stunnel@<id>` template units.
+    Systemd,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct InstancesSection {
+    pub service_manager: ServiceManagerKind,
+    /// haproxy program (a name is looked up in PATH).
+    pub haproxy: PathBuf,
+    /// stunnel program.
+    pub stunnel: PathBuf,
+    /// systemctl program, for the systemd service manager.
+    pub systemctl: PathBuf,
+    /// Accept certificate bundles outside their validity window (with a warning).
+    pub allow_expired_certificates: bool,
+    /// Time a daemon start, reload or stop may take before it counts as failed.
+    pub operation_timeout: HumanDuration,
+}
+
+impl Default for InstancesSection {
+    fn default() -> Self {
+        InstancesSection {
+            service_manager: ServiceManagerKind::Direct,
+            haproxy: PathBuf::from("haproxy"),
+            stunnel: PathBuf::from("stunnel"),
+            systemctl: PathBuf::from("systemctl"),
+            allow_expired_certificates: true,
+            operation_timeout: HumanDuration::secs(10),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Default)]
@@ -238,6 +280,10 @@ impl AgentConfig {
             ("limits.idle_timeout", l.idle_timeout),
             ("limits.body_timeout", l.body_timeout),
             ("status.interval", self.status.interval),
+            (
+                "instances.operation_timeout",
+                self.instances.operation_timeout,
+            ),
         ] {
             if d.0.is_zero() {
                 problem(key, "must be greater than zero".into());

@@ -135,6 +135,7 @@ pub struct Agent {
     pub addr: SocketAddr,
     pub dir: TempDir,
     pub log: PathBuf,
+    args: Vec<std::ffi::OsString>,
 }
 
 pub struct AgentOptions<'a> {
@@ -180,32 +181,51 @@ impl Agent {
         );
         std::fs::write(&config, toml).unwrap();
         let log = dir.path().join("agent.log");
-        let mut cmd = Command::new(bin());
-        cmd.arg("agent")
-            .arg("--config")
-            .arg(&config)
-            .arg("--listen")
-            .arg(addr.to_string())
-            .arg("--cert")
-            .arg(&opts.server.cert)
-            .arg("--key")
-            .arg(&opts.server.key)
-            .arg("--client-ca")
-            .arg(&opts.client_ca)
-            .args(&opts.extra_args)
-            .env_remove("RUST_LOG")
-            .env_remove("NOTIFY_SOCKET")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap());
-        let child = cmd.spawn().expect("spawn agent");
+        let mut args: Vec<std::ffi::OsString> =
+            vec!["agent".into(), "--config".into(), config.into()];
+        args.extend(["--listen".into(), addr.to_string().into()]);
+        args.extend(["--cert".into(), opts.server.cert.clone().into()]);
+        args.extend(["--key".into(), opts.server.key.clone().into()]);
+        args.extend(["--client-ca".into(), opts.client_ca.clone().into()]);
+        args.extend(opts.extra_args.iter().map(Into::into));
+        let child = Agent::spawn(&args, &log);
         let mut agent = Agent {
             child,
             addr,
             dir,
             log,
+            args,
         };
         agent.wait_listening();
         agent
+    }
+
+    fn spawn(args: &[std::ffi::OsString], log: &Path) -> Child {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .unwrap();
+        Command::new(bin())
+            .args(args)
+            .env_remove("RUST_LOG")
+            .env_remove("NOTIFY_SOCKET")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn agent")
+    }
+
+    /// `kill -9` of the agent, nothing else.
+    pub fn kill9(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    /// Starts the agent again with the same configuration, directories and port.
+    pub fn start_again(&mut self) {
+        self.child = Agent::spawn(&self.args, &self.log);
+        self.wait_listening();
     }
 
     fn wait_listening(&mut self) {
@@ -458,4 +478,114 @@ pub async fn assert_refused(client: &Client, addr: SocketAddr, alert: AlertDescr
         ),
         Err(e) => assert_eq!(tls_alert(&e), Some(alert), "unexpected error: {e:?}"),
     }
+}
+
+/// A tiny HTTP backend on 127.0.0.2 answering every request with `body`. (Other test
+/// servers live on 127.0.0.1, so a stopped backend's port stays closed.)
+pub struct Backend {
+    pub port: u16,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Backend {
+    pub async fn start(body: &'static str) -> Backend {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.2:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((mut s, _)) = listener.accept().await else {
+                    return;
+                };
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 4096];
+                    let mut seen = Vec::new();
+                    while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match s.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => seen.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let resp = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = s.write_all(resp.as_bytes()).await;
+                    let _ = s.shutdown().await;
+                });
+            }
+        });
+        Backend {
+            port,
+            task: Some(task),
+        }
+    }
+
+    /// Stops the backend; its listener is closed when this returns.
+    pub async fn stop(mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        if let Some(task) = &self.task {
+            task.abort();
+        }
+    }
+}
+
+/// A plain HTTP/1.0 GET to 127.0.0.1:port; returns the whole response text.
+pub fn http_get(port: u16) -> std::io::Result<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    s.write_all(b"GET / HTTP/1.0\r\nhost: test\r\n\r\n")?;
+    let mut out = Vec::new();
+    s.read_to_end(&mut out)?;
+    Ok(String::from_utf8_lossy(&out).into_owned())
+}
+
+/// An HTTPS GET through a TLS frontend: the certificate CN it presented and the
+/// response text. `server_name` is sent as SNI and verified against `ca`.
+pub async fn https_get(
+    ca: &Path,
+    port: u16,
+    server_name: &str,
+) -> Result<(String, String), BoxError> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut roots = RootCertStore::empty();
+    for c in applianced::certs::load_certs(ca)? {
+        roots.add(c)?;
+    }
+    let config = ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let tcp = TcpStream::connect(("127.0.0.1", port)).await?;
+    let name = ServerName::try_from(server_name.to_string())?;
+    let mut tls = TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await?;
+    let cn = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .and_then(|c| applianced::certs::CertInfo::parse(c).ok())
+        .and_then(|i| i.subject_cn)
+        .unwrap_or_default();
+    tls.write_all(format!("GET / HTTP/1.0\r\nhost: {server_name}\r\n\r\n").as_bytes())
+        .await?;
+    let mut out = Vec::new();
+    match tls.read_to_end(&mut out).await {
+        Ok(_) => {}
+        // Some daemons close without close_notify after HTTP/1.0.
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !out.is_empty() => {}
+        Err(e) => return Err(e.into()),
+    }
+    Ok((cn, String::from_utf8_lossy(&out).into_owned()))
 }

@@ -1,0 +1,605 @@
+//! Instance operations: upload, read and delete of an instance's files, applied to its
+//! daemons with rollback.
+//!
+//! The rule: every daemon whose configuration exists runs with the files on disk. A
+//! change writes its files (atomically), then brings the affected daemons in line:
+//! render, check (`haproxy -c`; stunnel as far as possible), then reload or start. If
+//! any step fails, the previous files are restored and the daemons brought back in line
+//! with them, and the request is refused with the daemon's output. haproxy
+//! configurations are checked before they touch the disk at all.
+//!
+//! Operations on one instance are serialised; different instances proceed in parallel.
+//! Everything here is blocking; the HTTP layer runs it on the blocking pool.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+
+use super::bundle;
+use super::daemons::{ServiceManager, rendered_config};
+use super::ids::{InstanceFile, InstanceId};
+use super::render::{self, Placeholders};
+use super::store::{Daemon, InstanceStore};
+use crate::certs::{self, CertError};
+use crate::fsutil::{ensure_dir, remove_durable, write_atomic};
+
+/// Largest custom 503 response haproxy accepts with its default buffer size.
+pub const MAX_CUSTOM503_BYTES: usize = 16 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum InstanceError {
+    #[error("Not found")]
+    NotFound,
+    #[error("Invalid configuration")]
+    InvalidConfig { output: String },
+    #[error("Apply failed; the previous state was restored")]
+    ApplyFailed { output: String },
+    #[error("Certificate is used by the instance's configuration")]
+    CertificateInUse { output: String },
+    #[error("Invalid custom 503 response: {0}")]
+    InvalidCustom503(String),
+    #[error("Body larger than the limit of {0} bytes")]
+    TooLarge(usize),
+    #[error(transparent)]
+    Certificate(#[from] CertError),
+    #[error("I/O error: {0}")]
+    Io(#[from] io::Error),
+}
+
+/// A change that was applied: the first line is `OK`, then `output`.
+#[derive(Debug)]
+pub struct Applied {
+    pub output: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct InstanceSettings {
+    pub management_ip: Option<IpAddr>,
+    pub allow_invalid_dates: bool,
+    pub haproxy_bin: PathBuf,
+}
+
+type Labels = Vec<(String, String)>;
+
+pub struct InstanceManager {
+    store: InstanceStore,
+    services: Arc<dyn ServiceManager>,
+    settings: InstanceSettings,
+    locks: Mutex<HashMap<InstanceId, Arc<Mutex<()>>>>,
+    operations: Family<Labels, Counter>,
+}
+
+/// A file's content before a change, to restore it.
+struct Snapshot {
+    path: PathBuf,
+    content: Option<Vec<u8>>,
+    mode: u32,
+}
+
+impl InstanceManager {
+    pub fn new(
+        store: InstanceStore,
+        services: Arc<dyn ServiceManager>,
+        settings: InstanceSettings,
+        operations: Family<Labels, Counter>,
+    ) -> InstanceManager {
+        InstanceManager {
+            store,
+            services,
+            settings,
+            locks: Mutex::new(HashMap::new()),
+            operations,
+        }
+    }
+
+    pub fn store(&self) -> &InstanceStore {
+        &self.store
+    }
+
+    pub fn services(&self) -> &dyn ServiceManager {
+        self.services.as_ref()
+    }
+
+    fn lock(&self, id: &InstanceId) -> Arc<Mutex<()>> {
+        let mut locks = self.locks.lock().unwrap_or_else(|e| e.into_inner());
+        locks.entry(id.clone()).or_default().clone()
+    }
+
+    fn path(&self, id: &InstanceId, file: &InstanceFile) -> PathBuf {
+        self.store.dir(id).join(file.relative_path())
+    }
+
+    fn certs_dir(&self, id: &InstanceId) -> PathBuf {
+        self.store.dir(id).join("certificates")
+    }
+
+    /// Reads an instance file.
+    pub fn get_file(&self, id: &InstanceId, file: &InstanceFile) -> Result<Vec<u8>, InstanceError> {
+        match std::fs::read(self.path(id, file)) {
+            Ok(data) => Ok(data),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(InstanceError::NotFound),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Uploads an instance file and applies it.
+    pub fn put_file(
+        &self,
+        id: &InstanceId,
+        file: &InstanceFile,
+        body: &[u8],
+    ) -> Result<Applied, InstanceError> {
+        let mut notes = Vec::new();
+        // Checks that need no lock: the body alone decides.
+        let (mode, affected): (u32, &[(Daemon, Apply)]) = match file {
+            InstanceFile::Haproxy => {
+                utf8(body)?;
+                (0o640, &[(Daemon::Haproxy, Apply::Config)])
+            }
+            InstanceFile::Stunnel => {
+                utf8(body)?;
+                (0o640, &[(Daemon::Stunnel, Apply::Config)])
+            }
+            InstanceFile::Custom503 => {
+                check_custom503(body)?;
+                (0o644, &[(Daemon::Haproxy, Apply::Files)])
+            }
+            InstanceFile::Certificate(name) => {
+                let valid = bundle::validate(
+                    name.as_str(),
+                    body,
+                    self.settings.allow_invalid_dates,
+                    certs::now_unix(),
+                )?;
+                if let Some(w) = valid.warning {
+                    tracing::warn!(instance = %id, file = name.as_str(), "certificate accepted outside its validity: {w}");
+                    notes.push(format!("warning: {w}"));
+                }
+                (
+                    0o600,
+                    &[
+                        (Daemon::Stunnel, Apply::Files),
+                        (Daemon::Haproxy, Apply::Files),
+                    ],
+                )
+            }
+        };
+        let lock = self.lock(id);
+        let _guard = lock.lock().unwrap_or_else(|e| e.into_inner());
+        let created_dir = !self.store.dir(id).exists();
+        self.ensure_dirs(id, file)?;
+        if *file == InstanceFile::Haproxy
+            && let Err(e) = self.check_haproxy_candidate(id, body)
+        {
+            if created_dir {
+                self.remove_empty_dirs(id);
+            }
+            return Err(e);
+        }
+        let path = self.path(id, file);
+        let result = self.transact(id, vec![(path, Some(body.to_vec()), mode)], affected);
+        if result.is_err() && created_dir {
+            self.remove_empty_dirs(id);
+        }
+        let applied = result?;
+        notes.push(applied.output);
+        Ok(Applied {
+            output: join_lines(&notes),
+        })
+    }
+
+    /// Deletes an instance file and brings the daemons in line.
+    pub fn delete_file(
+        &self,
+        id: &InstanceId,
+        file: &InstanceFile,
+    ) -> Result<Applied, InstanceError> {
+        let lock = self.lock(id);
+        let _guard = lock.lock().unwrap_or_else(|e| e.into_inner());
+        let path = self.path(id, file);
+        if !path.is_file() {
+            return Err(InstanceError::NotFound);
+        }
+        let result = match file {
+            InstanceFile::Haproxy | InstanceFile::Stunnel => {
+                let daemon = if *file == InstanceFile::Haproxy {
+                    Daemon::Haproxy
+                } else {
+                    Daemon::Stunnel
+                };
+                let stopped = self
+                    .op(daemon, "stop", self.services.stop(id, daemon))
+                    .map_err(|output| InstanceError::ApplyFailed { output })?;
+                remove_durable(&path)?;
+                let _ = std::fs::remove_file(rendered_config(&self.store, id, daemon));
+                Ok(Applied { output: stopped })
+            }
+            InstanceFile::Custom503 => self.transact(
+                id,
+                vec![(path, None, 0o644)],
+                &[(Daemon::Haproxy, Apply::Files)],
+            ),
+            InstanceFile::Certificate(name) => {
+                let stunnel = std::fs::read_to_string(self.store.config_path(id, Daemon::Stunnel))
+                    .unwrap_or_default();
+                if render::mentions(&stunnel, name.as_str()) {
+                    return Err(InstanceError::CertificateInUse {
+                        output: format!("the stunnel configuration refers to {}", name.as_str()),
+                    });
+                }
+                self.transact(
+                    id,
+                    vec![(path, None, 0o600)],
+                    &[(Daemon::Haproxy, Apply::Files)],
+                )
+                .map_err(|e| match e {
+                    InstanceError::InvalidConfig { output }
+                    | InstanceError::ApplyFailed { output } => {
+                        InstanceError::CertificateInUse { output }
+                    }
+                    other => other,
+                })
+            }
+        };
+        self.remove_empty_dirs(id);
+        result
+    }
+
+    /// Stops the instance's daemons and removes everything it has.
+    pub fn delete_instance(&self, id: &InstanceId) -> Result<Applied, InstanceError> {
+        let lock = self.lock(id);
+        let _guard = lock.lock().unwrap_or_else(|e| e.into_inner());
+        if !self.store.has_files(id)? && !self.store.run_dir(id).exists() {
+            return Err(InstanceError::NotFound);
+        }
+        let mut output = Vec::new();
+        for daemon in [Daemon::Haproxy, Daemon::Stunnel] {
+            match self.op(daemon, "stop", self.services.stop(id, daemon)) {
+                Ok(o) => output.push(o),
+                Err(e) => return Err(InstanceError::ApplyFailed { output: e }),
+            }
+        }
+        remove_tree(&self.store.dir(id))?;
+        remove_tree(&self.store.run_dir(id))?;
+        self.locks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(id);
+        Ok(Applied {
+            output: join_lines(&output),
+        })
+    }
+
+    /// Starts every configured daemon that is not running (after a reboot, or a crash of
+    /// a daemon). Running daemons are adopted as they are.
+    pub fn recover(&self) -> Vec<String> {
+        let mut report = Vec::new();
+        for id in self.store.list().unwrap_or_default() {
+            for daemon in [Daemon::Stunnel, Daemon::Haproxy] {
+                if !self.store.has_config(&id, daemon) {
+                    continue;
+                }
+                match self.services.pid(&id, daemon) {
+                    Some(pid) => {
+                        report.push(format!("{id} {}: adopted (pid {pid})", daemon.name()))
+                    }
+                    None => {
+                        let lock = self.lock(&id);
+                        let _guard = lock.lock().unwrap_or_else(|e| e.into_inner());
+                        match self.sync(&id, daemon, Apply::Config) {
+                            Ok(_) => report.push(format!("{id} {}: started", daemon.name())),
+                            Err(e) => report.push(format!(
+                                "{id} {}: failed to start: {}",
+                                daemon.name(),
+                                e.output()
+                            )),
+                        }
+                    }
+                }
+            }
+        }
+        report
+    }
+
+    fn ensure_dirs(&self, id: &InstanceId, file: &InstanceFile) -> io::Result<()> {
+        ensure_dir(&self.store.dir(id), 0o750)?;
+        ensure_dir(&self.store.run_dir(id), 0o750)?;
+        if matches!(file, InstanceFile::Certificate(_)) {
+            ensure_dir(&self.certs_dir(id), 0o700)?;
+        }
+        Ok(())
+    }
+
+    /// Removes the certificate directory and the instance directories once they hold no
+    /// file (the seed's rule), unless a daemon still runs.
+    fn remove_empty_dirs(&self, id: &InstanceId) {
+        let _ = std::fs::remove_dir(self.certs_dir(id));
+        if self.store.has_files(id).unwrap_or(true) {
+            return;
+        }
+        if Daemon::ALL
+            .iter()
+            .any(|d| self.services.pid(id, *d).is_some())
+        {
+            return;
+        }
+        let _ = remove_tree(&self.store.dir(id));
+        let _ = remove_tree(&self.store.run_dir(id));
+    }
+
+    /// Writes the changes, brings `affected` daemons in line; on failure restores the
+    /// files and brings the daemons back in line with them.
+    fn transact(
+        &self,
+        id: &InstanceId,
+        changes: Vec<(PathBuf, Option<Vec<u8>>, u32)>,
+        affected: &[(Daemon, Apply)],
+    ) -> Result<Applied, InstanceError> {
+        let mut snapshots = Vec::with_capacity(changes.len());
+        for (path, _, mode) in &changes {
+            let content = match std::fs::read(path) {
+                Ok(c) => Some(c),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+                Err(e) => return Err(e.into()),
+            };
+            snapshots.push(Snapshot {
+                path: path.clone(),
+                content,
+                mode: *mode,
+            });
+        }
+        let written = changes
+            .iter()
+            .try_for_each(|(path, content, mode)| write_or_remove(path, content.as_deref(), *mode));
+        if let Err(e) = written {
+            restore(&snapshots);
+            return Err(e.into());
+        }
+        let mut outputs = Vec::new();
+        for (daemon, how) in affected {
+            match self.sync(id, *daemon, *how) {
+                Ok(o) => outputs.push(o),
+                Err(err) => {
+                    restore(&snapshots);
+                    let mut rollback = Vec::new();
+                    for (d, how) in affected {
+                        match self.sync(id, *d, *how) {
+                            Ok(o) => rollback.push(o),
+                            Err(e) => {
+                                tracing::error!(instance = %id, daemon = d.name(), "rollback failed: {}", e.output());
+                                rollback.push(format!(
+                                    "rollback of {} failed: {}",
+                                    d.name(),
+                                    e.output()
+                                ));
+                            }
+                        }
+                    }
+                    let output =
+                        format!("{}\nrolled back:\n{}", err.output(), join_lines(&rollback));
+                    return Err(match err {
+                        SyncError::Invalid(_) => InstanceError::InvalidConfig { output },
+                        SyncError::Failed(_) => InstanceError::ApplyFailed { output },
+                    });
+                }
+            }
+        }
+        Ok(Applied {
+            output: join_lines(&outputs),
+        })
+    }
+
+    /// Brings one daemon in line with the files: no configuration, stopped; else
+    /// rendered, checked, and reloaded (or started).
+    fn sync(&self, id: &InstanceId, daemon: Daemon, how: Apply) -> Result<String, SyncError> {
+        let raw = match std::fs::read_to_string(self.store.config_path(id, daemon)) {
+            Ok(raw) => raw,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                let _ = std::fs::remove_file(rendered_config(&self.store, id, daemon));
+                if self.services.pid(id, daemon).is_none() {
+                    return Ok(String::new());
+                }
+                return self
+                    .op(daemon, "stop", self.services.stop(id, daemon))
+                    .map_err(SyncError::Failed);
+            }
+            Err(e) => return Err(SyncError::Failed(e.to_string())),
+        };
+        let rendered = self
+            .render(id, daemon, &raw)
+            .map_err(|e| SyncError::Invalid(e.0))?;
+        let target = rendered_config(&self.store, id, daemon);
+        match daemon {
+            Daemon::Haproxy => {
+                let candidate = target.with_extension("cfg.check");
+                write_atomic(&candidate, rendered.as_bytes(), 0o640)
+                    .map_err(|e| SyncError::Failed(e.to_string()))?;
+                if let Err(output) = self.haproxy_check(&candidate) {
+                    let _ = std::fs::remove_file(&candidate);
+                    return Err(SyncError::Invalid(output));
+                }
+                std::fs::rename(&candidate, &target)
+                    .map_err(|e| SyncError::Failed(e.to_string()))?;
+            }
+            Daemon::Stunnel => {
+                write_atomic(&target, rendered.as_bytes(), 0o640)
+                    .map_err(|e| SyncError::Failed(e.to_string()))?;
+            }
+        }
+        let (verb, result) = match (self.services.pid(id, daemon), daemon, how) {
+            (None, ..) => ("start", self.services.start(id, daemon)),
+            (Some(_), Daemon::Stunnel, Apply::Config) => {
+                ("restart", self.services.restart(id, daemon))
+            }
+            (Some(_), ..) => ("reload", self.services.reload(id, daemon)),
+        };
+        self.op(daemon, verb, result).map_err(SyncError::Failed)
+    }
+
+    fn render(
+        &self,
+        id: &InstanceId,
+        daemon: Daemon,
+        raw: &str,
+    ) -> Result<String, render::RenderError> {
+        let certs_dir = self.certs_dir(id);
+        let custom503 = self.path(id, &InstanceFile::Custom503);
+        let p = Placeholders {
+            my_ip: self.settings.management_ip,
+            certs_dir: &certs_dir,
+            custom503: &custom503,
+        };
+        match daemon {
+            Daemon::Haproxy => render::render_haproxy(raw, &p, custom503.is_file()),
+            Daemon::Stunnel => {
+                render::render_stunnel(raw, &p, &self.store.pid_file(id, Daemon::Stunnel), |f| {
+                    Path::new(f).exists()
+                })
+            }
+        }
+    }
+
+    /// Renders and checks an uploaded haproxy configuration before anything is written.
+    fn check_haproxy_candidate(&self, id: &InstanceId, body: &[u8]) -> Result<(), InstanceError> {
+        let raw = utf8(body)?;
+        let rendered = self
+            .render(id, Daemon::Haproxy, raw)
+            .map_err(|e| InstanceError::InvalidConfig { output: e.0 })?;
+        let candidate =
+            rendered_config(&self.store, id, Daemon::Haproxy).with_extension("cfg.upload");
+        write_atomic(&candidate, rendered.as_bytes(), 0o640)?;
+        let checked = self.haproxy_check(&candidate);
+        let _ = std::fs::remove_file(&candidate);
+        checked
+            .map(|_| ())
+            .map_err(|output| InstanceError::InvalidConfig { output })
+    }
+
+    /// `haproxy -c -f FILE`: Ok with its output, or Err with it.
+    fn haproxy_check(&self, config: &Path) -> Result<String, String> {
+        let out = Command::new(&self.settings.haproxy_bin)
+            .arg("-c")
+            .arg("-f")
+            .arg(config)
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| format!("cannot run {}: {e}", self.settings.haproxy_bin.display()))?;
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+        .replace(&config.display().to_string(), "haproxy.cfg");
+        if out.status.success() {
+            Ok(text.trim().to_string())
+        } else {
+            Err(text.trim().to_string())
+        }
+    }
+
+    /// Counts a daemon operation by result, logs a failure.
+    fn op(
+        &self,
+        daemon: Daemon,
+        verb: &str,
+        result: Result<String, String>,
+    ) -> Result<String, String> {
+        let outcome = if result.is_ok() { "ok" } else { "failed" };
+        self.operations
+            .get_or_create(&vec![
+                ("daemon".into(), daemon.name().into()),
+                ("operation".into(), verb.into()),
+                ("result".into(), outcome.into()),
+            ])
+            .inc();
+        if let Err(e) = &result {
+            tracing::warn!(
+                daemon = daemon.name(),
+                operation = verb,
+                "daemon operation failed: {e}"
+            );
+        }
+        result
+    }
+}
+
+/// How a running daemon takes a change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Apply {
+    /// Its own configuration changed: haproxy reloads, stunnel restarts.
+    Config,
+    /// Only files it reads changed (certificates, the 503 page): graceful reloads.
+    Files,
+}
+
+enum SyncError {
+    /// Refused before the daemon was touched (render or check).
+    Invalid(String),
+    /// The daemon did not take it.
+    Failed(String),
+}
+
+impl SyncError {
+    fn output(&self) -> &str {
+        match self {
+            SyncError::Invalid(o) | SyncError::Failed(o) => o,
+        }
+    }
+}
+
+fn utf8(body: &[u8]) -> Result<&str, InstanceError> {
+    std::str::from_utf8(body).map_err(|e| InstanceError::InvalidConfig {
+        output: format!("not UTF-8 text: {e}"),
+    })
+}
+
+fn check_custom503(body: &[u8]) -> Result<(), InstanceError> {
+    if body.len() > MAX_CUSTOM503_BYTES {
+        return Err(InstanceError::TooLarge(MAX_CUSTOM503_BYTES));
+    }
+    if !body.starts_with(b"HTTP/1.") {
+        return Err(InstanceError::InvalidCustom503(
+            "it must be a full HTTP response starting with a status line (\"HTTP/1.0 503 ...\")"
+                .into(),
+        ));
+    }
+    Ok(())
+}
+
+fn write_or_remove(path: &Path, content: Option<&[u8]>, mode: u32) -> io::Result<()> {
+    match content {
+        Some(c) => write_atomic(path, c, mode),
+        None => remove_durable(path).map(|_| ()),
+    }
+}
+
+fn restore(snapshots: &[Snapshot]) {
+    for s in snapshots {
+        if let Err(e) = write_or_remove(&s.path, s.content.as_deref(), s.mode) {
+            tracing::error!(file = %s.path.display(), error = %e, "cannot restore file");
+        }
+    }
+}
+
+fn remove_tree(dir: &Path) -> io::Result<()> {
+    match std::fs::remove_dir_all(dir) {
+        Ok(()) => crate::fsutil::sync_dir(dir.parent().unwrap_or(Path::new("/"))),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+fn join_lines(parts: &[String]) -> String {
+    parts
+        .iter()
+        .map(|s| s.trim())
+        .filter(|s| !s.is_empty())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
