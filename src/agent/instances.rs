@@ -207,19 +207,17 @@ impl InstanceManager {
             return Err(InstanceError::NotFound);
         }
         let result = match file {
-            InstanceFile::Haproxy | InstanceFile::Stunnel => {
-                let daemon = if *file == InstanceFile::Haproxy {
-                    Daemon::Haproxy
-                } else {
-                    Daemon::Stunnel
-                };
-                let stopped = self
-                    .op(daemon, "stop", self.services.stop(id, daemon))
-                    .map_err(|output| InstanceError::ApplyFailed { output })?;
-                remove_durable(&path)?;
-                let _ = std::fs::remove_file(rendered_config(&self.store, id, daemon));
-                Ok(Applied { output: stopped })
-            }
+            // Without its configuration the daemon is stopped by `sync`.
+            InstanceFile::Haproxy => self.transact(
+                id,
+                vec![(path, None, 0o640)],
+                &[(Daemon::Haproxy, Apply::Config)],
+            ),
+            InstanceFile::Stunnel => self.transact(
+                id,
+                vec![(path, None, 0o640)],
+                &[(Daemon::Stunnel, Apply::Config)],
+            ),
             InstanceFile::Custom503 => self.transact(
                 id,
                 vec![(path, None, 0o644)],
@@ -228,7 +226,7 @@ impl InstanceManager {
             InstanceFile::Certificate(name) => {
                 let stunnel = std::fs::read_to_string(self.store.config_path(id, Daemon::Stunnel))
                     .unwrap_or_default();
-                if render::mentions(&stunnel, name.as_str()) {
+                if stunnel.contains(name.as_str()) {
                     return Err(InstanceError::CertificateInUse {
                         output: format!("the stunnel configuration refers to {}", name.as_str()),
                     });

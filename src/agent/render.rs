@@ -164,12 +164,6 @@ pub fn stunnel_accept_addresses(config: &str) -> Vec<std::net::SocketAddr> {
         .collect()
 }
 
-/// The file names a configuration mentions that are in `names` (to find which
-/// configurations use a certificate).
-pub fn mentions(config: &str, name: &str) -> bool {
-    config.contains(name)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
