@@ -123,15 +123,36 @@ pub fn main() -> i32 {
             command: ConfigCommand::Check { agent, controller },
         } => match (agent, controller) {
             (Some(path), _) => check_agent(&path),
-            (None, Some(path)) => {
-                eprintln!(
-                    "{}: the controller configuration is not supported by this build",
-                    path.display()
-                );
-                exit::CONFIG
-            }
+            (None, Some(path)) => check_controller(&path),
             (None, None) => exit::CONFIG,
         },
+    }
+}
+
+fn check_controller(path: &std::path::Path) -> i32 {
+    use crate::config::controller::ControllerConfig;
+    let config = match ControllerConfig::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return exit::CONFIG;
+        }
+    };
+    match config.check_tls() {
+        Ok(()) => {
+            println!(
+                "{}: OK ({} listeners)",
+                path.display(),
+                config.listeners.len()
+            );
+            exit::OK
+        }
+        Err(problems) => {
+            for p in problems {
+                eprintln!("{}: {p}", path.display());
+            }
+            exit::TLS_MATERIAL
+        }
     }
 }
 

@@ -8,6 +8,7 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer};
 
 pub mod agent;
+pub mod controller;
 
 /// A duration written as `"500ms"`, `"10s"`, `"5m"` or `"1h"`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,0 +1,356 @@
+//! The controller's configuration (`/etc/applianced/controller.toml`), as the controller
+//! spec lays it out: listeners each with an address, a zone and a client-CA setting; the
+//! store; the CA; appliance lifetimes; the compute backend. Every key is documented in
+//! `packaging/controller.toml`.
+
+use std::collections::HashSet;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use super::{ConfigError, HumanDuration, Problem};
+
+pub const DEFAULT_PATH: &str = "/etc/applianced/controller.toml";
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ControllerConfig {
+    #[serde(default = "default_state_dir")]
+    pub state_dir: PathBuf,
+    #[serde(default)]
+    pub log_level: Option<String>,
+    #[serde(default)]
+    pub database: Database,
+    /// Where the controller listens; at least one `admin` listener.
+    #[serde(default)]
+    pub listeners: Vec<Listener>,
+    #[serde(default)]
+    pub pki: PkiSection,
+    #[serde(default)]
+    pub appliances: Appliances,
+    #[serde(default)]
+    pub backend: Backend,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum Zone {
+    /// Operators: bearer tokens, optionally client certificates.
+    Admin,
+    /// Integrations: client certificates mapped to service accounts.
+    Api,
+    /// Callbacks from appliances, with their own certificates.
+    Appliance,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Listener {
+    pub address: SocketAddr,
+    pub zone: Zone,
+    /// Server certificate chain and key of this listener (HTTPS always).
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// CA bundle client certificates must chain to; required for `api` and `appliance`.
+    #[serde(default)]
+    pub client_ca: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Database {
+    /// `sqlite:///path/to/file.db` (embedded, the default) or `postgres://...`.
+    pub url: String,
+    pub max_connections: u32,
+}
+
+impl Default for Database {
+    fn default() -> Self {
+        Database {
+            url: "sqlite:///var/lib/applianced/controller.db".into(),
+            max_connections: 8,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PkiSection {
+    /// The controller's CA directory (`applianced pki init` layout); created if missing.
+    pub dir: Option<PathBuf>,
+    /// Lifetime of the certificates issued to appliances.
+    pub certificate_days: u32,
+    /// Rotate an appliance's certificate this many days before it expires.
+    pub rotate_before_days: u32,
+}
+
+impl Default for PkiSection {
+    fn default() -> Self {
+        PkiSection {
+            dir: None,
+            certificate_days: 30,
+            rotate_before_days: 14,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Appliances {
+    pub ttl_min_minutes: u32,
+    pub ttl_max_minutes: u32,
+    /// An appliance that has not called `launched` by then is `launch_timeout`.
+    pub launch_timeout: HumanDuration,
+    pub heartbeat_interval: HumanDuration,
+    /// Missed heartbeats before an appliance is `unhealthy`.
+    pub missed_heartbeats: u32,
+}
+
+impl Default for Appliances {
+    fn default() -> Self {
+        Appliances {
+            ttl_min_minutes: 15,
+            ttl_max_minutes: 235,
+            launch_timeout: HumanDuration::secs(600),
+            heartbeat_interval: HumanDuration::secs(30),
+            missed_heartbeats: 3,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKind {
+    /// Each appliance is an `applianced agent` process on its own loopback address.
+    #[default]
+    Process,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Backend {
+    pub kind: BackendKind,
+    /// First loopback address handed to `process` appliances (then the next ones).
+    pub first_address: IpAddr,
+    pub max_appliances: u32,
+    /// Port each `process` appliance's agent listens on.
+    pub agent_port: u16,
+}
+
+impl Default for Backend {
+    fn default() -> Self {
+        Backend {
+            kind: BackendKind::Process,
+            first_address: IpAddr::from([127, 0, 1, 1]),
+            max_appliances: 250,
+            agent_port: 9443,
+        }
+    }
+}
+
+fn default_state_dir() -> PathBuf {
+    PathBuf::from("/var/lib/applianced")
+}
+
+impl ControllerConfig {
+    pub fn load(path: &Path) -> Result<ControllerConfig, ConfigError> {
+        let config: ControllerConfig = super::read_toml(path)?;
+        config.validate().map_err(|problems| ConfigError {
+            file: Some(path.display().to_string()),
+            problems,
+        })?;
+        Ok(config)
+    }
+
+    /// Every problem of the configuration, each with its key.
+    pub fn validate(&self) -> Result<(), Vec<Problem>> {
+        let mut problems = Vec::new();
+        let mut problem = |key: String, message: String| problems.push(Problem { key, message });
+        if self.listeners.is_empty() {
+            problem(
+                "listeners".into(),
+                "at least one listener is required".into(),
+            );
+        }
+        if !self.listeners.iter().any(|l| l.zone == Zone::Admin) {
+            problem("listeners".into(), "an admin listener is required".into());
+        }
+        let mut addresses = HashSet::new();
+        for (i, l) in self.listeners.iter().enumerate() {
+            let key = |k: &str| format!("listeners[{i}].{k}");
+            if !addresses.insert(l.address) {
+                problem(
+                    key("address"),
+                    format!("{} is used by another listener", l.address),
+                );
+            }
+            for (k, p) in [
+                ("cert", Some(&l.cert)),
+                ("key", Some(&l.key)),
+                ("client_ca", l.client_ca.as_ref()),
+            ] {
+                if let Some(p) = p
+                    && let Err(e) = std::fs::metadata(p)
+                {
+                    problem(key(k), format!("{}: {e}", p.display()));
+                }
+            }
+            if l.zone != Zone::Admin && l.client_ca.is_none() {
+                problem(
+                    key("client_ca"),
+                    format!("required for the {:?} zone", l.zone).to_lowercase(),
+                );
+            }
+        }
+        let url = &self.database.url;
+        if !(url.starts_with("sqlite:")
+            || url.starts_with("postgres://")
+            || url.starts_with("postgresql://"))
+        {
+            problem(
+                "database.url".into(),
+                format!("{url:?}: expected sqlite:... or postgres://..."),
+            );
+        }
+        if self.database.max_connections == 0 {
+            problem(
+                "database.max_connections".into(),
+                "must be at least 1".into(),
+            );
+        }
+        let a = &self.appliances;
+        if a.ttl_min_minutes == 0 || a.ttl_min_minutes > a.ttl_max_minutes {
+            problem(
+                "appliances.ttl_min_minutes".into(),
+                format!(
+                    "{}..{} is not a range of minutes",
+                    a.ttl_min_minutes, a.ttl_max_minutes
+                ),
+            );
+        }
+        for (k, d) in [
+            ("appliances.launch_timeout", a.launch_timeout),
+            ("appliances.heartbeat_interval", a.heartbeat_interval),
+        ] {
+            if d.0.is_zero() {
+                problem(k.into(), "must be greater than zero".into());
+            }
+        }
+        if a.missed_heartbeats == 0 {
+            problem(
+                "appliances.missed_heartbeats".into(),
+                "must be at least 1".into(),
+            );
+        }
+        let p = &self.pki;
+        if p.certificate_days == 0 || p.rotate_before_days >= p.certificate_days {
+            problem(
+                "pki.rotate_before_days".into(),
+                format!(
+                    "{} must be below pki.certificate_days ({})",
+                    p.rotate_before_days, p.certificate_days
+                ),
+            );
+        }
+        if !self.backend.first_address.is_loopback() {
+            problem(
+                "backend.first_address".into(),
+                format!(
+                    "{}: the process backend uses loopback addresses",
+                    self.backend.first_address
+                ),
+            );
+        }
+        if self.backend.max_appliances == 0 {
+            problem("backend.max_appliances".into(), "must be at least 1".into());
+        }
+        if !self.state_dir.is_absolute() {
+            problem(
+                "state_dir".into(),
+                format!("{}: must be an absolute path", self.state_dir.display()),
+            );
+        }
+        if let Some(level) = &self.log_level
+            && tracing_subscriber::EnvFilter::try_new(level).is_err()
+        {
+            problem(
+                "log_level".into(),
+                format!("{level:?} is not a log level or filter"),
+            );
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems)
+        }
+    }
+
+    /// Loads every listener's certificate, key and client CA, naming the listener.
+    pub fn check_tls(&self) -> Result<(), Vec<Problem>> {
+        let mut problems = Vec::new();
+        for (i, l) in self.listeners.iter().enumerate() {
+            let loaded = crate::certs::load_certs(&l.cert).and_then(|chain| {
+                let key = crate::certs::load_key(&l.key)?;
+                crate::certs::certified_key(chain, key)
+                    .map_err(|e| format!("{} / {}: {e}", l.cert.display(), l.key.display()))
+            });
+            if let Err(e) = loaded {
+                problems.push(Problem {
+                    key: format!("listeners[{i}].cert"),
+                    message: e,
+                });
+            }
+            if let Some(ca) = &l.client_ca
+                && let Err(e) = crate::certs::load_certs(ca)
+            {
+                problems.push(Problem {
+                    key: format!("listeners[{i}].client_ca"),
+                    message: e,
+                });
+            }
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn packaging_example_parses_and_names_every_problem() {
+        let text = include_str!("../../packaging/controller.toml");
+        let config: ControllerConfig = super::super::parse_toml(text).unwrap();
+        assert_eq!(config.listeners.len(), 2);
+        assert_eq!(config.appliances.ttl_max_minutes, 235);
+
+        let bad: ControllerConfig = super::super::parse_toml(
+            "[database]\nurl = \"mysql://x\"\n[[listeners]]\naddress = \"127.0.0.1:1\"\nzone = \"appliance\"\ncert = \"/nonexistent\"\nkey = \"/nonexistent\"\n[appliances]\nttl_min_minutes = 300\n",
+        )
+        .unwrap();
+        let keys: Vec<String> = bad
+            .validate()
+            .unwrap_err()
+            .into_iter()
+            .map(|p| p.key)
+            .collect();
+        for k in [
+            "listeners",
+            "listeners[0].cert",
+            "listeners[0].client_ca",
+            "database.url",
+            "appliances.ttl_min_minutes",
+        ] {
+            assert!(keys.iter().any(|x| x == k), "{k} missing from {keys:?}");
+        }
+        let (key, _) =
+            super::super::parse_toml::<ControllerConfig>("[[listeners]]\nadress = \"x\"\n")
+                .unwrap_err();
+        assert!(key.starts_with("listeners"), "{key}");
+    }
+}
