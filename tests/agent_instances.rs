@@ -72,6 +72,26 @@ impl Setup {
         self.agent.state_dir().join("instances").join(id)
     }
 
+    /// An instance terminating TLS in stunnel (bundle `www.example.com.pem` with CN
+    /// a.example.com) in front of haproxy in front of `backend`. Returns the haproxy
+    /// and stunnel ports.
+    async fn tls_instance(&self, backend: u16) -> (u16, u16) {
+        let (fe, tls_port) = (free_port(), free_port());
+        let bundle = self.www_bundle("a", "a.example.com");
+        let uploads = [
+            ("certificates/www.example.com.pem", bundle),
+            ("haproxy", haproxy_config(fe, backend).into_bytes()),
+            ("stunnel", stunnel_config(tls_port, fe).into_bytes()),
+        ];
+        for (file, body) in uploads {
+            let r = self
+                .put_text(&format!("/instances/{ID}/{file}"), &body)
+                .await;
+            assert_eq!(r.status, 201, "{file}: {}", r.body);
+        }
+        (fe, tls_port)
+    }
+
     /// A bundle for www.example.com whose CN is `cn`.
     fn www_bundle(&self, name: &str, cn: &str) -> Vec<u8> {
         self.pki
@@ -463,33 +483,9 @@ async fn haproxy_terminating_tls_switches_certificates_without_loss() {
 async fn a_stunnel_config_that_cannot_start_is_rolled_back() {
     let s = setup();
     let backend = Backend::start("tls backend").await;
-    let (fe, tls_port) = (free_port(), free_port());
     let ca = s.pki.ca_cert();
-    assert_eq!(
-        s.put_text(
-            &format!("/instances/{ID}/certificates/www.example.com.pem"),
-            &s.www_bundle("a", "a.example.com")
-        )
-        .await
-        .status,
-        201
-    );
-    assert_eq!(
-        s.put_text(
-            &format!("/instances/{ID}/haproxy"),
-            haproxy_config(fe, backend.port).as_bytes()
-        )
-        .await
-        .status,
-        201
-    );
+    let (fe, tls_port) = s.tls_instance(backend.port).await;
     let good = stunnel_config(tls_port, fe);
-    assert_eq!(
-        s.put_text(&format!("/instances/{ID}/stunnel"), good.as_bytes())
-            .await
-            .status,
-        201
-    );
 
     // Its new address is taken: stunnel cannot start; the old config and daemon return.
     let taken = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -751,35 +747,8 @@ async fn every_bad_bundle_is_409_with_its_code_and_nothing_is_written() {
 async fn daemons_survive_kill_9_of_the_agent_and_are_adopted_then_deleted() {
     let mut s = setup();
     let backend = Backend::start("survivor").await;
-    let (fe, tls_port) = (free_port(), free_port());
     let ca = s.pki.ca_cert();
-    assert_eq!(
-        s.put_text(
-            &format!("/instances/{ID}/certificates/www.example.com.pem"),
-            &s.www_bundle("a", "a.example.com")
-        )
-        .await
-        .status,
-        201
-    );
-    assert_eq!(
-        s.put_text(
-            &format!("/instances/{ID}/haproxy"),
-            haproxy_config(fe, backend.port).as_bytes()
-        )
-        .await
-        .status,
-        201
-    );
-    assert_eq!(
-        s.put_text(
-            &format!("/instances/{ID}/stunnel"),
-            stunnel_config(tls_port, fe).as_bytes()
-        )
-        .await
-        .status,
-        201
-    );
+    let (fe, tls_port) = s.tls_instance(backend.port).await;
     let status = s.get("/service_status").await.body;
     let (hp, sp) = (
         pid_of(&status, "haproxy").unwrap(),

@@ -30,6 +30,19 @@ struct Setup {
     client: Creds,
 }
 
+impl Setup {
+    /// A copy of the server certificate and key that a test may replace.
+    fn live_creds(&self) -> Creds {
+        let live = Creds {
+            cert: self.pki.path("live.crt"),
+            key: self.pki.path("live.key"),
+        };
+        std::fs::copy(&self.server.cert, &live.cert).unwrap();
+        std::fs::copy(&self.server.key, &live.key).unwrap();
+        live
+    }
+}
+
 fn setup() -> Setup {
     let pki = Pki::new();
     let server = pki.server("server", "agent-1");
@@ -444,12 +457,7 @@ async fn connection_cap_closes_extra_connections() {
 async fn sighup_swaps_the_certificate_without_dropping_connections() {
     let s = setup();
     // The agent reads its certificate from files we replace.
-    let live = Creds {
-        cert: s.pki.path("live.crt"),
-        key: s.pki.path("live.key"),
-    };
-    std::fs::copy(&s.server.cert, &live.cert).unwrap();
-    std::fs::copy(&s.server.key, &live.key).unwrap();
+    let live = s.live_creds();
     let agent = Agent::start(AgentOptions::new(&s.pki, &live));
     let client = Client::new(&s.pki.ca_cert(), Some(&s.client));
 
@@ -486,12 +494,7 @@ async fn sighup_swaps_the_certificate_without_dropping_connections() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn put_certificate_validates_writes_and_hot_swaps() {
     let s = setup();
-    let live = Creds {
-        cert: s.pki.path("live.crt"),
-        key: s.pki.path("live.key"),
-    };
-    std::fs::copy(&s.server.cert, &live.cert).unwrap();
-    std::fs::copy(&s.server.key, &live.key).unwrap();
+    let live = s.live_creds();
     let agent = Agent::start(AgentOptions::new(&s.pki, &live));
     let client = Client::new(&s.pki.ca_cert(), Some(&s.client));
     let mut open = client.connect(agent.addr).await.unwrap();
