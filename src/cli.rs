@@ -34,6 +34,15 @@ enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    /// Internal: bind listening sockets and exec PROGRAM with them (socket activation).
+    #[command(hide = true)]
+    ExecListening {
+        #[arg(long = "listen")]
+        listen: Vec<SocketAddr>,
+        program: String,
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -119,6 +128,15 @@ pub fn main() -> i32 {
                 exit::FAILURE
             }
         },
+        Command::ExecListening {
+            listen,
+            program,
+            args,
+        } => {
+            let why = crate::agent::handoff::exec_listening(&listen, &program, &args);
+            eprintln!("applianced exec-listening: {why}");
+            exit::FAILURE
+        }
         Command::Config {
             command: ConfigCommand::Check { agent, controller },
         } => match (agent, controller) {

@@ -329,11 +329,8 @@ async fn tls_through_stunnel_shows_the_uploaded_certificate_and_switches_without
         0o600
     );
 
-    // A stream of requests, each on a new TLS connection, runs across the switch. stunnel
-    // reloads on SIGHUP by rebinding its listeners, so connections attempted in that
-    // instant can be refused (haproxy termination, below, loses none). What must hold:
-    // no response is ever wrong, every failure is a refused or reset connection, and the
-    // stream continues on the new certificate.
+    // A stream of requests, each on a new TLS connection, runs across the switch and
+    // loses nothing: stunnel reloads on SIGHUP and keeps the sockets it was handed.
     let stream = {
         let ca = ca.clone();
         tokio::spawn(async move {
@@ -367,18 +364,12 @@ async fn tls_through_stunnel_shows_the_uploaded_certificate_and_switches_without
         cns.contains("a.example.com") && cns.contains("b.example.com"),
         "{cns:?}"
     );
-    for f in &failed {
-        assert!(
-            f.contains("refused")
-                || f.contains("reset")
-                || f.contains("closed")
-                || f.contains("eof"),
-            "{f}"
-        );
-    }
-    eprintln!(
-        "stunnel certificate switch: {ok} requests succeeded, {} refused during the reload",
-        failed.len()
+    assert!(
+        failed.is_empty(),
+        "{} of {} requests failed across the switch: {:?}",
+        failed.len(),
+        ok + failed.len(),
+        &failed[..failed.len().min(3)]
     );
     assert_eq!(
         https_get(&ca, tls_port, "www.example.com").await.unwrap().0,

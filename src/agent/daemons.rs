@@ -63,6 +63,8 @@ pub struct DirectManager {
     pub stunnel_bin: PathBuf,
     /// How long a start, reload or stop may take before it counts as failed.
     pub timeout: Duration,
+    /// This program, for the socket hand-off to stunnel (`exec-listening`).
+    pub self_exe: PathBuf,
 }
 
 impl DirectManager {
@@ -112,7 +114,21 @@ impl DirectManager {
                     .arg(master_socket(store, id));
             }
             Daemon::Stunnel => {
-                cmd.arg(&config);
+                let rendered = std::fs::read_to_string(&config).unwrap_or_default();
+                match super::render::stunnel_listen_sockets(&rendered) {
+                    // Through the socket hand-off, so that reloads keep the listeners.
+                    Some(addrs) if !addrs.is_empty() => {
+                        cmd = Command::new(&self.self_exe);
+                        cmd.arg("exec-listening");
+                        for a in addrs {
+                            cmd.arg("--listen").arg(a.to_string());
+                        }
+                        cmd.arg("--").arg(self.bin(daemon)).arg(&config);
+                    }
+                    _ => {
+                        cmd.arg(&config);
+                    }
+                }
             }
         }
         let status = cmd
@@ -316,14 +332,19 @@ fn read_from(path: &Path, offset: u64, daemon: Daemon) -> String {
     let kept: Vec<&str> = text
         .lines()
         .filter(|l| {
-            daemon != Daemon::Stunnel || l.starts_with("[!]") || l.starts_with("[.] Binding")
+            daemon != Daemon::Stunnel
+                || l.starts_with("[!]")
+                || l.starts_with("[.] Binding")
+                || l.starts_with("applianced")
         })
         .collect();
     let joined = kept.join("\n");
-    match joined.len() {
-        n if n > 8192 => joined[n - 8192..].to_string(),
-        _ => joined,
+    // Keep the end, where the failure is, within 8 KiB.
+    let mut start = joined.len().saturating_sub(8192);
+    while !joined.is_char_boundary(start) {
+        start += 1;
     }
+    joined[start..].to_string()
 }
 
 /// Drives `haproxy@<id>` and `stunnel@<id>` through systemctl.

@@ -26,6 +26,7 @@ use crate::transport::{App, ConnInfo, ServerLimits, TlsMaterial, TlsSettings};
 
 pub mod bundle;
 pub mod daemons;
+pub mod handoff;
 pub mod ids;
 pub mod instances;
 pub mod metrics;
@@ -508,6 +509,7 @@ async fn run_async(config: AgentConfig) -> i32 {
             haproxy_bin: config.instances.haproxy.clone(),
             stunnel_bin: config.instances.stunnel.clone(),
             timeout: config.instances.operation_timeout.0,
+            self_exe: std::env::current_exe().unwrap_or_else(|_| "applianced".into()),
         }),
         ServiceManagerKind::Systemd => Arc::new(SystemdManager {
             systemctl: config.instances.systemctl.clone(),

@@ -164,6 +164,22 @@ pub fn stunnel_accept_addresses(config: &str) -> Vec<std::net::SocketAddr> {
         .collect()
 }
 
+/// The listening sockets stunnel would bind for a rendered configuration, in service
+/// order, when every `accept` names an explicit address and port (`None` otherwise: a
+/// bare port or a host name is left for stunnel to bind).
+pub fn stunnel_listen_sockets(config: &str) -> Option<Vec<std::net::SocketAddr>> {
+    let mut addrs = Vec::new();
+    for line in config.lines() {
+        let Some((k, v)) = line.split_once('=') else {
+            continue;
+        };
+        if k.trim().eq_ignore_ascii_case("accept") {
+            addrs.push(v.trim().parse().ok()?);
+        }
+    }
+    Some(addrs)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -236,6 +252,14 @@ mod tests {
         assert!(syntax.0.contains("line 2"));
         let empty = render_stunnel("; nothing\n", &p(), Path::new("/p"), |_| true).unwrap_err();
         assert!(empty.0.contains("no service"));
+        assert_eq!(
+            stunnel_listen_sockets("[a]\naccept = 127.0.0.2:443\n[b]\naccept = [::1]:9\n"),
+            Some(vec![
+                "127.0.0.2:443".parse().unwrap(),
+                "[::1]:9".parse().unwrap()
+            ])
+        );
+        assert_eq!(stunnel_listen_sockets("[a]\naccept = 443\n"), None);
         let accepts = stunnel_accept_addresses(
             "[a]\naccept = 127.0.0.2:443\n[b]\naccept=8443\n[c]\naccept = [::1]:9\nconnect = 1.2.3.4:5\n",
         );
