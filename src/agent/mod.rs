@@ -48,12 +48,9 @@ use store::{Daemon, InstanceStore, running_pid};
 /// API version reported by `GET /`.
 pub const API_VERSION: &str = "1.0";
 
-/// Loads the TLS material named by the configuration (finishing an interrupted
-/// certificate swap first).
+/// Loads the TLS material named by the configuration (read-only: `config check` uses it).
 pub fn load_tls(config: &AgentConfig) -> Result<TlsMaterial, String> {
-    let paths = config.tls_paths();
-    finish_pending_swap(&paths);
-    TlsMaterial::load(&paths, tls_settings(config))
+    TlsMaterial::load(&config.tls_paths(), tls_settings(config))
 }
 
 fn tls_settings(config: &AgentConfig) -> TlsSettings {
@@ -464,6 +461,7 @@ pub fn run(config: AgentConfig) -> i32 {
 }
 
 async fn run_async(config: AgentConfig) -> i32 {
+    finish_pending_swap(&config.tls_paths());
     let material = match load_tls(&config) {
         Ok(m) => m,
         Err(e) => {
@@ -653,5 +651,35 @@ async fn wait_for_signals(
                 let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_interrupted_certificate_swap_is_completed() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = TlsPaths {
+            cert: dir.path().join("agent.crt"),
+            key: dir.path().join("agent.key"),
+            client_ca: dir.path().join("ca.crt"),
+            server_ca: dir.path().join("ca.crt"),
+            crls: vec![],
+        };
+        std::fs::write(&paths.cert, "old cert").unwrap();
+        std::fs::write(&paths.key, "new key").unwrap();
+        // Crashed after the key was renamed, before the certificate was.
+        std::fs::write(next_path(&paths.cert), "new cert").unwrap();
+        finish_pending_swap(&paths);
+        assert_eq!(std::fs::read_to_string(&paths.cert).unwrap(), "new cert");
+        assert_eq!(std::fs::read_to_string(&paths.key).unwrap(), "new key");
+        assert!(!next_path(&paths.cert).exists());
+
+        write_certificate_pair(&paths, "cert 3", "key 3").unwrap();
+        assert_eq!(std::fs::read_to_string(&paths.cert).unwrap(), "cert 3");
+        assert_eq!(std::fs::read_to_string(&paths.key).unwrap(), "key 3");
+        assert!(!next_path(&paths.key).exists() && !next_path(&paths.cert).exists());
     }
 }
