@@ -21,6 +21,7 @@ use std::sync::{Arc, Mutex};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 
+use super::addresses::AddressManager;
 use super::bundle;
 use super::daemons::{ServiceManager, rendered_config};
 use super::ids::{InstanceFile, InstanceId};
@@ -63,6 +64,9 @@ pub struct InstanceSettings {
     pub management_ip: Option<IpAddr>,
     pub allow_invalid_dates: bool,
     pub haproxy_bin: PathBuf,
+    /// Interface that missing bind addresses are added to; `None`: not managed.
+    pub vip_interface: Option<String>,
+    pub ip_bin: PathBuf,
 }
 
 type Labels = Vec<(String, String)>;
@@ -70,6 +74,7 @@ type Labels = Vec<(String, String)>;
 pub struct InstanceManager {
     store: InstanceStore,
     services: Arc<dyn ServiceManager>,
+    addresses: Option<AddressManager>,
     settings: InstanceSettings,
     locks: Mutex<HashMap<InstanceId, Arc<Mutex<()>>>>,
     operations: Family<Labels, Counter>,
@@ -89,9 +94,14 @@ impl InstanceManager {
         settings: InstanceSettings,
         operations: Family<Labels, Counter>,
     ) -> InstanceManager {
+        let addresses = settings
+            .vip_interface
+            .clone()
+            .map(|iface| AddressManager::new(iface, settings.ip_bin.clone(), store.clone()));
         InstanceManager {
             store,
             services,
+            addresses,
             settings,
             locks: Mutex::new(HashMap::new()),
             operations,
@@ -172,19 +182,17 @@ impl InstanceManager {
         };
         let lock = self.lock(id);
         let _guard = lock.lock().unwrap_or_else(|e| e.into_inner());
-        let created_dir = !self.store.dir(id).exists();
         self.ensure_dirs(id, file)?;
-        if *file == InstanceFile::Haproxy
-            && let Err(e) = self.check_haproxy_candidate(id, body)
-        {
-            if created_dir {
-                self.remove_empty_dirs(id);
-            }
-            return Err(e);
+        let result = match file {
+            InstanceFile::Haproxy => self.check_haproxy_candidate(id, body),
+            _ => Ok(()),
         }
-        let path = self.path(id, file);
-        let result = self.transact(id, vec![(path, Some(body.to_vec()), mode)], affected);
-        if result.is_err() && created_dir {
+        .and_then(|()| {
+            let path = self.path(id, file);
+            self.transact(id, vec![(path, Some(body.to_vec()), mode)], affected)
+        });
+        if result.is_err() {
+            // A refused upload to a new instance leaves no trace of it.
             self.remove_empty_dirs(id);
         }
         let applied = result?;
@@ -262,6 +270,11 @@ impl InstanceManager {
                 Ok(o) => output.push(o),
                 Err(e) => return Err(InstanceError::ApplyFailed { output: e }),
             }
+        }
+        let _ = std::fs::remove_file(rendered_config(&self.store, id, Daemon::Haproxy));
+        match self.sync_addresses(id, Daemon::Haproxy, None) {
+            Ok(o) => output.push(o),
+            Err(e) => output.push(format!("addresses not released: {}", e.output())),
         }
         remove_tree(&self.store.dir(id))?;
         remove_tree(&self.store.run_dir(id))?;
@@ -400,12 +413,14 @@ impl InstanceManager {
             Ok(raw) => raw,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 let _ = std::fs::remove_file(rendered_config(&self.store, id, daemon));
-                if self.services.pid(id, daemon).is_none() {
-                    return Ok(String::new());
-                }
-                return self
-                    .op(daemon, "stop", self.services.stop(id, daemon))
-                    .map_err(SyncError::Failed);
+                let stopped = match self.services.pid(id, daemon) {
+                    None => String::new(),
+                    Some(_) => self
+                        .op(daemon, "stop", self.services.stop(id, daemon))
+                        .map_err(SyncError::Failed)?,
+                };
+                let released = self.sync_addresses(id, daemon, None)?;
+                return Ok(join_lines(&[stopped, released]));
             }
             Err(e) => return Err(SyncError::Failed(e.to_string())),
         };
@@ -430,6 +445,8 @@ impl InstanceManager {
                     .map_err(|e| SyncError::Failed(e.to_string()))?;
             }
         }
+        // The addresses it binds must exist before haproxy binds them.
+        let added = self.sync_addresses(id, daemon, Some(&rendered))?;
         let (verb, result) = match (self.services.pid(id, daemon), daemon, how) {
             (None, ..) => ("start", self.services.start(id, daemon)),
             (Some(_), Daemon::Stunnel, Apply::Config) => {
@@ -437,7 +454,21 @@ impl InstanceManager {
             }
             (Some(_), ..) => ("reload", self.services.reload(id, daemon)),
         };
-        self.op(daemon, verb, result).map_err(SyncError::Failed)
+        let output = self.op(daemon, verb, result).map_err(SyncError::Failed)?;
+        Ok(join_lines(&[added, output]))
+    }
+
+    /// Address management for haproxy's bind addresses, when configured.
+    fn sync_addresses(
+        &self,
+        id: &InstanceId,
+        daemon: Daemon,
+        rendered: Option<&str>,
+    ) -> Result<String, SyncError> {
+        match (&self.addresses, daemon) {
+            (Some(a), Daemon::Haproxy) => a.sync(id, rendered).map_err(SyncError::Failed),
+            _ => Ok(String::new()),
+        }
     }
 
     fn render(

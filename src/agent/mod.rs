@@ -24,6 +24,7 @@ use crate::transport::server::Server;
 use crate::transport::tls::AllowList;
 use crate::transport::{App, ConnInfo, ServerLimits, TlsMaterial, TlsSettings};
 
+pub mod addresses;
 pub mod bundle;
 pub mod daemons;
 pub mod handoff;
@@ -520,6 +521,8 @@ async fn run_async(config: AgentConfig) -> i32 {
             management_ip: config.management_ip(),
             allow_invalid_dates: config.instances.allow_expired_certificates,
             haproxy_bin: config.instances.haproxy.clone(),
+            vip_interface: config.instances.vip_interface.clone(),
+            ip_bin: config.instances.ip.clone(),
         },
         metrics.reloads.clone(),
     ));

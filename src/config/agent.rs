@@ -58,6 +58,11 @@ pub struct InstancesSection {
     pub stunnel: PathBuf,
     /// systemctl program, for the systemd service manager.
     pub systemctl: PathBuf,
+    /// Interface that bind addresses the host lacks are added to; unset: addresses are
+    /// not managed.
+    pub vip_interface: Option<String>,
+    /// ip program (iproute2), for address management.
+    pub ip: PathBuf,
     /// Accept certificate bundles outside their validity window (with a warning).
     pub allow_expired_certificates: bool,
     /// Time a daemon start, reload or stop may take before it counts as failed.
@@ -71,6 +76,8 @@ impl Default for InstancesSection {
             haproxy: PathBuf::from("haproxy"),
             stunnel: PathBuf::from("stunnel"),
             systemctl: PathBuf::from("systemctl"),
+            vip_interface: None,
+            ip: PathBuf::from("ip"),
             allow_expired_certificates: true,
             operation_timeout: HumanDuration::secs(10),
         }
