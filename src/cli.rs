@@ -118,7 +118,7 @@ pub fn main() -> i32 {
                     return exit::CONFIG;
                 }
             };
-            crate::logging::init(config.log_level.as_deref());
+            let _log = crate::logging::init(config.log_level.as_deref());
             crate::agent::run(config)
         }
         Command::Pki { command } => match crate::pki::cli::run(command) {

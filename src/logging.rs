@@ -5,8 +5,14 @@ use tracing_subscriber::EnvFilter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
+/// Keeps the background log writer alive; dropping it flushes what is queued.
+pub struct LogGuard {
+    _worker: Option<tracing_appender::non_blocking::WorkerGuard>,
+}
+
 /// Installs the global subscriber. Safe to call more than once (later calls do nothing).
-pub fn init(config_level: Option<&str>) {
+/// Hold the returned guard until the process ends.
+pub fn init(config_level: Option<&str>) -> LogGuard {
     let filter = std::env::var("RUST_LOG")
         .ok()
         .and_then(|v| EnvFilter::try_new(v).ok())
@@ -20,12 +26,20 @@ pub fn init(config_level: Option<&str>) {
             .with(filter)
             .with(journald)
             .try_init();
-        return;
+        return LogGuard { _worker: None };
     }
+    // One log line per request: written by a background thread, so that no request
+    // waits on a contended stderr. Lines are never dropped (the queue blocks when full).
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .finish(std::io::stderr());
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(writer)
         .with_target(false)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();
+    LogGuard {
+        _worker: Some(guard),
+    }
 }

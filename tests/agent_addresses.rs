@@ -22,8 +22,18 @@ impl Netns {
     fn new(run_dir: &Path) -> Netns {
         let name = format!("appl-test-{}", std::process::id());
         let _ = Command::new("ip").args(["netns", "del", &name]).output();
-        assert!(Command::new("ip").args(["netns", "add", &name]).status().unwrap().success(), "ip netns add (root needed)");
-        let ns = Netns { name, run_dir: run_dir.to_path_buf() };
+        assert!(
+            Command::new("ip")
+                .args(["netns", "add", &name])
+                .status()
+                .unwrap()
+                .success(),
+            "ip netns add (root needed)"
+        );
+        let ns = Netns {
+            name,
+            run_dir: run_dir.to_path_buf(),
+        };
         assert!(ns.cmd("ip", &["link", "set", "lo", "up"]).status.success());
         ns
     }
@@ -39,7 +49,8 @@ impl Netns {
     }
 
     fn lo_addresses(&self) -> String {
-        String::from_utf8_lossy(&self.cmd("ip", &["-o", "addr", "show", "dev", "lo"]).stdout).into_owned()
+        String::from_utf8_lossy(&self.cmd("ip", &["-o", "addr", "show", "dev", "lo"]).stdout)
+            .into_owned()
     }
 }
 
@@ -53,7 +64,9 @@ impl Drop for Netns {
                 }
             }
         }
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).output();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
     }
 }
 
@@ -96,13 +109,29 @@ fn bind_addresses_are_added_and_released_with_the_instances_that_use_them() {
         std::fs::write(&body_file, body).unwrap();
         let out = ns
             .command("curl")
-            .args(["-sS", "-o", "-", "-w", "\n%{http_code}", "-X", method, "--cacert"])
+            .args([
+                "-sS",
+                "-o",
+                "-",
+                "-w",
+                "\n%{http_code}",
+                "-X",
+                method,
+                "--cacert",
+            ])
             .arg(pki.ca_cert())
             .arg("--cert")
             .arg(&client.cert)
             .arg("--key")
             .arg(&client.key)
-            .args(if body.is_empty() { vec![] } else { vec!["--data-binary".to_string(), format!("@{}", body_file.display())] })
+            .args(if body.is_empty() {
+                vec![]
+            } else {
+                vec![
+                    "--data-binary".to_string(),
+                    format!("@{}", body_file.display()),
+                ]
+            })
             .arg(format!("https://127.0.0.1:9443{path}"))
             .output()
             .unwrap();
@@ -112,13 +141,21 @@ fn bind_addresses_are_added_and_released_with_the_instances_that_use_them() {
     };
     let deadline = Instant::now() + Duration::from_secs(15);
     while api("GET", "/status", "").0 != "200" {
-        assert!(Instant::now() < deadline, "agent did not start: {}", std::fs::read_to_string(dir.path().join("agent.log")).unwrap_or_default());
+        assert!(
+            Instant::now() < deadline,
+            "agent did not start: {}",
+            std::fs::read_to_string(dir.path().join("agent.log")).unwrap_or_default()
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     assert!(!ns.lo_addresses().contains("192.0.2.10/32"));
 
     // Instance A binds 192.0.2.10: the address is added, then haproxy serves on it.
-    let (code, body) = api("PUT", &format!("/instances/{A}/haproxy"), &haproxy(8080, "", "from A"));
+    let (code, body) = api(
+        "PUT",
+        &format!("/instances/{A}/haproxy"),
+        &haproxy(8080, "", "from A"),
+    );
     assert_eq!(code, "201", "{body}");
     assert!(body.contains("address 192.0.2.10 added to lo"), "{body}");
     assert!(ns.lo_addresses().contains("192.0.2.10/32"));
@@ -126,26 +163,52 @@ fn bind_addresses_are_added_and_released_with_the_instances_that_use_them() {
     assert_eq!(String::from_utf8_lossy(&served.stdout), "from A");
 
     // Instance B binds the same address on another port, and 192.0.2.11.
-    let (code, body) = api("PUT", &format!("/instances/{B}/haproxy"), &haproxy(8081, "\n    bind 192.0.2.11:8080", "from B"));
+    let (code, body) = api(
+        "PUT",
+        &format!("/instances/{B}/haproxy"),
+        &haproxy(8081, "\n    bind 192.0.2.11:8080", "from B"),
+    );
     assert_eq!(code, "201", "{body}");
-    assert!(body.contains("192.0.2.11 added") && !body.contains("192.0.2.10 added"), "{body}");
+    assert!(
+        body.contains("192.0.2.11 added") && !body.contains("192.0.2.10 added"),
+        "{body}"
+    );
 
     // Deleting A keeps the address B still binds.
     let (code, body) = api("DELETE", &format!("/instances/{A}"), "");
     assert_eq!(code, "200", "{body}");
     let lo = ns.lo_addresses();
-    assert!(lo.contains("192.0.2.10/32") && lo.contains("192.0.2.11/32"), "{lo}");
-    assert_eq!(String::from_utf8_lossy(&ns.cmd("curl", &["-sS", "http://192.0.2.10:8081/"]).stdout), "from B");
+    assert!(
+        lo.contains("192.0.2.10/32") && lo.contains("192.0.2.11/32"),
+        "{lo}"
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&ns.cmd("curl", &["-sS", "http://192.0.2.10:8081/"]).stdout),
+        "from B"
+    );
 
     // B no longer binds 192.0.2.11: removed; then B goes, and so does 192.0.2.10.
-    let (code, body) = api("PUT", &format!("/instances/{B}/haproxy"), &haproxy(8081, "", "from B"));
+    let (code, body) = api(
+        "PUT",
+        &format!("/instances/{B}/haproxy"),
+        &haproxy(8081, "", "from B"),
+    );
     assert_eq!(code, "201", "{body}");
-    assert!(body.contains("address 192.0.2.11 removed from lo"), "{body}");
+    assert!(
+        body.contains("address 192.0.2.11 removed from lo"),
+        "{body}"
+    );
     let (code, body) = api("DELETE", &format!("/instances/{B}/haproxy"), "");
     assert_eq!(code, "200", "{body}");
-    assert!(body.contains("address 192.0.2.10 removed from lo"), "{body}");
+    assert!(
+        body.contains("address 192.0.2.10 removed from lo"),
+        "{body}"
+    );
     let lo = ns.lo_addresses();
-    assert!(!lo.contains("192.0.2.10") && !lo.contains("192.0.2.11"), "{lo}");
+    assert!(
+        !lo.contains("192.0.2.10") && !lo.contains("192.0.2.11"),
+        "{lo}"
+    );
 
     let _ = agent.kill();
     let _ = agent.wait();

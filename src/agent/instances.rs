@@ -429,6 +429,14 @@ impl InstanceManager {
             .map_err(|e| SyncError::Invalid(e.0))?;
         let target = rendered_config(&self.store, id, daemon);
         match daemon {
+            // Only files it reads changed, not its configuration: the graceful reload is
+            // the check (a failed reload leaves the old workers serving, shows in the
+            // master's counters, and is rolled back), so `haproxy -c` is not run twice.
+            Daemon::Haproxy
+                if how == Apply::Files
+                    && self.services.pid(id, daemon).is_some()
+                    && std::fs::read_to_string(&target)
+                        .is_ok_and(|current| current == rendered) => {}
             Daemon::Haproxy => {
                 let candidate = target.with_extension("cfg.check");
                 write_atomic(&candidate, rendered.as_bytes(), 0o640)

@@ -1,5 +1,6 @@
 //! `/metrics`: Prometheus text format.
 
+use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -11,10 +12,22 @@ use crate::transport::TransportMetrics;
 
 type Labels = Vec<(String, String)>;
 
+/// Labels of the per-request metrics: no allocation on the request path.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    route: &'static str,
+    code: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabel {
+    route: &'static str,
+}
+
 pub struct AgentMetrics {
     registry: Registry,
-    requests: Family<Labels, Counter>,
-    durations: Family<Labels, Histogram, fn() -> Histogram>,
+    requests: Family<RequestLabels, Counter>,
+    durations: Family<RouteLabel, Histogram, fn() -> Histogram>,
     pub reloads: Family<Labels, Counter>,
     pub cert_not_after: Family<Labels, Gauge>,
     pub transport: TransportMetrics,
@@ -27,8 +40,8 @@ fn duration_histogram() -> Histogram {
 impl AgentMetrics {
     pub fn new() -> AgentMetrics {
         let mut registry = Registry::default();
-        let requests = Family::<Labels, Counter>::default();
-        let durations = Family::<Labels, Histogram, fn() -> Histogram>::new_with_constructor(
+        let requests = Family::<RequestLabels, Counter>::default();
+        let durations = Family::<RouteLabel, Histogram, fn() -> Histogram>::new_with_constructor(
             duration_histogram,
         );
         let reloads = Family::<Labels, Counter>::default();
@@ -65,15 +78,12 @@ impl AgentMetrics {
         }
     }
 
-    pub fn observe_request(&self, route: &str, status: u16, seconds: f64) {
+    pub fn observe_request(&self, route: &'static str, code: u16, seconds: f64) {
         self.requests
-            .get_or_create(&vec![
-                ("route".into(), route.into()),
-                ("code".into(), status.to_string()),
-            ])
+            .get_or_create(&RequestLabels { route, code })
             .inc();
         self.durations
-            .get_or_create(&vec![("route".into(), route.into())])
+            .get_or_create(&RouteLabel { route })
             .observe(seconds);
     }
 
