@@ -29,10 +29,16 @@ pub fn init(config_level: Option<&str>) -> LogGuard {
         return LogGuard { _worker: None };
     }
     // One log line per request: written by a background thread, so that no request
-    // waits on a contended stderr. Lines are never dropped (the queue blocks when full).
+    // waits on a contended stderr. Lines are never dropped (a full queue applies
+    // back-pressure). The thread flushes whenever its queue drains, so buffering only
+    // batches the writes of a burst into fewer system calls; it never delays a line.
     let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
         .lossy(false)
-        .finish(std::io::stderr());
+        .buffered_lines_limit(16 * 1024)
+        .finish(std::io::BufWriter::with_capacity(
+            64 * 1024,
+            std::io::stderr(),
+        ));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(writer)
