@@ -162,29 +162,47 @@ impl DirectManager {
         let Some(pid) = self.pid(id, Daemon::Haproxy) else {
             return self.start(id, Daemon::Haproxy);
         };
-        let socket = master_socket(&self.store, id);
-        let before = master_status(&socket).ok_or("the haproxy master CLI does not answer")?;
         let out_path = output_file(&self.store, id, Daemon::Haproxy);
         let offset = std::fs::metadata(&out_path).map(|m| m.len()).unwrap_or(0);
-        kill(Pid::from_raw(pid as i32), Signal::SIGUSR2)
-            .map_err(|e| format!("cannot signal haproxy: {e}"))?;
-        let mut after = None;
-        let finished = self.wait_until(|| {
-            after = master_status(&socket);
-            after
-                .as_ref()
-                .is_some_and(|a| a.reloads > before.reloads && a.workers > 0)
-                || after.as_ref().is_some_and(|a| a.failed > before.failed)
-        });
+        let confirmed =
+            confirm_haproxy_reload(&master_socket(&self.store, id), self.timeout, || {
+                kill(Pid::from_raw(pid as i32), Signal::SIGUSR2)
+                    .map_err(|e| format!("cannot signal haproxy: {e}"))
+            });
         let output = read_from(&out_path, offset, Daemon::Haproxy);
-        match after {
-            Some(a) if finished && a.failed == before.failed => {
-                Ok(format!("haproxy reloaded (pid {pid})\n{output}")
-                    .trim_end()
-                    .to_string())
-            }
-            _ => Err(format!("haproxy reload failed\n{output}")),
+        match confirmed {
+            Ok(()) => Ok(format!("haproxy reloaded (pid {pid})\n{output}")
+                .trim_end()
+                .to_string()),
+            Err(e) => Err(format!("{e}\n{output}")),
         }
+    }
+}
+
+/// Triggers an haproxy reload with `trigger` and waits until the master CLI reports it:
+/// its reload counter moved on with a worker running (success), or its failure counter
+/// moved on (the old workers keep serving the old configuration).
+pub fn confirm_haproxy_reload(
+    socket: &Path,
+    timeout: Duration,
+    trigger: impl FnOnce() -> Result<(), String>,
+) -> Result<(), String> {
+    let before = master_status(socket).ok_or("the haproxy master CLI does not answer")?;
+    trigger()?;
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(after) = master_status(socket) {
+            if after.failed > before.failed {
+                return Err("haproxy reload failed".into());
+            }
+            if after.reloads > before.reloads && after.workers > 0 {
+                return Ok(());
+            }
+        }
+        if Instant::now() >= deadline {
+            return Err("haproxy reload not confirmed in time".into());
+        }
+        std::thread::sleep(Duration::from_millis(10));
     }
 }
 
@@ -351,6 +369,9 @@ fn read_from(path: &Path, offset: u64, daemon: Daemon) -> String {
 #[derive(Debug, Clone)]
 pub struct SystemdManager {
     pub systemctl: PathBuf,
+    /// For the master CLI socket the `haproxy@` unit opens in the run directory.
+    pub store: InstanceStore,
+    pub timeout: Duration,
 }
 
 impl SystemdManager {
@@ -414,9 +435,21 @@ impl ServiceManager for SystemdManager {
 
     fn reload(&self, id: &InstanceId, daemon: Daemon) -> OpResult {
         let unit = Self::unit(id, daemon);
-        let r = self
-            .systemctl(&["reload-or-restart", &unit])
-            .map(|o| format!("{unit} reloaded\n{o}").trim().to_string());
+        let socket = master_socket(&self.store, id);
+        let r = match daemon {
+            // systemctl only says the signal was sent; the master CLI says how it went.
+            Daemon::Haproxy if socket.exists() => {
+                let mut out = String::new();
+                confirm_haproxy_reload(&socket, self.timeout, || {
+                    out = self.systemctl(&["reload", &unit])?;
+                    Ok(())
+                })
+                .map(|()| format!("{unit} reloaded\n{out}").trim().to_string())
+            }
+            _ => self
+                .systemctl(&["reload-or-restart", &unit])
+                .map(|o| format!("{unit} reloaded\n{o}").trim().to_string()),
+        };
         self.with_journal(id, daemon, r)
     }
 
@@ -474,7 +507,11 @@ mod tests {
         .unwrap();
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
-        let m = SystemdManager { systemctl: fake };
+        let m = SystemdManager {
+            systemctl: fake,
+            store: InstanceStore::new(dir.path(), &dir.path().join("run")),
+            timeout: Duration::from_secs(1),
+        };
         let id = InstanceId::parse("00000000-0000-0000-0000-000000000001").unwrap();
         assert_eq!(m.pid(&id, Daemon::Haproxy), Some(4242));
         assert!(m.start(&id, Daemon::Haproxy).is_ok());

@@ -512,6 +512,8 @@ async fn run_async(config: AgentConfig) -> i32 {
         }),
         ServiceManagerKind::Systemd => Arc::new(SystemdManager {
             systemctl: config.instances.systemctl.clone(),
+            store: store.clone(),
+            timeout: config.instances.operation_timeout.0,
         }),
     };
     let instances = Arc::new(InstanceManager::new(
