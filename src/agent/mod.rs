@@ -104,16 +104,18 @@ impl App for Agent {
         let status = response.status().as_u16();
         self.metrics
             .observe_request(label, status, elapsed.as_secs_f64());
+        // Display (%) rather than Debug for strings, an integer duration: this line is
+        // written for every request.
         tracing::info!(
-            client = conn.identity.name(),
+            client = %conn.identity.name(),
             client_serial = %conn.identity.serial,
             peer = %conn.peer,
             method = %method,
             path = %path,
-            route = label,
+            route = %label,
             status,
-            code,
-            duration_ms = elapsed.as_secs_f64() * 1000.0,
+            code = %code,
+            duration_us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
             "request"
         );
         response
