@@ -125,6 +125,9 @@ pub struct Limits {
     pub max_connections: usize,
     pub max_body_bytes: u64,
     pub max_header_bytes: usize,
+    /// Threads serving the API. The agent is the management plane: by default it keeps
+    /// to one, leaving the other cores to haproxy and stunnel. 0: one per CPU.
+    pub worker_threads: usize,
 }
 
 impl Default for Limits {
@@ -138,6 +141,7 @@ impl Default for Limits {
             max_connections: 1024,
             max_body_bytes: 1024 * 1024,
             max_header_bytes: 16 * 1024,
+            worker_threads: 1,
         }
     }
 }
