@@ -17,14 +17,8 @@ fn main() {
     ] {
         let issued = ca
             .issue(&IssueRequest {
-                cn: "bench.example".into(),
-                server: true,
-                client: false,
-                sans: vec![],
-                days: 30,
-                not_before: None,
-                not_after: None,
                 key_type,
+                ..IssueRequest::server("bench.example")
             })
             .expect("issue");
         let body = format!("{}{}", issued.key_pem, issued.chain_pem());

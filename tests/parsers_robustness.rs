@@ -56,16 +56,7 @@ fn sample_bundle() -> Vec<u8> {
     )
     .unwrap();
     let issued = ca
-        .issue(&applianced::pki::IssueRequest {
-            cn: "www.example.com".into(),
-            server: true,
-            client: false,
-            sans: vec![],
-            days: 30,
-            not_before: None,
-            not_after: None,
-            key_type: applianced::pki::KeyType::EcdsaP256,
-        })
+        .issue(&applianced::pki::IssueRequest::server("www.example.com"))
         .unwrap();
     format!("{}{}", issued.key_pem, issued.chain_pem()).into_bytes()
 }

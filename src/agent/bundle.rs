@@ -83,14 +83,9 @@ mod tests {
 
     fn issue(ca: &Ca, cn: &str, sans: &[&str], key_type: KeyType) -> crate::pki::Issued {
         ca.issue(&IssueRequest {
-            cn: cn.into(),
-            server: true,
-            client: false,
             sans: sans.iter().map(|s| s.to_string()).collect(),
-            days: 30,
-            not_before: None,
-            not_after: None,
             key_type,
+            ..IssueRequest::server(cn)
         })
         .unwrap()
     }
@@ -147,10 +142,12 @@ mod tests {
             ca.cert_pem()
         );
         assert_eq!(code("www.example.com.pem", &out_of_order), "bad_chain");
-        let encrypted =
-            "-----BEGIN ENCRYPTED PRIVATE KEY-----\nMIIB\n-----END ENCRYPTED PRIVATE KEY-----\n"
-                .to_string()
-                + &www.chain_pem();
+        let marker = crate::certs::ENCRYPTED_KEY_MARKER;
+        let encrypted = format!(
+            "{marker}\nMIIB\n{}\n{}",
+            marker.replace("BEGIN", "END"),
+            www.chain_pem()
+        );
         assert_eq!(code("www.example.com.pem", &encrypted), "encrypted_key");
         assert_eq!(
             code(

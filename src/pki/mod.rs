@@ -119,6 +119,23 @@ pub struct IssueRequest {
     pub key_type: KeyType,
 }
 
+impl IssueRequest {
+    /// A server certificate for `cn` with the defaults: ECDSA P-256, the CN as SAN,
+    /// valid from now for [`DEFAULT_LEAF_DAYS`].
+    pub fn server(cn: &str) -> IssueRequest {
+        IssueRequest {
+            cn: cn.to_string(),
+            server: true,
+            client: false,
+            sans: Vec::new(),
+            days: DEFAULT_LEAF_DAYS,
+            not_before: None,
+            not_after: None,
+            key_type: KeyType::EcdsaP256,
+        }
+    }
+}
+
 /// A freshly issued certificate and its key, PEM-encoded.
 pub struct Issued {
     pub cert_pem: String,
@@ -478,14 +495,8 @@ mod tests {
 
     fn request(cn: &str) -> IssueRequest {
         IssueRequest {
-            cn: cn.into(),
-            server: true,
-            client: false,
-            sans: vec![],
             days: 30,
-            not_before: None,
-            not_after: None,
-            key_type: KeyType::EcdsaP256,
+            ..IssueRequest::server(cn)
         }
     }
 
