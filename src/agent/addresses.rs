@@ -7,10 +7,9 @@
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::path::PathBuf;
-use std::process::Command;
 use std::sync::Mutex;
 
-use super::daemons::rendered_config;
+use super::daemons::{rendered_config, run_captured};
 use super::ids::InstanceId;
 use super::store::{Daemon, InstanceStore};
 use crate::fsutil::{remove_durable, write_atomic};
@@ -88,20 +87,7 @@ impl AddressManager {
     }
 
     fn ip(&self, args: &[&str]) -> Result<String, String> {
-        let out = Command::new(&self.ip_bin)
-            .args(args)
-            .output()
-            .map_err(|e| format!("cannot run {}: {e}", self.ip_bin.display()))?;
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        if out.status.success() {
-            Ok(text)
-        } else {
-            Err(format!("ip {}: {}", args.join(" "), text.trim()))
-        }
+        run_captured(&self.ip_bin, args).map_err(|e| format!("ip {}: {e}", args.join(" ")))
     }
 
     fn host_addresses(&self) -> Result<BTreeSet<IpAddr>, String> {

@@ -278,6 +278,27 @@ impl ServiceManager for DirectManager {
     }
 }
 
+/// Runs `program` with `args` (no input) to completion: Ok with what it printed (stdout
+/// then stderr, trimmed) on success, Err with it otherwise.
+pub fn run_captured<S: AsRef<std::ffi::OsStr>>(program: &Path, args: &[S]) -> OpResult {
+    let out = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("cannot run {}: {e}", program.display()))?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = text.trim().to_string();
+    if out.status.success() {
+        Ok(text)
+    } else {
+        Err(text)
+    }
+}
+
 /// What haproxy's master CLI says about itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MasterStatus {
@@ -380,21 +401,7 @@ impl SystemdManager {
     }
 
     fn systemctl(&self, args: &[&str]) -> OpResult {
-        let out = Command::new(&self.systemctl)
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .map_err(|e| format!("cannot run {}: {e}", self.systemctl.display()))?;
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        if out.status.success() {
-            Ok(text.trim().to_string())
-        } else {
-            Err(text.trim().to_string())
-        }
+        run_captured(&self.systemctl, args)
     }
 
     fn with_journal(&self, id: &InstanceId, daemon: Daemon, result: OpResult) -> OpResult {

@@ -12,10 +12,10 @@
 //! Everything here is blocking; the HTTP layer runs it on the blocking pool.
 
 use std::collections::HashMap;
+use std::ffi::OsStr;
 use std::io;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 
 use prometheus_client::metrics::counter::Counter;
@@ -23,7 +23,7 @@ use prometheus_client::metrics::family::Family;
 
 use super::addresses::AddressManager;
 use super::bundle;
-use super::daemons::{ServiceManager, rendered_config};
+use super::daemons::{ServiceManager, rendered_config, run_captured};
 use super::ids::{InstanceFile, InstanceId};
 use super::render::{self, Placeholders};
 use super::store::{Daemon, InstanceStore};
@@ -520,24 +520,14 @@ impl InstanceManager {
 
     /// `haproxy -c -f FILE`: Ok with its output, or Err with it.
     fn haproxy_check(&self, config: &Path) -> Result<String, String> {
-        let out = Command::new(&self.settings.haproxy_bin)
-            .arg("-c")
-            .arg("-f")
-            .arg(config)
-            .stdin(Stdio::null())
-            .output()
-            .map_err(|e| format!("cannot run {}: {e}", self.settings.haproxy_bin.display()))?;
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
+        // The checker names the temporary file; the client knows it as haproxy.cfg.
+        let rename = |text: String| text.replace(&config.display().to_string(), "haproxy.cfg");
+        run_captured(
+            &self.settings.haproxy_bin,
+            &[OsStr::new("-c"), OsStr::new("-f"), config.as_os_str()],
         )
-        .replace(&config.display().to_string(), "haproxy.cfg");
-        if out.status.success() {
-            Ok(text.trim().to_string())
-        } else {
-            Err(text.trim().to_string())
-        }
+        .map(rename)
+        .map_err(rename)
     }
 
     /// Counts a daemon operation by result, logs a failure.
