@@ -24,6 +24,11 @@ pub struct Cli {
 enum Command {
     /// Run the appliance agent (mutual-TLS API on the management address).
     Agent(AgentArgs),
+    /// Controller administration (the controller service itself is not in this release).
+    Controller {
+        #[command(subcommand)]
+        command: ControllerCommand,
+    },
     /// Certificate authority: init, issue, revoke, crl.
     Pki {
         #[command(subcommand)]
@@ -89,6 +94,28 @@ impl AgentArgs {
 }
 
 #[derive(Debug, Subcommand)]
+enum ControllerCommand {
+    /// Operators of the northbound API.
+    User {
+        #[command(subcommand)]
+        command: UserCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum UserCommand {
+    /// Create a user and print a strong generated password (shown once, stored hashed).
+    Add {
+        name: String,
+        /// Give the user the admin role (default: member).
+        #[arg(long)]
+        admin: bool,
+        #[arg(long, default_value = crate::config::controller::DEFAULT_PATH)]
+        config: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 enum ConfigCommand {
     /// Parse and validate a configuration, load its certificates; exit non-zero on any problem.
     Check {
@@ -128,6 +155,17 @@ pub fn main() -> i32 {
                 exit::FAILURE
             }
         },
+        Command::Controller {
+            command:
+                ControllerCommand::User {
+                    command:
+                        UserCommand::Add {
+                            name,
+                            admin,
+                            config,
+                        },
+                },
+        } => user_add(&config, &name, admin),
         Command::ExecListening {
             listen,
             program,
@@ -144,6 +182,72 @@ pub fn main() -> i32 {
             (None, Some(path)) => check_controller(&path),
             (None, None) => exit::CONFIG,
         },
+    }
+}
+
+fn user_add(config: &std::path::Path, name: &str, admin: bool) -> i32 {
+    use crate::controller::{auth, store};
+    let config = match crate::config::controller::ControllerConfig::load(config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return exit::CONFIG;
+        }
+    };
+    let name = name.trim();
+    if name.is_empty()
+        || name.len() > 64
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-@".contains(c))
+    {
+        eprintln!("applianced: user name {name:?}: 1 to 64 letters, digits, '.', '_', '-' or '@'");
+        return exit::FAILURE;
+    }
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("applianced: {e}");
+            return exit::FAILURE;
+        }
+    };
+    let role = if admin {
+        store::Role::Admin
+    } else {
+        store::Role::Member
+    };
+    let password = auth::generate_password();
+    let result = runtime.block_on(async {
+        let store = store::Store::open(&config.database.url, 1).await?;
+        let user = store
+            .create_user(
+                name,
+                role,
+                &auth::hash_password(&password),
+                crate::certs::now_unix(),
+            )
+            .await;
+        store.close().await;
+        user
+    });
+    match result {
+        Ok(user) => {
+            println!(
+                "user {} ({}) created, id {}",
+                user.name,
+                role.as_str(),
+                user.id
+            );
+            println!("password: {password}");
+            exit::OK
+        }
+        Err(e) => {
+            eprintln!("applianced: {e}");
+            exit::FAILURE
+        }
     }
 }
 

@@ -10,6 +10,7 @@ pub mod agent;
 pub mod certs;
 pub mod cli;
 pub mod config;
+pub mod controller;
 pub mod fsutil;
 pub mod logging;
 pub mod pki;

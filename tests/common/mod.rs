@@ -2,6 +2,8 @@
 //! agent binary on a loopback port, and a rustls + hyper client speaking real mTLS.
 #![allow(dead_code)]
 
+pub mod postgres;
+
 use std::error::Error as StdError;
 use std::net::{SocketAddr, TcpListener as StdListener};
 use std::path::{Path, PathBuf};

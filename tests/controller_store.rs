@@ -1,0 +1,134 @@
+//! The controller's store, in process, on both backends: embedded SQLite, and a real
+//! PostgreSQL server the test starts. The same scenario must hold on each.
+
+mod common;
+
+use applianced::controller::auth;
+use applianced::controller::store::{Backend, Role, Store, StoreError};
+
+async fn scenario(store: Store) {
+    let now = 1_800_000_000;
+    assert!(store.users().await.unwrap().is_empty());
+
+    let admin = store
+        .create_user("alice", Role::Admin, &auth::hash_password("pw-a"), now)
+        .await
+        .unwrap();
+    let member = store
+        .create_user("bob", Role::Member, &auth::hash_password("pw-b"), now)
+        .await
+        .unwrap();
+    match store.create_user("alice", Role::Member, "x", now).await {
+        Err(StoreError::Conflict(what)) => assert!(what.contains("alice")),
+        other => panic!("duplicate name accepted: {other:?}"),
+    }
+    let names: Vec<String> = store
+        .users()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|u| u.name)
+        .collect();
+    assert_eq!(names, ["alice", "bob"]);
+    let found = store.user_by_name("alice").await.unwrap().unwrap();
+    assert_eq!(found, admin);
+    assert!(auth::verify_password("pw-a", &found.password_hash));
+    assert_eq!(
+        store.user(&member.id).await.unwrap().unwrap().role,
+        Role::Member
+    );
+    assert!(
+        store
+            .user("00000000-0000-4000-8000-000000000000")
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    // Tokens are found by hash until they expire.
+    let (token, hash) = auth::new_token();
+    store
+        .insert_token(&admin.id, &hash, now, now + 3600)
+        .await
+        .unwrap();
+    let (_, old_hash) = auth::new_token();
+    store
+        .insert_token(&member.id, &old_hash, now - 7200, now - 3600)
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .user_for_token(&auth::token_hash(&token), now)
+            .await
+            .unwrap()
+            .unwrap()
+            .id,
+        admin.id
+    );
+    assert!(
+        store
+            .user_for_token(&old_hash, now)
+            .await
+            .unwrap()
+            .is_none(),
+        "expired token accepted"
+    );
+    assert!(
+        store
+            .user_for_token(&hash, now + 3600)
+            .await
+            .unwrap()
+            .is_none(),
+        "token valid at its expiry"
+    );
+    assert!(
+        store
+            .user_for_token(&auth::token_hash("forged"), now)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(matches!(
+        store.insert_token(&member.id, &hash, now, now + 1).await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert_eq!(store.delete_expired_tokens(now).await.unwrap(), 1);
+
+    // Deleting a user takes its tokens along.
+    assert!(store.delete_user(&admin.id).await.unwrap());
+    assert!(!store.delete_user(&admin.id).await.unwrap());
+    assert!(store.user_for_token(&hash, now).await.unwrap().is_none());
+    assert_eq!(store.users().await.unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn sqlite_store_migrates_once_and_keeps_its_rules() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/controller.db", dir.path().display());
+    let store = Store::open(&url, 4).await.unwrap();
+    assert_eq!(store.backend(), Backend::Sqlite);
+    scenario(store).await;
+    // Reopening applies no migration twice and keeps the data.
+    let again = Store::open(&url, 4).await.unwrap();
+    assert_eq!(again.users().await.unwrap().len(), 1);
+    again.close().await;
+}
+
+#[tokio::test]
+async fn postgres_store_migrates_once_and_keeps_its_rules() {
+    let pg = common::postgres::Postgres::start();
+    let store = Store::open(&pg.url, 4).await.unwrap();
+    assert_eq!(store.backend(), Backend::Postgres);
+    scenario(store).await;
+    let again = Store::open(&pg.url, 4).await.unwrap();
+    assert_eq!(again.users().await.unwrap().len(), 1);
+    again.close().await;
+}
+
+#[tokio::test]
+async fn bad_urls_are_refused() {
+    assert!(matches!(
+        Store::open("mysql://x", 1).await,
+        Err(StoreError::Url(_))
+    ));
+}
