@@ -24,10 +24,13 @@ pub struct Cli {
 enum Command {
     /// Run the appliance agent (mutual-TLS API on the management address).
     Agent(AgentArgs),
-    /// Controller administration (the controller service itself is not in this release).
+    /// Run the controller (operators' API), or administer it.
     Controller {
+        /// Configuration file (TOML).
+        #[arg(long, default_value = crate::config::controller::DEFAULT_PATH, global = true)]
+        config: PathBuf,
         #[command(subcommand)]
-        command: ControllerCommand,
+        command: Option<ControllerCommand>,
     },
     /// Certificate authority: init, issue, revoke, crl.
     Pki {
@@ -110,8 +113,6 @@ enum UserCommand {
         /// Give the user the admin role (default: member).
         #[arg(long)]
         admin: bool,
-        #[arg(long, default_value = crate::config::controller::DEFAULT_PATH)]
-        config: PathBuf,
     },
 }
 
@@ -156,16 +157,26 @@ pub fn main() -> i32 {
             }
         },
         Command::Controller {
+            config,
             command:
-                ControllerCommand::User {
-                    command:
-                        UserCommand::Add {
-                            name,
-                            admin,
-                            config,
-                        },
-                },
+                Some(ControllerCommand::User {
+                    command: UserCommand::Add { name, admin },
+                }),
         } => user_add(&config, &name, admin),
+        Command::Controller {
+            config,
+            command: None,
+        } => {
+            let config = match crate::config::controller::ControllerConfig::load(&config) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("applianced: invalid configuration:\n{e}");
+                    return exit::CONFIG;
+                }
+            };
+            let _log = crate::logging::init(config.log_level.as_deref());
+            crate::controller::run(config)
+        }
         Command::ExecListening {
             listen,
             program,

@@ -4,7 +4,6 @@
 //! [`status`]), and turned into responses in [`response`]. One log event and one metric
 //! sample per request, with the client's identity.
 
-use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -94,7 +93,7 @@ impl App for Agent {
             Err(RouteError::BadFileName(name)) => Err(AgentError::BadFileName(name)),
         };
         if let Err(AgentError::Internal(detail)) = &result {
-            tracing::error!(%method, %path, client = %conn.identity, error = %detail, "internal error");
+            tracing::error!(%method, %path, client = %client_name(&conn), error = %detail, "internal error");
         }
         let (mut response, code) = response::build(result, wants_json);
         if method == Method::HEAD {
@@ -107,8 +106,8 @@ impl App for Agent {
         // Display (%) rather than Debug for strings, an integer duration: this line is
         // written for every request.
         tracing::info!(
-            client = %conn.identity.name(),
-            client_serial = %conn.identity.serial,
+            client = %client_name(&conn),
+            client_serial = %conn.identity.as_ref().map(|i| i.serial.as_str()).unwrap_or("-"),
             peer = %conn.peer,
             method = %method,
             path = %path,
@@ -120,6 +119,11 @@ impl App for Agent {
         );
         response
     }
+}
+
+/// The client's name for logs (the agent's listeners always verify a certificate).
+fn client_name(conn: &ConnInfo) -> &str {
+    conn.identity.as_ref().map(|i| i.name()).unwrap_or("-")
 }
 
 fn accepts_json(headers: &HeaderMap) -> bool {
@@ -483,7 +487,7 @@ async fn run_async(config: AgentConfig) -> i32 {
     }
     let mut listeners = Vec::new();
     for addr in &config.server.listen {
-        match bind(*addr) {
+        match crate::transport::server::bind(*addr) {
             Ok(l) => listeners.push(l),
             Err(e) => {
                 tracing::error!(%addr, error = %e, "cannot listen");
@@ -581,7 +585,7 @@ async fn run_async(config: AgentConfig) -> i32 {
         agent,
     );
     tracing::info!(listen = ?addrs, version = env!("CARGO_PKG_VERSION"), "agent serving");
-    notify_ready();
+    crate::transport::server::notify_ready();
     // Daemons that survived an agent restart are adopted; configured ones that are not
     // running (after a reboot) are started.
     tokio::task::spawn_blocking(move || {
@@ -603,31 +607,6 @@ async fn run_async(config: AgentConfig) -> i32 {
         tracing::warn!("stopped with connections still open at limits.shutdown_timeout");
     }
     exit::OK
-}
-
-fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
-    let socket = if addr.is_ipv4() {
-        tokio::net::TcpSocket::new_v4()?
-    } else {
-        tokio::net::TcpSocket::new_v6()?
-    };
-    socket.set_reuseaddr(true)?;
-    socket.bind(addr)?;
-    socket.listen(1024)
-}
-
-/// READY=1 once every listener is bound, and watchdog pings from the runtime.
-fn notify_ready() {
-    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
-    if let Some(period) = sd_notify::watchdog_enabled() {
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(period / 2);
-            loop {
-                tick.tick().await;
-                let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
-            }
-        });
-    }
 }
 
 /// Handles SIGHUP (reload TLS material) until SIGTERM or SIGINT arrives.

@@ -35,7 +35,9 @@ use super::tls::{ClientIdentity, TlsMaterial, handshake_failure_reason};
 #[derive(Debug)]
 pub struct ConnInfo {
     pub peer: SocketAddr,
-    pub identity: ClientIdentity,
+    /// The verified client certificate's identity; `None` only on listeners that do not
+    /// ask for one.
+    pub identity: Option<ClientIdentity>,
 }
 
 /// The application behind the transport.
@@ -56,6 +58,21 @@ pub struct ServerLimits {
     pub shutdown_timeout: Duration,
     pub max_connections: usize,
     pub max_header_bytes: usize,
+}
+
+impl Default for ServerLimits {
+    /// The same defaults as the agent's `[limits]`.
+    fn default() -> Self {
+        let l = crate::config::agent::Limits::default();
+        ServerLimits {
+            handshake_timeout: l.handshake_timeout.0,
+            header_timeout: l.header_timeout.0,
+            idle_timeout: l.idle_timeout.0,
+            shutdown_timeout: l.shutdown_timeout.0,
+            max_connections: l.max_connections,
+            max_header_bytes: l.max_header_bytes,
+        }
+    }
 }
 
 /// Counters the transport keeps.
@@ -211,7 +228,13 @@ async fn serve_connection<A: App>(
     ctx: &AcceptContext,
     app: Arc<A>,
 ) {
-    let acceptor = TlsAcceptor::from(ctx.tls.load().config.clone());
+    let (acceptor, client_cert_required) = {
+        let material = ctx.tls.load();
+        (
+            TlsAcceptor::from(material.config.clone()),
+            material.requires_client_certificate(),
+        )
+    };
     let tls = match tokio::time::timeout(ctx.limits.handshake_timeout, acceptor.accept(tcp)).await {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
@@ -226,17 +249,17 @@ async fn serve_connection<A: App>(
             return;
         }
     };
-    let Some(identity) = tls
+    let identity = tls
         .get_ref()
         .1
         .peer_certificates()
         .and_then(|c| c.first())
-        .and_then(ClientIdentity::from_cert)
-    else {
+        .and_then(ClientIdentity::from_cert);
+    if client_cert_required && identity.is_none() {
         // The verifier requires a certificate, so this is unreachable in practice.
         record_handshake_failure(ctx, "no_certificate");
         return;
-    };
+    }
     ctx.metrics.connections_total.inc();
     let conn = Arc::new(ConnInfo { peer, identity });
     let activity = Activity::new();
@@ -396,5 +419,31 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for ActivityIo<T> {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// Binds a listening socket (address reuse on, backlog 1024).
+pub fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(1024)
+}
+
+/// READY=1 once every listener is bound, and watchdog pings from the runtime.
+pub fn notify_ready() {
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+    if let Some(period) = sd_notify::watchdog_enabled() {
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(period / 2);
+            loop {
+                tick.tick().await;
+                let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
+            }
+        });
     }
 }

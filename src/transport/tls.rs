@@ -7,6 +7,7 @@
 //! while open ones keep the configuration they were accepted with.
 
 use std::fmt;
+use std::path::Path;
 use std::sync::Arc;
 
 use rustls::client::danger::HandshakeSignatureValid;
@@ -113,7 +114,8 @@ pub struct TlsMaterial {
     pub server_cert: CertInfo,
     /// Roots a replacement server certificate must chain to.
     pub server_roots: Vec<CertificateDer<'static>>,
-    client_roots: Arc<RootCertStore>,
+    /// `None`: clients are not asked for a certificate (an operator zone with tokens).
+    client_roots: Option<Arc<RootCertStore>>,
     crls: Vec<CertificateRevocationListDer<'static>>,
     settings: TlsSettings,
 }
@@ -134,11 +136,41 @@ impl TlsMaterial {
             .map_err(|e| format!("{} / {}: {e}", paths.cert.display(), paths.key.display()))?;
         TlsMaterial::build(
             certified,
-            Arc::new(client_roots),
+            Some(Arc::new(client_roots)),
             server_roots,
             crls,
             settings,
         )
+    }
+
+    /// TLS for one listener: its certificate chain and key, and the CA bundle client
+    /// certificates must chain to (`None`: no client certificate is asked for).
+    pub fn for_listener(
+        cert: &Path,
+        key: &Path,
+        client_ca: Option<&Path>,
+    ) -> Result<TlsMaterial, String> {
+        let chain = certs::load_certs(cert)?;
+        let key_der = certs::load_key(key)?;
+        let client_roots = match client_ca {
+            Some(ca) => Some(Arc::new(
+                root_store(&certs::load_certs(ca)?)
+                    .map_err(|e| format!("{}: {e}", ca.display()))?,
+            )),
+            None => None,
+        };
+        let certified = certs::certified_key(chain.clone(), key_der)
+            .map_err(|e| format!("{} / {}: {e}", cert.display(), key.display()))?;
+        let settings = TlsSettings {
+            tls13_only: false,
+            allowed_clients: AllowList::default(),
+        };
+        TlsMaterial::build(certified, client_roots, chain, Vec::new(), settings)
+    }
+
+    /// Whether every connection presents a verified client certificate.
+    pub fn requires_client_certificate(&self) -> bool {
+        self.client_roots.is_some()
     }
 
     /// The same material with a new server certificate and key.
@@ -154,21 +186,26 @@ impl TlsMaterial {
 
     fn build(
         certified: CertifiedKey,
-        client_roots: Arc<RootCertStore>,
+        client_roots: Option<Arc<RootCertStore>>,
         server_roots: Vec<CertificateDer<'static>>,
         crls: Vec<CertificateRevocationListDer<'static>>,
         settings: TlsSettings,
     ) -> Result<TlsMaterial, String> {
         let provider = certs::provider();
-        let inner =
-            WebPkiClientVerifier::builder_with_provider(client_roots.clone(), provider.clone())
-                .with_crls(crls.clone())
-                .build()
-                .map_err(|e| format!("client certificate verifier: {e}"))?;
-        let verifier = Arc::new(AllowListVerifier {
-            inner,
-            allow: settings.allowed_clients.clone(),
-        });
+        let verifier: Arc<dyn ClientCertVerifier> = match &client_roots {
+            Some(roots) => {
+                let inner =
+                    WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone())
+                        .with_crls(crls.clone())
+                        .build()
+                        .map_err(|e| format!("client certificate verifier: {e}"))?;
+                Arc::new(AllowListVerifier {
+                    inner,
+                    allow: settings.allowed_clients.clone(),
+                })
+            }
+            None => WebPkiClientVerifier::no_client_auth(),
+        };
         let versions: &[&rustls::SupportedProtocolVersion] = if settings.tls13_only {
             &[&rustls::version::TLS13]
         } else {

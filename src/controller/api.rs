@@ -1,0 +1,455 @@
+//! The northbound API (`/v1`, JSON) as served on `admin` listeners.
+//!
+//! ```text
+//! POST   /v1/tokens       basic auth -> {"token", "expires_at"}; body {"ttl_seconds"} optional
+//! GET    /v1/users        admin: list
+//! POST   /v1/users        admin: {"name", "role"?, "password"?} -> 201 (a generated password is returned once)
+//! GET    /v1/users/:id    admin, or the user itself
+//! DELETE /v1/users/:id    admin -> 204
+//! ```
+//! Errors are RFC 9457 problem documents with a stable `type`. Routes are parsed by a
+//! pure function; statuses come from one exhaustive match.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use base64::Engine;
+use bytes::Bytes;
+use http::{HeaderValue, Method, StatusCode, header};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::{Request, Response};
+use serde::{Deserialize, Serialize};
+
+use super::auth;
+use super::store::{Role, Store, StoreError, User};
+use crate::config::controller::Zone;
+use crate::transport::{App, ConnInfo};
+
+/// Default and longest lifetime of a bearer token.
+pub const TOKEN_TTL_DEFAULT: i64 = 8 * 3600;
+pub const TOKEN_TTL_MAX: i64 = 24 * 3600;
+/// Largest request body the API reads.
+pub const MAX_BODY: usize = 64 * 1024;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    CreateToken,
+    ListUsers,
+    CreateUser,
+    GetUser(String),
+    DeleteUser(String),
+}
+
+impl Route {
+    fn label(&self) -> &'static str {
+        match self {
+            Route::CreateToken => "/v1/tokens",
+            Route::ListUsers | Route::CreateUser => "/v1/users",
+            Route::GetUser(_) | Route::DeleteUser(_) => "/v1/users/:id",
+        }
+    }
+}
+
+/// Maps a request line to a route of the admin zone.
+pub fn parse(method: &Method, path: &str) -> Option<Route> {
+    let segments: Vec<&str> = path.trim_end_matches('/').split('/').skip(1).collect();
+    match (method, segments.as_slice()) {
+        (&Method::POST, ["v1", "tokens"]) => Some(Route::CreateToken),
+        (&Method::GET, ["v1", "users"]) => Some(Route::ListUsers),
+        (&Method::POST, ["v1", "users"]) => Some(Route::CreateUser),
+        (&Method::GET, ["v1", "users", id]) => Some(Route::GetUser((*id).to_string())),
+        (&Method::DELETE, ["v1", "users", id]) => Some(Route::DeleteUser((*id).to_string())),
+        _ => None,
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    Unauthorized(&'static str),
+    #[error("this needs the admin role")]
+    Forbidden,
+    #[error("no such resource")]
+    NotFound,
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("request body larger than {MAX_BODY} bytes")]
+    PayloadTooLarge,
+    /// Logged, never shown.
+    #[error("internal error")]
+    Internal(String),
+}
+
+impl ApiError {
+    fn status(&self) -> StatusCode {
+        match self {
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden => StatusCode::FORBIDDEN,
+            ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The stable `type` of the problem document.
+    fn kind(&self) -> &'static str {
+        match self {
+            ApiError::Unauthorized(_) => "unauthorized",
+            ApiError::Forbidden => "forbidden",
+            ApiError::NotFound => "not-found",
+            ApiError::BadRequest(_) => "invalid-input",
+            ApiError::Conflict(_) => "conflict",
+            ApiError::PayloadTooLarge => "payload-too-large",
+            ApiError::Internal(_) => "internal",
+        }
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Conflict(what) => ApiError::Conflict(format!("{what} already exists")),
+            other => ApiError::Internal(other.to_string()),
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct UserView {
+    id: String,
+    name: String,
+    role: &'static str,
+    created_at: String,
+}
+
+impl From<&User> for UserView {
+    fn from(u: &User) -> Self {
+        UserView {
+            id: u.id.clone(),
+            name: u.name.clone(),
+            role: u.role.as_str(),
+            created_at: crate::certs::format_unix(u.created_at),
+        }
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct TokenRequest {
+    ttl_seconds: Option<i64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateUser {
+    name: String,
+    #[serde(default)]
+    role: Option<String>,
+    #[serde(default)]
+    password: Option<String>,
+}
+
+/// One listener of the controller.
+pub struct ControllerApp {
+    pub store: Arc<Store>,
+    pub zone: Zone,
+}
+
+impl App for ControllerApp {
+    async fn handle(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        conn: Arc<ConnInfo>,
+    ) -> Response<Full<Bytes>> {
+        let started = Instant::now();
+        let (method, path) = (req.method().clone(), req.uri().path().to_owned());
+        let route = match self.zone {
+            Zone::Admin => parse(&method, &path),
+            // Integrations and appliance callbacks are served by a later release.
+            Zone::Api | Zone::Appliance => None,
+        };
+        let label = route.as_ref().map(Route::label).unwrap_or("(unknown)");
+        let result = match route {
+            Some(route) => self.dispatch(route, req).await,
+            None => Err(ApiError::NotFound),
+        };
+        if let Err(ApiError::Internal(detail)) = &result {
+            tracing::error!(%method, %path, error = %detail, "internal error");
+        }
+        let response = match result {
+            Ok((status, body)) => json_response(status, "application/json", body),
+            Err(e) => problem(&e, &path),
+        };
+        tracing::info!(
+            peer = %conn.peer,
+            client = %conn.identity.as_ref().map(|i| i.name()).unwrap_or("-"),
+            method = %method,
+            path = %path,
+            route = %label,
+            status = response.status().as_u16(),
+            duration_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
+            "request"
+        );
+        response
+    }
+}
+
+impl ControllerApp {
+    async fn dispatch(
+        &self,
+        route: Route,
+        req: Request<Incoming>,
+    ) -> Result<(StatusCode, Bytes), ApiError> {
+        let now = crate::certs::now_unix();
+        match route {
+            Route::CreateToken => {
+                let user = self.basic_auth(req.headers()).await?;
+                let body = read_body(req).await?;
+                let ask: TokenRequest = if body.is_empty() {
+                    TokenRequest::default()
+                } else {
+                    json(&body)?
+                };
+                let ttl = ask.ttl_seconds.unwrap_or(TOKEN_TTL_DEFAULT);
+                if ttl <= 0 {
+                    return Err(ApiError::BadRequest("ttl_seconds must be positive".into()));
+                }
+                let expires_at = now + ttl.min(TOKEN_TTL_MAX);
+                let (token, hash) = auth::new_token();
+                self.store
+                    .insert_token(&user.id, &hash, now, expires_at)
+                    .await?;
+                let _ = self.store.delete_expired_tokens(now).await;
+                Ok(created(&serde_json::json!({
+                    "token": token,
+                    "token_type": "Bearer",
+                    "expires_at": crate::certs::format_unix(expires_at),
+                    "user": UserView::from(&user),
+                })))
+            }
+            Route::ListUsers => {
+                self.admin(req.headers(), now).await?;
+                let users = self.store.users().await?;
+                Ok(ok(&users.iter().map(UserView::from).collect::<Vec<_>>()))
+            }
+            Route::CreateUser => {
+                self.admin(req.headers(), now).await?;
+                let new: CreateUser = json(&read_body(req).await?)?;
+                let name = new.name.trim();
+                if name.is_empty()
+                    || name.len() > 64
+                    || !name
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "._-@".contains(c))
+                {
+                    return Err(ApiError::BadRequest(
+                        "name: 1 to 64 letters, digits, '.', '_', '-' or '@'".into(),
+                    ));
+                }
+                let role = match new.role.as_deref() {
+                    None | Some("member") => Role::Member,
+                    Some("admin") => Role::Admin,
+                    Some(other) => {
+                        return Err(ApiError::BadRequest(format!(
+                            "role {other:?}: admin or member"
+                        )));
+                    }
+                };
+                let (password, generated) = match new.password {
+                    Some(p) if p.len() >= 12 => (p, false),
+                    Some(_) => {
+                        return Err(ApiError::BadRequest(
+                            "password: at least 12 characters".into(),
+                        ));
+                    }
+                    None => (auth::generate_password(), true),
+                };
+                let hash = auth::hash_password(&password);
+                let user = self.store.create_user(name, role, &hash, now).await?;
+                let mut body = serde_json::to_value(UserView::from(&user)).unwrap_or_default();
+                if generated {
+                    body["password"] = serde_json::Value::String(password);
+                }
+                Ok(created(&body))
+            }
+            Route::GetUser(id) => {
+                let caller = self.bearer(req.headers(), now).await?;
+                if caller.role != Role::Admin && caller.id != id {
+                    return Err(ApiError::Forbidden);
+                }
+                let user = self.store.user(&id).await?.ok_or(ApiError::NotFound)?;
+                Ok(ok(&UserView::from(&user)))
+            }
+            Route::DeleteUser(id) => {
+                self.admin(req.headers(), now).await?;
+                if !self.store.delete_user(&id).await? {
+                    return Err(ApiError::NotFound);
+                }
+                Ok((StatusCode::NO_CONTENT, Bytes::new()))
+            }
+        }
+    }
+
+    async fn basic_auth(&self, headers: &http::HeaderMap) -> Result<User, ApiError> {
+        let refused = ApiError::Unauthorized(
+            "basic authentication with a valid user and password is required",
+        );
+        let encoded = credentials(headers, "Basic ")
+            .ok_or(ApiError::Unauthorized("basic authentication is required"))?;
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(encoded)
+            .map_err(|_| ApiError::Unauthorized("malformed basic credentials"))?;
+        let text = String::from_utf8(decoded)
+            .map_err(|_| ApiError::Unauthorized("malformed basic credentials"))?;
+        let (name, password) = text
+            .split_once(':')
+            .ok_or(ApiError::Unauthorized("malformed basic credentials"))?;
+        let user = self.store.user_by_name(name).await?;
+        // The hash is computed whether or not the user exists, so timing tells nothing.
+        let stored = match &user {
+            Some(u) => u.password_hash.clone(),
+            None => dummy_hash().to_string(),
+        };
+        let password = password.to_string();
+        let valid = tokio::task::spawn_blocking(move || auth::verify_password(&password, &stored))
+            .await
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
+        match user {
+            Some(u) if valid => Ok(u),
+            _ => Err(refused),
+        }
+    }
+
+    async fn bearer(&self, headers: &http::HeaderMap, now: i64) -> Result<User, ApiError> {
+        let token = credentials(headers, "Bearer ")
+            .ok_or(ApiError::Unauthorized("a bearer token is required"))?;
+        self.store
+            .user_for_token(&auth::token_hash(token), now)
+            .await?
+            .ok_or(ApiError::Unauthorized("the token is unknown or expired"))
+    }
+
+    async fn admin(&self, headers: &http::HeaderMap, now: i64) -> Result<User, ApiError> {
+        let user = self.bearer(headers, now).await?;
+        if user.role == Role::Admin {
+            Ok(user)
+        } else {
+            Err(ApiError::Forbidden)
+        }
+    }
+}
+
+fn dummy_hash() -> &'static str {
+    static HASH: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    HASH.get_or_init(|| auth::hash_password("no such user"))
+}
+
+fn credentials<'a>(headers: &'a http::HeaderMap, scheme: &str) -> Option<&'a str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (given, rest) = value.split_at_checked(scheme.len())?;
+    given.eq_ignore_ascii_case(scheme).then(|| rest.trim())
+}
+
+async fn read_body(req: Request<Incoming>) -> Result<Bytes, ApiError> {
+    match Limited::new(req.into_body(), MAX_BODY).collect().await {
+        Ok(c) => Ok(c.to_bytes()),
+        Err(e)
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
+            Err(ApiError::PayloadTooLarge)
+        }
+        Err(e) => Err(ApiError::BadRequest(format!("cannot read the body: {e}"))),
+    }
+}
+
+fn json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| ApiError::BadRequest(format!("invalid JSON: {e}")))
+}
+
+fn ok(value: &impl Serialize) -> (StatusCode, Bytes) {
+    (
+        StatusCode::OK,
+        Bytes::from(serde_json::to_vec(value).unwrap_or_default()),
+    )
+}
+
+fn created(value: &impl Serialize) -> (StatusCode, Bytes) {
+    (
+        StatusCode::CREATED,
+        Bytes::from(serde_json::to_vec(value).unwrap_or_default()),
+    )
+}
+
+fn problem(e: &ApiError, instance: &str) -> Response<Full<Bytes>> {
+    let status = e.status();
+    let body = serde_json::json!({
+        "type": format!("urn:applianced:problem:{}", e.kind()),
+        "title": status.canonical_reason().unwrap_or(""),
+        "status": status.as_u16(),
+        "detail": e.to_string(),
+        "instance": instance,
+    });
+    let mut r = json_response(
+        status,
+        "application/problem+json",
+        Bytes::from(body.to_string()),
+    );
+    if status == StatusCode::UNAUTHORIZED {
+        r.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Basic realm=\"applianced\", Bearer"),
+        );
+    }
+    r
+}
+
+fn json_response(
+    status: StatusCode,
+    content_type: &'static str,
+    body: Bytes,
+) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(body));
+    *r.status_mut() = status;
+    if status != StatusCode::NO_CONTENT {
+        r.headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    }
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes() {
+        assert_eq!(parse(&Method::POST, "/v1/tokens"), Some(Route::CreateToken));
+        assert_eq!(parse(&Method::GET, "/v1/users/"), Some(Route::ListUsers));
+        assert_eq!(
+            parse(&Method::DELETE, "/v1/users/abc"),
+            Some(Route::DeleteUser("abc".into()))
+        );
+        assert_eq!(parse(&Method::GET, "/v1/tokens"), None);
+        assert_eq!(parse(&Method::PUT, "/v1/users/abc"), None);
+        assert_eq!(parse(&Method::GET, "/v1/users/a/b"), None);
+    }
+
+    #[test]
+    fn credentials_by_scheme() {
+        let mut h = http::HeaderMap::new();
+        h.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("bearer abc"),
+        );
+        assert_eq!(credentials(&h, "Bearer "), Some("abc"));
+        assert_eq!(credentials(&h, "Basic "), None);
+    }
+}
