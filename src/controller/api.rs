@@ -269,7 +269,10 @@ impl ControllerApp {
                     }
                     None => (auth::generate_password(), true),
                 };
-                let hash = auth::hash_password(&password);
+                let hash = {
+                    let password = password.clone();
+                    blocking(move || auth::hash_password(&password)).await?
+                };
                 let user = self.store.create_user(name, role, &hash, now).await?;
                 let mut body = serde_json::to_value(UserView::from(&user)).unwrap_or_default();
                 if generated {
@@ -310,15 +313,14 @@ impl ControllerApp {
             .split_once(':')
             .ok_or(ApiError::Unauthorized("malformed basic credentials"))?;
         let user = self.store.user_by_name(name).await?;
-        // The hash is computed whether or not the user exists, so timing tells nothing.
-        let stored = match &user {
-            Some(u) => u.password_hash.clone(),
-            None => dummy_hash().to_string(),
-        };
+        // The hash is computed whether or not the user exists, so timing tells nothing;
+        // PBKDF2 is deliberately slow, so it runs on the blocking pool.
+        let stored = user.as_ref().map(|u| u.password_hash.clone());
         let password = password.to_string();
-        let valid = tokio::task::spawn_blocking(move || auth::verify_password(&password, &stored))
-            .await
-            .map_err(|e| ApiError::Internal(e.to_string()))?;
+        let valid = blocking(move || {
+            auth::verify_password(&password, stored.as_deref().unwrap_or_else(|| dummy_hash()))
+        })
+        .await?;
         match user {
             Some(u) if valid => Ok(u),
             _ => Err(refused),
@@ -342,6 +344,14 @@ impl ControllerApp {
             Err(ApiError::Forbidden)
         }
     }
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))
 }
 
 fn dummy_hash() -> &'static str {
