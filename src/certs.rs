@@ -182,8 +182,6 @@ pub fn certified_key(
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CertInfo {
     pub subject_cn: Option<String>,
-    pub subject: String,
-    pub issuer: String,
     pub dns_names: Vec<String>,
     pub ip_addresses: Vec<IpAddr>,
     /// Lower-case hex, no separators.
@@ -233,8 +231,6 @@ impl CertInfo {
         };
         Ok(CertInfo {
             subject_cn,
-            subject: cert.subject().to_string(),
-            issuer: cert.issuer().to_string(),
             dns_names,
             ip_addresses,
             serial: hex(cert.raw_serial()),
@@ -316,6 +312,17 @@ pub fn hex(bytes: &[u8]) -> String {
             let _ = write!(s, "{b:02x}");
             s
         })
+}
+
+/// The bytes of lower-case or upper-case hex, or `None` when it is not hex.
+pub fn unhex(s: &str) -> Option<Vec<u8>> {
+    if !s.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
 }
 
 /// Formats Unix seconds as RFC 3339 (UTC).

@@ -205,16 +205,13 @@ fn user_add(config: &std::path::Path, name: &str, admin: bool) -> i32 {
             return exit::CONFIG;
         }
     };
-    let name = name.trim();
-    if name.is_empty()
-        || name.len() > 64
-        || !name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "._-@".contains(c))
-    {
-        eprintln!("applianced: user name {name:?}: 1 to 64 letters, digits, '.', '_', '-' or '@'");
-        return exit::FAILURE;
-    }
+    let name = match crate::controller::auth::check_user_name(name) {
+        Ok(n) => n,
+        Err(e) => {
+            eprintln!("applianced: {e}");
+            return exit::FAILURE;
+        }
+    };
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

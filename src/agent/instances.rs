@@ -108,14 +108,6 @@ impl InstanceManager {
         }
     }
 
-    pub fn store(&self) -> &InstanceStore {
-        &self.store
-    }
-
-    pub fn services(&self) -> &dyn ServiceManager {
-        self.services.as_ref()
-    }
-
     fn lock(&self, id: &InstanceId) -> Arc<Mutex<()>> {
         let mut locks = self.locks.lock().unwrap_or_else(|e| e.into_inner());
         locks.entry(id.clone()).or_default().clone()

@@ -240,17 +240,7 @@ impl ControllerApp {
             Route::CreateUser => {
                 self.admin(req.headers(), now).await?;
                 let new: CreateUser = json(&read_body(req).await?)?;
-                let name = new.name.trim();
-                if name.is_empty()
-                    || name.len() > 64
-                    || !name
-                        .chars()
-                        .all(|c| c.is_ascii_alphanumeric() || "._-@".contains(c))
-                {
-                    return Err(ApiError::BadRequest(
-                        "name: 1 to 64 letters, digits, '.', '_', '-' or '@'".into(),
-                    ));
-                }
+                let name = auth::check_user_name(&new.name).map_err(ApiError::BadRequest)?;
                 let role = match new.role.as_deref() {
                     None | Some("member") => Role::Member,
                     Some("admin") => Role::Admin,

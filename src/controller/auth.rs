@@ -5,7 +5,7 @@ use std::num::NonZeroU32;
 
 use aws_lc_rs::{digest, pbkdf2, rand};
 
-use crate::certs::hex;
+use crate::certs::{hex, unhex};
 
 /// OWASP's 2023 recommendation for PBKDF2-HMAC-SHA256.
 const PBKDF2_ITERATIONS: u32 = 600_000;
@@ -87,6 +87,23 @@ pub fn generate_password() -> String {
     out
 }
 
+/// Checks an operator name: 1 to 64 letters, digits, `.`, `_`, `-` or `@` (after trimming).
+pub fn check_user_name(name: &str) -> Result<&str, String> {
+    let name = name.trim();
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-@".contains(c));
+    if ok {
+        Ok(name)
+    } else {
+        Err(format!(
+            "user name {name:?}: 1 to 64 letters, digits, '.', '_', '-' or '@'"
+        ))
+    }
+}
+
 /// A random (version 4) UUID.
 pub fn new_id() -> String {
     let mut b: [u8; 16] = random();
@@ -101,16 +118,6 @@ pub fn new_id() -> String {
         &h[16..20],
         &h[20..32]
     )
-}
-
-fn unhex(s: &str) -> Option<Vec<u8>> {
-    if !s.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
-        .collect()
 }
 
 #[cfg(test)]
@@ -136,6 +143,11 @@ mod tests {
         assert_eq!(p.len(), 24);
         assert!(p.bytes().all(|b| b.is_ascii_alphanumeric()));
         assert_ne!(p, generate_password());
+
+        assert_eq!(check_user_name(" ops-1@site "), Ok("ops-1@site"));
+        for bad in ["", "a b", &"x".repeat(65), "é"] {
+            assert!(check_user_name(bad).is_err(), "{bad}");
+        }
 
         let id = new_id();
         assert!(crate::agent::ids::InstanceId::parse(&id).is_some(), "{id}");

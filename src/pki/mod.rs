@@ -324,9 +324,9 @@ impl Ca {
             cn: req.cn.clone(),
             server: req.server,
             client: req.client,
-            not_before: rfc3339(not_before),
-            not_after: rfc3339(not_after),
-            issued_at: rfc3339(now),
+            not_before: certs::format_unix(not_before.unix_timestamp()),
+            not_after: certs::format_unix(not_after.unix_timestamp()),
+            issued_at: certs::format_unix(now.unix_timestamp()),
             revoked_at: None,
         });
         save_index(&self.dir, &index)?;
@@ -362,7 +362,7 @@ impl Ca {
                 PkiError::Invalid(format!("serial {serial} is not in this CA's index"))
             })?;
         if entry.revoked_at.is_none() {
-            entry.revoked_at = Some(rfc3339(OffsetDateTime::now_utc()));
+            entry.revoked_at = Some(certs::format_unix(certs::now_unix()));
         }
         let entry = entry.clone();
         save_index(&self.dir, &index)?;
@@ -381,7 +381,7 @@ impl Ca {
             .filter_map(|e| {
                 let at = e.revoked_at.as_deref()?;
                 Some(RevokedCertParams {
-                    serial_number: SerialNumber::from_slice(&unhex(&e.serial)?),
+                    serial_number: SerialNumber::from_slice(&certs::unhex(&e.serial)?),
                     revocation_time: OffsetDateTime::parse(
                         at,
                         &time::format_description::well_known::Rfc3339,
@@ -456,21 +456,6 @@ fn spki_of(cert: &CertificateDer<'_>) -> Result<Vec<u8>, PkiError> {
     let (_, c) = X509Certificate::from_der(cert.as_ref())
         .map_err(|e| PkiError::Invalid(format!("CA certificate: {e}")))?;
     Ok(c.public_key().raw.to_vec())
-}
-
-fn unhex(s: &str) -> Option<Vec<u8>> {
-    if !s.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).ok())
-        .collect()
-}
-
-fn rfc3339(t: OffsetDateTime) -> String {
-    t.format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default()
 }
 
 fn load_index(dir: &Path) -> Result<Index, PkiError> {

@@ -289,27 +289,14 @@ fn root_store(certs: &[CertificateDer<'static>]) -> Result<RootCertStore, String
 }
 
 fn pem_encode(label: &str, der: &[u8]) -> String {
-    use std::fmt::Write;
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut b64 = String::with_capacity(der.len() * 4 / 3 + 4);
-    for chunk in der.chunks(3) {
-        let n = chunk
-            .iter()
-            .enumerate()
-            .fold(0u32, |acc, (i, b)| acc | (u32::from(*b) << (16 - 8 * i)));
-        for i in 0..4 {
-            if i <= chunk.len() {
-                b64.push(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char);
-            } else {
-                b64.push('=');
-            }
-        }
-    }
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
     let mut out = format!("-----BEGIN {label}-----\n");
     for line in b64.as_bytes().chunks(64) {
-        let _ = writeln!(out, "{}", std::str::from_utf8(line).unwrap_or_default());
+        out.push_str(std::str::from_utf8(line).unwrap_or_default());
+        out.push('\n');
     }
-    let _ = writeln!(out, "-----END {label}-----");
+    out.push_str(&format!("-----END {label}-----\n"));
     out
 }
 
