@@ -311,10 +311,12 @@ async fn tls13_only_refuses_tls12() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn oversized_bodies_get_413() {
+async fn oversized_or_trickled_bodies_get_413_or_408() {
     let s = setup();
-    let agent =
-        Agent::start(AgentOptions::new(&s.pki, &s.server).toml("[limits]\nmax_body_bytes = 2048"));
+    let agent = Agent::start(
+        AgentOptions::new(&s.pki, &s.server)
+            .toml("[limits]\nmax_body_bytes = 2048\nbody_timeout = \"1s\""),
+    );
     let client = Client::new(&s.pki.ca_cert(), Some(&s.client));
     let big = vec![b'x'; 4096];
     let r = client
@@ -340,6 +342,26 @@ async fn oversized_bodies_get_413() {
     let n = tls.read(&mut buf).await.unwrap();
     let head = String::from_utf8_lossy(&buf[..n]);
     assert!(head.starts_with("HTTP/1.1 413"), "{head}");
+
+    // A body that never finishes arriving is answered 408 at limits.body_timeout.
+    let mut slow = client.tls(agent.addr).await.unwrap();
+    slow.write_all(
+        b"PUT /certificate HTTP/1.1\r\nhost: a\r\ncontent-length: 100\r\n\r\n0123456789",
+    )
+    .await
+    .unwrap();
+    let started = Instant::now();
+    let n = tokio::time::timeout(Duration::from_secs(5), slow.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    let head = String::from_utf8_lossy(&buf[..n]);
+    assert!(head.starts_with("HTTP/1.1 408"), "{head}");
+    assert!(
+        started.elapsed() >= Duration::from_millis(800),
+        "{:?}",
+        started.elapsed()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::{HeaderMap, Method, header};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::{Request, Response};
 use serde::Serialize;
@@ -234,36 +234,19 @@ impl Agent {
             .map_err(|e| AgentError::Internal(format!("worker failed: {e}")))?
     }
 
-    /// Reads the body within the size and time limits; 413 before reading when the
-    /// declared length is already too large.
+    /// Reads the body within the configured size and time limits.
     async fn read_body(&self, req: Request<Incoming>) -> Result<Bytes, AgentError> {
-        let limit = self.max_body_bytes;
-        let declared = req
-            .headers()
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
-        if declared.is_some_and(|n| n > limit) {
-            return Err(AgentError::PayloadTooLarge(limit));
-        }
-        let body = Limited::new(
-            req.into_body(),
-            usize::try_from(limit).unwrap_or(usize::MAX),
-        );
-        match tokio::time::timeout(self.body_timeout, body.collect()).await {
-            Err(_) => Err(AgentError::BodyTimeout),
-            Ok(Ok(collected)) => Ok(collected.to_bytes()),
-            Ok(Err(e))
-                if e.downcast_ref::<http_body_util::LengthLimitError>()
-                    .is_some() =>
-            {
-                Err(AgentError::PayloadTooLarge(limit))
-            }
-            Ok(Err(e)) => Err(AgentError::BadRequest {
-                code: "bad_body",
-                message: format!("Could not read the body: {e}"),
-            }),
-        }
+        use crate::transport::body::{BodyError, read_limited};
+        read_limited(req, self.max_body_bytes, self.body_timeout)
+            .await
+            .map_err(|e| match e {
+                BodyError::TooLarge(n) => AgentError::PayloadTooLarge(n),
+                BodyError::Timeout => AgentError::BodyTimeout,
+                BodyError::Read(m) => AgentError::BadRequest {
+                    code: "bad_body",
+                    message: m,
+                },
+            })
     }
 
     async fn put_agent_certificate(&self, body: Bytes) -> Result<Reply, AgentError> {

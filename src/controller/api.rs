@@ -16,7 +16,7 @@ use std::time::Instant;
 use base64::Engine;
 use bytes::Bytes;
 use http::{HeaderValue, Method, StatusCode, header};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::{Request, Response};
 use serde::{Deserialize, Serialize};
@@ -78,6 +78,8 @@ pub enum ApiError {
     Conflict(String),
     #[error("request body larger than {MAX_BODY} bytes")]
     PayloadTooLarge,
+    #[error("request body not received in time")]
+    BodyTimeout,
     /// Logged, never shown.
     #[error("internal error")]
     Internal(String),
@@ -92,6 +94,7 @@ impl ApiError {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -105,6 +108,7 @@ impl ApiError {
             ApiError::BadRequest(_) => "invalid-input",
             ApiError::Conflict(_) => "conflict",
             ApiError::PayloadTooLarge => "payload-too-large",
+            ApiError::BodyTimeout => "request-timeout",
             ApiError::Internal(_) => "internal",
         }
     }
@@ -355,17 +359,18 @@ fn credentials<'a>(headers: &'a http::HeaderMap, scheme: &str) -> Option<&'a str
     given.eq_ignore_ascii_case(scheme).then(|| rest.trim())
 }
 
+/// Time a client has to send a request body.
+pub const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 async fn read_body(req: Request<Incoming>) -> Result<Bytes, ApiError> {
-    match Limited::new(req.into_body(), MAX_BODY).collect().await {
-        Ok(c) => Ok(c.to_bytes()),
-        Err(e)
-            if e.downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some() =>
-        {
-            Err(ApiError::PayloadTooLarge)
-        }
-        Err(e) => Err(ApiError::BadRequest(format!("cannot read the body: {e}"))),
-    }
+    use crate::transport::body::{BodyError, read_limited};
+    read_limited(req, MAX_BODY as u64, BODY_TIMEOUT)
+        .await
+        .map_err(|e| match e {
+            BodyError::TooLarge(_) => ApiError::PayloadTooLarge,
+            BodyError::Timeout => ApiError::BodyTimeout,
+            BodyError::Read(_) => ApiError::BadRequest(e.to_string()),
+        })
 }
 
 fn json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
