@@ -176,12 +176,17 @@ impl InstanceManager {
         let _guard = lock.lock().unwrap_or_else(|e| e.into_inner());
         self.ensure_dirs(id, file)?;
         let result = match file {
-            InstanceFile::Haproxy => self.check_haproxy_candidate(id, body),
-            _ => Ok(()),
+            InstanceFile::Haproxy => self.check_haproxy_candidate(id, body).map(Some),
+            _ => Ok(None),
         }
-        .and_then(|()| {
+        .and_then(|checked| {
             let path = self.path(id, file);
-            self.transact(id, vec![(path, Some(body.to_vec()), mode)], affected)
+            self.transact(
+                id,
+                vec![(path, Some(body.to_vec()), mode)],
+                affected,
+                checked.as_deref(),
+            )
         });
         if result.is_err() {
             // A refused upload to a new instance leaves no trace of it.
@@ -212,16 +217,19 @@ impl InstanceManager {
                 id,
                 vec![(path, None, 0o640)],
                 &[(Daemon::Haproxy, Apply::Config)],
+                None,
             ),
             InstanceFile::Stunnel => self.transact(
                 id,
                 vec![(path, None, 0o640)],
                 &[(Daemon::Stunnel, Apply::Config)],
+                None,
             ),
             InstanceFile::Custom503 => self.transact(
                 id,
                 vec![(path, None, 0o644)],
                 &[(Daemon::Haproxy, Apply::Files)],
+                None,
             ),
             InstanceFile::Certificate(name) => {
                 let stunnel = std::fs::read_to_string(self.store.config_path(id, Daemon::Stunnel))
@@ -231,10 +239,13 @@ impl InstanceManager {
                         output: format!("the stunnel configuration refers to {}", name.as_str()),
                     });
                 }
+                // Checked like a configuration change: the removed file may be one the
+                // configuration needs, and the check refuses that without touching haproxy.
                 self.transact(
                     id,
                     vec![(path, None, 0o600)],
-                    &[(Daemon::Haproxy, Apply::Files)],
+                    &[(Daemon::Haproxy, Apply::Config)],
+                    None,
                 )
                 .map_err(|e| match e {
                     InstanceError::InvalidConfig { output }
@@ -295,7 +306,7 @@ impl InstanceManager {
                     None => {
                         let lock = self.lock(&id);
                         let _guard = lock.lock().unwrap_or_else(|e| e.into_inner());
-                        match self.sync(&id, daemon, Apply::Config) {
+                        match self.sync(&id, daemon, Apply::Config, None) {
                             Ok(_) => report.push(format!("{id} {}: started", daemon.name())),
                             Err(e) => report.push(format!(
                                 "{id} {}: failed to start: {}",
@@ -343,6 +354,7 @@ impl InstanceManager {
         id: &InstanceId,
         changes: Vec<(PathBuf, Option<Vec<u8>>, u32)>,
         affected: &[(Daemon, Apply)],
+        checked: Option<&str>,
     ) -> Result<Applied, InstanceError> {
         let mut snapshots = Vec::with_capacity(changes.len());
         for (path, _, mode) in &changes {
@@ -366,13 +378,13 @@ impl InstanceManager {
         }
         let mut outputs = Vec::new();
         for (daemon, how) in affected {
-            match self.sync(id, *daemon, *how) {
+            match self.sync(id, *daemon, *how, checked) {
                 Ok(o) => outputs.push(o),
                 Err(err) => {
                     restore(&snapshots);
                     let mut rollback = Vec::new();
                     for (d, how) in affected {
-                        match self.sync(id, *d, *how) {
+                        match self.sync(id, *d, *how, None) {
                             Ok(o) => rollback.push(o),
                             Err(e) => {
                                 tracing::error!(instance = %id, daemon = d.name(), "rollback failed: {}", e.output());
@@ -400,7 +412,14 @@ impl InstanceManager {
 
     /// Brings one daemon in line with the files: no configuration, stopped; else
     /// rendered, checked, and reloaded (or started).
-    fn sync(&self, id: &InstanceId, daemon: Daemon, how: Apply) -> Result<String, SyncError> {
+    /// `checked`: an haproxy rendering that already passed `haproxy -c` in this request.
+    fn sync(
+        &self,
+        id: &InstanceId,
+        daemon: Daemon,
+        how: Apply,
+        checked: Option<&str>,
+    ) -> Result<String, SyncError> {
         let raw = match std::fs::read_to_string(self.store.config_path(id, daemon)) {
             Ok(raw) => raw,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
@@ -420,15 +439,21 @@ impl InstanceManager {
             .render(id, daemon, &raw)
             .map_err(|e| SyncError::Invalid(e.0))?;
         let target = rendered_config(&self.store, id, daemon);
+        let pid = self.services.pid(id, daemon);
+        // `haproxy -c` runs unless this exact rendering is known good: just checked in
+        // this request, or unchanged under a running haproxy when only files it reads
+        // changed (then the graceful reload is the check: a failed one leaves the old
+        // workers serving, shows in the master's counters, and is rolled back).
+        let unchanged = std::fs::read_to_string(&target).is_ok_and(|current| current == rendered);
+        let known_good = checked == Some(rendered.as_str())
+            || (how == Apply::Files && pid.is_some() && unchanged);
         match daemon {
-            // Only files it reads changed, not its configuration: the graceful reload is
-            // the check (a failed reload leaves the old workers serving, shows in the
-            // master's counters, and is rolled back), so `haproxy -c` is not run twice.
-            Daemon::Haproxy
-                if how == Apply::Files
-                    && self.services.pid(id, daemon).is_some()
-                    && std::fs::read_to_string(&target)
-                        .is_ok_and(|current| current == rendered) => {}
+            Daemon::Haproxy if known_good => {
+                if !unchanged {
+                    write_atomic(&target, rendered.as_bytes(), 0o640)
+                        .map_err(|e| SyncError::Failed(e.to_string()))?;
+                }
+            }
             Daemon::Haproxy => {
                 let candidate = target.with_extension("cfg.check");
                 write_atomic(&candidate, rendered.as_bytes(), 0o640)
@@ -447,7 +472,7 @@ impl InstanceManager {
         }
         // The addresses it binds must exist before haproxy binds them.
         let added = self.sync_addresses(id, daemon, Some(&rendered))?;
-        let (verb, result) = match (self.services.pid(id, daemon), daemon, how) {
+        let (verb, result) = match (pid, daemon, how) {
             (None, ..) => ("start", self.services.start(id, daemon)),
             (Some(_), Daemon::Stunnel, Apply::Config) => {
                 ("restart", self.services.restart(id, daemon))
@@ -495,7 +520,11 @@ impl InstanceManager {
     }
 
     /// Renders and checks an uploaded haproxy configuration before anything is written.
-    fn check_haproxy_candidate(&self, id: &InstanceId, body: &[u8]) -> Result<(), InstanceError> {
+    fn check_haproxy_candidate(
+        &self,
+        id: &InstanceId,
+        body: &[u8],
+    ) -> Result<String, InstanceError> {
         let raw = utf8(body)?;
         let rendered = self
             .render(id, Daemon::Haproxy, raw)
@@ -506,7 +535,7 @@ impl InstanceManager {
         let checked = self.haproxy_check(&candidate);
         let _ = std::fs::remove_file(&candidate);
         checked
-            .map(|_| ())
+            .map(|_| rendered)
             .map_err(|output| InstanceError::InvalidConfig { output })
     }
 
