@@ -207,6 +207,15 @@ async fn haproxy_balances_to_the_backend_and_serves_the_custom_503_when_it_is_do
         Some(pid)
     );
 
+    // Reload results are counted in /metrics.
+    let metrics = s.get("/metrics").await.body;
+    for line in [
+        "applianced_daemon_operations_total{daemon=\"haproxy\",operation=\"start\",result=\"ok\"} 1",
+        "applianced_daemon_operations_total{daemon=\"haproxy\",operation=\"reload\",result=\"ok\"} 1",
+    ] {
+        assert!(metrics.contains(line), "{line} missing: {metrics}");
+    }
+
     // Removing it restores haproxy's own 503.
     assert_eq!(
         s.delete(&format!("/instances/{ID}/custom503")).await.status,

@@ -765,3 +765,120 @@ fn bad_configuration_exits_with_distinct_codes() {
         "{out:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_rereads_crls_and_the_client_ca() {
+    let s = setup();
+    let ca_dir = s.pki.ca_dir();
+    let ca_dir = ca_dir.to_str().unwrap();
+    let crl = s.pki.path("live.crl");
+    run_ok(&[
+        "pki",
+        "crl",
+        "--dir",
+        ca_dir,
+        "--out",
+        crl.to_str().unwrap(),
+    ]);
+    let bundle = s.pki.path("clients-ca.crt");
+    std::fs::copy(s.pki.ca_cert(), &bundle).unwrap();
+    let mut opts = AgentOptions::new(&s.pki, &s.server)
+        .arg("--crl")
+        .arg(crl.to_str().unwrap());
+    opts.client_ca = bundle.clone();
+    let agent = Agent::start(opts);
+    let ca = s.pki.ca_cert();
+    let client = Client::new(&ca, Some(&s.client));
+    let mut open = client.connect(agent.addr).await.unwrap();
+    assert_eq!(open.get("/status").await.unwrap().status, 200);
+
+    // Revoked after start: refused once the new CRL is read on SIGHUP.
+    run_ok(&[
+        "pki",
+        "revoke",
+        "--dir",
+        ca_dir,
+        "--cert",
+        s.client.cert.to_str().unwrap(),
+    ]);
+    run_ok(&[
+        "pki",
+        "crl",
+        "--dir",
+        ca_dir,
+        "--out",
+        crl.to_str().unwrap(),
+    ]);
+    assert_eq!(client.get(agent.addr, "/status").await.unwrap().status, 200);
+    agent.signal(Signal::SIGHUP);
+    agent.wait_log("SIGHUP: TLS material reloaded", Duration::from_secs(5));
+    assert_refused(&client, agent.addr, AlertDescription::CertificateRevoked).await;
+    // The connection opened before keeps working.
+    assert_eq!(open.get("/status").await.unwrap().status, 200);
+
+    // A second CA appended to the client CA bundle: with CRLs configured, its clients
+    // stay refused until its CRL is published too (revocation status fails closed).
+    let other = Pki::named("Second CA");
+    let newcomer = other.client("newcomer", "controller-2");
+    let newcomer_client = Client::new(&ca, Some(&newcomer));
+    assert_refused(&newcomer_client, agent.addr, AlertDescription::UnknownCA).await;
+    let mut both = std::fs::read(&bundle).unwrap();
+    both.extend(std::fs::read(other.ca_cert()).unwrap());
+    std::fs::write(&bundle, both).unwrap();
+    agent.signal(Signal::SIGHUP);
+    let reloads = |a: &Agent| {
+        a.log_text()
+            .matches("SIGHUP: TLS material reloaded")
+            .count()
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while reloads(&agent) < 2 {
+        assert!(Instant::now() < deadline, "second reload not logged");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_refused(&newcomer_client, agent.addr, AlertDescription::UnknownCA).await;
+    let metrics = client_metrics(&s, agent.addr).await;
+    assert!(
+        metrics.contains("reason=\"unknown_revocation_status\""),
+        "{metrics}"
+    );
+
+    let other_crl = other.path("other.crl");
+    run_ok(&[
+        "pki",
+        "crl",
+        "--dir",
+        other.ca_dir().to_str().unwrap(),
+        "--out",
+        other_crl.to_str().unwrap(),
+    ]);
+    let mut crls = std::fs::read(&crl).unwrap();
+    crls.extend(std::fs::read(&other_crl).unwrap());
+    std::fs::write(&crl, crls).unwrap();
+    agent.signal(Signal::SIGHUP);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while reloads(&agent) < 3 {
+        assert!(Instant::now() < deadline, "third reload not logged");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        newcomer_client
+            .get(agent.addr, "/status")
+            .await
+            .unwrap()
+            .status,
+        200
+    );
+    // The revoked client of the first CA stays refused.
+    assert_refused(&client, agent.addr, AlertDescription::CertificateRevoked).await;
+}
+
+/// `/metrics`, read with a fresh, allowed client of the test CA.
+async fn client_metrics(s: &Setup, addr: std::net::SocketAddr) -> String {
+    let fresh = s.pki.client("metrics-reader", "controller-9");
+    Client::new(&s.pki.ca_cert(), Some(&fresh))
+        .get(addr, "/metrics")
+        .await
+        .unwrap()
+        .body
+}

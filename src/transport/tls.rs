@@ -409,6 +409,8 @@ pub fn handshake_failure_reason(err: &std::io::Error) -> &'static str {
             C::Expired | C::ExpiredContext { .. } => "expired",
             C::NotValidYet | C::NotValidYetContext { .. } => "not_yet_valid",
             C::Revoked => "revoked",
+            // CRLs are configured but none comes from this certificate's issuer.
+            C::UnknownRevocationStatus => "unknown_revocation_status",
             C::InvalidPurpose | C::InvalidPurposeContext { .. } => "wrong_purpose",
             C::ApplicationVerificationFailure => "not_allowed",
             _ => "bad_certificate",
