@@ -76,16 +76,7 @@ impl DirectManager {
     }
 
     fn wait_until(&self, mut done: impl FnMut() -> bool) -> bool {
-        let deadline = Instant::now() + self.timeout;
-        loop {
-            if done() {
-                return true;
-            }
-            if Instant::now() >= deadline {
-                return false;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        poll_until(self.timeout, || done().then_some(())).is_some()
     }
 
     fn start_process(&self, id: &InstanceId, daemon: Daemon) -> OpResult {
@@ -189,18 +180,28 @@ pub fn confirm_haproxy_reload(
 ) -> Result<(), String> {
     let before = master_status(socket).ok_or("the haproxy master CLI does not answer")?;
     trigger()?;
+    poll_until(timeout, || {
+        let after = master_status(socket)?;
+        if after.failed > before.failed {
+            Some(Err("haproxy reload failed".to_string()))
+        } else if after.reloads > before.reloads && after.workers > 0 {
+            Some(Ok(()))
+        } else {
+            None
+        }
+    })
+    .unwrap_or_else(|| Err("haproxy reload not confirmed in time".into()))
+}
+
+/// Calls `probe` every 10 ms until it gives an answer or `timeout` passes.
+fn poll_until<T>(timeout: Duration, mut probe: impl FnMut() -> Option<T>) -> Option<T> {
     let deadline = Instant::now() + timeout;
     loop {
-        if let Some(after) = master_status(socket) {
-            if after.failed > before.failed {
-                return Err("haproxy reload failed".into());
-            }
-            if after.reloads > before.reloads && after.workers > 0 {
-                return Ok(());
-            }
+        if let Some(answer) = probe() {
+            return Some(answer);
         }
         if Instant::now() >= deadline {
-            return Err("haproxy reload not confirmed in time".into());
+            return None;
         }
         std::thread::sleep(Duration::from_millis(10));
     }
@@ -404,6 +405,13 @@ impl SystemdManager {
         run_captured(&self.systemctl, args)
     }
 
+    /// `systemctl VERB UNIT`, reported as "UNIT DONE" plus its output.
+    fn unit_verb(&self, id: &InstanceId, daemon: Daemon, verb: &str, done: &str) -> OpResult {
+        let unit = Self::unit(id, daemon);
+        self.systemctl(&[verb, &unit])
+            .map(|o| format!("{unit} {done}\n{o}").trim().to_string())
+    }
+
     fn with_journal(&self, id: &InstanceId, daemon: Daemon, result: OpResult) -> OpResult {
         result.map_err(|e| {
             let status = self
@@ -433,11 +441,7 @@ impl ServiceManager for SystemdManager {
     }
 
     fn start(&self, id: &InstanceId, daemon: Daemon) -> OpResult {
-        let unit = Self::unit(id, daemon);
-        let r = self
-            .systemctl(&["start", &unit])
-            .map(|o| format!("{unit} started\n{o}").trim().to_string());
-        self.with_journal(id, daemon, r)
+        self.with_journal(id, daemon, self.unit_verb(id, daemon, "start", "started"))
     }
 
     fn reload(&self, id: &InstanceId, daemon: Daemon) -> OpResult {
@@ -453,25 +457,21 @@ impl ServiceManager for SystemdManager {
                 })
                 .map(|()| format!("{unit} reloaded\n{out}").trim().to_string())
             }
-            _ => self
-                .systemctl(&["reload-or-restart", &unit])
-                .map(|o| format!("{unit} reloaded\n{o}").trim().to_string()),
+            _ => self.unit_verb(id, daemon, "reload-or-restart", "reloaded"),
         };
         self.with_journal(id, daemon, r)
     }
 
     fn restart(&self, id: &InstanceId, daemon: Daemon) -> OpResult {
-        let unit = Self::unit(id, daemon);
-        let r = self
-            .systemctl(&["restart", &unit])
-            .map(|o| format!("{unit} restarted\n{o}").trim().to_string());
-        self.with_journal(id, daemon, r)
+        self.with_journal(
+            id,
+            daemon,
+            self.unit_verb(id, daemon, "restart", "restarted"),
+        )
     }
 
     fn stop(&self, id: &InstanceId, daemon: Daemon) -> OpResult {
-        let unit = Self::unit(id, daemon);
-        self.systemctl(&["stop", &unit])
-            .map(|o| format!("{unit} stopped\n{o}").trim().to_string())
+        self.unit_verb(id, daemon, "stop", "stopped")
     }
 }
 

@@ -108,6 +108,10 @@ impl InstanceManager {
         }
     }
 
+    pub fn store(&self) -> &InstanceStore {
+        &self.store
+    }
+
     fn lock(&self, id: &InstanceId) -> Arc<Mutex<()>> {
         let mut locks = self.locks.lock().unwrap_or_else(|e| e.into_inner());
         locks.entry(id.clone()).or_default().clone()

@@ -64,7 +64,6 @@ fn tls_settings(config: &AgentConfig) -> TlsSettings {
 pub struct Agent {
     tls: Arc<ArcSwap<TlsMaterial>>,
     tls_paths: TlsPaths,
-    store: InstanceStore,
     instances: Arc<InstanceManager>,
     status: Arc<StatusCache>,
     metrics: Arc<AgentMetrics>,
@@ -228,7 +227,7 @@ impl Agent {
     where
         F: FnOnce(&InstanceStore) -> Result<Reply, AgentError> + Send + 'static,
     {
-        let store = self.store.clone();
+        let store = self.instances.store().clone();
         tokio::task::spawn_blocking(move || f(&store))
             .await
             .map_err(|e| AgentError::Internal(format!("worker failed: {e}")))?
@@ -538,7 +537,6 @@ async fn run_async(config: AgentConfig) -> i32 {
     let agent = Arc::new(Agent {
         tls: tls.clone(),
         tls_paths: config.tls_paths(),
-        store,
         instances: instances.clone(),
         status: status_cache,
         metrics: metrics.clone(),

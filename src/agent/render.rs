@@ -140,26 +140,23 @@ pub fn render_stunnel(
     ))
 }
 
-/// The `accept` addresses of a rendered stunnel configuration (a bare port means all
-/// addresses, checked on loopback).
+/// The values of the `accept` options of a stunnel configuration, in service order.
+fn accept_values(config: &str) -> impl Iterator<Item = &str> {
+    config.lines().filter_map(|l| {
+        let (k, v) = l.split_once('=')?;
+        k.trim().eq_ignore_ascii_case("accept").then(|| v.trim())
+    })
+}
+
+/// Where to check that stunnel accepts connections: each `accept` address, with a bare
+/// port or a wildcard address checked on loopback. Host names are skipped.
 pub fn stunnel_accept_addresses(config: &str) -> Vec<std::net::SocketAddr> {
-    config
-        .lines()
-        .filter_map(|l| {
-            let (k, v) = l.split_once('=')?;
-            if !k.trim().eq_ignore_ascii_case("accept") {
-                return None;
-            }
-            let v = v.trim();
-            if let Ok(port) = v.parse::<u16>() {
-                return Some(std::net::SocketAddr::from(([127, 0, 0, 1], port)));
-            }
-            let v = v.trim_start_matches(":::").trim_start_matches("0.0.0.0:");
-            v.parse().ok().or_else(|| {
-                v.parse::<u16>()
-                    .ok()
-                    .map(|p| std::net::SocketAddr::from(([127, 0, 0, 1], p)))
-            })
+    let loopback = |port| std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    accept_values(config)
+        .filter_map(|v| match v.parse::<std::net::SocketAddr>() {
+            Ok(a) if a.ip().is_unspecified() => Some(loopback(a.port())),
+            Ok(a) => Some(a),
+            Err(_) => v.parse().ok().map(loopback),
         })
         .collect()
 }
@@ -168,16 +165,7 @@ pub fn stunnel_accept_addresses(config: &str) -> Vec<std::net::SocketAddr> {
 /// order, when every `accept` names an explicit address and port (`None` otherwise: a
 /// bare port or a host name is left for stunnel to bind).
 pub fn stunnel_listen_sockets(config: &str) -> Option<Vec<std::net::SocketAddr>> {
-    let mut addrs = Vec::new();
-    for line in config.lines() {
-        let Some((k, v)) = line.split_once('=') else {
-            continue;
-        };
-        if k.trim().eq_ignore_ascii_case("accept") {
-            addrs.push(v.trim().parse().ok()?);
-        }
-    }
-    Some(addrs)
+    accept_values(config).map(|v| v.parse().ok()).collect()
 }
 
 #[cfg(test)]
@@ -260,6 +248,12 @@ mod tests {
             ])
         );
         assert_eq!(stunnel_listen_sockets("[a]\naccept = 443\n"), None);
+        assert_eq!(
+            stunnel_accept_addresses(
+                "[a]\naccept = 0.0.0.0:8443\n[b]\naccept = stunnel.example:1\n"
+            ),
+            vec!["127.0.0.1:8443".parse().unwrap()]
+        );
         let accepts = stunnel_accept_addresses(
             "[a]\naccept = 127.0.0.2:443\n[b]\naccept=8443\n[c]\naccept = [::1]:9\nconnect = 1.2.3.4:5\n",
         );

@@ -145,26 +145,31 @@ impl Store {
     }
 
     pub async fn user(&self, id: &str) -> Result<Option<User>, StoreError> {
-        let row = sqlx::query(concat!(
-            "SELECT ",
-            user_columns!(),
-            " FROM users WHERE id = $1"
-        ))
-        .bind(id)
-        .fetch_optional(&self.pool)
-        .await?;
-        Ok(row.map(|r| User::from_row(&r)).transpose()?)
+        self.user_where(
+            concat!("SELECT ", user_columns!(), " FROM users WHERE id = $1"),
+            id,
+        )
+        .await
     }
 
     pub async fn user_by_name(&self, name: &str) -> Result<Option<User>, StoreError> {
-        let row = sqlx::query(concat!(
-            "SELECT ",
-            user_columns!(),
-            " FROM users WHERE name = $1"
-        ))
-        .bind(name)
-        .fetch_optional(&self.pool)
-        .await?;
+        self.user_where(
+            concat!("SELECT ", user_columns!(), " FROM users WHERE name = $1"),
+            name,
+        )
+        .await
+    }
+
+    /// The user a one-parameter query selects.
+    async fn user_where(
+        &self,
+        query: &'static str,
+        value: &str,
+    ) -> Result<Option<User>, StoreError> {
+        let row = sqlx::query(query)
+            .bind(value)
+            .fetch_optional(&self.pool)
+            .await?;
         Ok(row.map(|r| User::from_row(&r)).transpose()?)
     }
 
