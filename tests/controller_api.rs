@@ -4,7 +4,6 @@
 mod common;
 
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 
 use base64::Engine;
 use common::*;
@@ -40,19 +39,16 @@ fn start(pki: &Pki, url: &str) -> Controller {
         ),
     )
     .unwrap();
-    let child = Command::new(bin())
+    let log = dir.path().join("controller.log");
+    let mut child = Command::new(bin())
         .args(["controller", "--config"])
         .arg(&config)
         .stdout(Stdio::null())
-        .stderr(std::fs::File::create(dir.path().join("controller.log")).unwrap())
+        .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
     let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(addr).is_err() {
-        assert!(Instant::now() < deadline, "controller did not listen");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_listening(&mut child, addr, &log);
     Controller {
         child,
         addr,

@@ -122,6 +122,23 @@ impl Creds {
     }
 }
 
+/// Waits until `child` accepts TCP connections on `addr`; panics with its log when it
+/// exits or does not listen within 15 s.
+pub fn wait_listening(child: &mut Child, addr: SocketAddr, log: &Path) {
+    let log_text = || std::fs::read_to_string(log).unwrap_or_default();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < deadline {
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("exited early with {status}: {}", log_text());
+        }
+        if std::net::TcpStream::connect(addr).is_ok() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("nothing listens on {addr}: {}", log_text());
+}
+
 /// A loopback port nobody listens on right now.
 pub fn free_port() -> u16 {
     StdListener::bind("127.0.0.1:0")
@@ -231,17 +248,7 @@ impl Agent {
     }
 
     fn wait_listening(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while Instant::now() < deadline {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("agent exited early with {status}: {}", self.log_text());
-            }
-            if std::net::TcpStream::connect(self.addr).is_ok() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        panic!("agent did not listen on {}: {}", self.addr, self.log_text());
+        wait_listening(&mut self.child, self.addr, &self.log);
     }
 
     pub fn log_text(&self) -> String {
