@@ -882,3 +882,45 @@ async fn client_metrics(s: &Setup, addr: std::net::SocketAddr) -> String {
         .unwrap()
         .body
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expect_100_continue_is_answered_before_the_body_is_sent() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let s = setup();
+    let agent =
+        Agent::start(AgentOptions::new(&s.pki, &s.server).toml("[limits]\nmax_body_bytes = 2048"));
+    let client = Client::new(&s.pki.ca_cert(), Some(&s.client));
+    let body = b"not a certificate";
+
+    // The client waits for "100 Continue" before sending its body, as curl does.
+    let mut tls = client.tls(agent.addr).await.unwrap();
+    let head = format!(
+        "PUT /certificate HTTP/1.1\r\nhost: a\r\nexpect: 100-continue\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        body.len()
+    );
+    tls.write_all(head.as_bytes()).await.unwrap();
+    let mut buf = vec![0u8; 1024];
+    let n = tokio::time::timeout(Duration::from_secs(5), tls.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    let interim = String::from_utf8_lossy(&buf[..n]).into_owned();
+    assert!(interim.starts_with("HTTP/1.1 100 Continue"), "{interim}");
+    tls.write_all(body).await.unwrap();
+    let mut rest = Vec::new();
+    let _ = tls.read_to_end(&mut rest).await;
+    let answer = format!("{interim}{}", String::from_utf8_lossy(&rest));
+    assert!(answer.contains("HTTP/1.1 409"), "{answer}");
+
+    // A declared body over the limit is refused at once, without "100 Continue".
+    let mut tls = client.tls(agent.addr).await.unwrap();
+    tls.write_all(b"PUT /certificate HTTP/1.1\r\nhost: a\r\nexpect: 100-continue\r\ncontent-length: 4096\r\n\r\n")
+        .await
+        .unwrap();
+    let n = tokio::time::timeout(Duration::from_secs(5), tls.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    let answer = String::from_utf8_lossy(&buf[..n]);
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+}
