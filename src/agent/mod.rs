@@ -436,18 +436,8 @@ fn finish_pending_swap(paths: &TlsPaths) {
 
 /// Runs the agent until SIGTERM; returns the exit code.
 pub fn run(config: AgentConfig) -> i32 {
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if config.limits.worker_threads > 0 {
-        builder.worker_threads(config.limits.worker_threads);
-    }
-    let runtime = match builder.enable_all().build() {
-        Ok(r) => r,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot start the async runtime");
-            return exit::FAILURE;
-        }
-    };
-    runtime.block_on(run_async(config))
+    let workers = config.limits.worker_threads;
+    crate::transport::server::run_to_exit(workers, run_async(config))
 }
 
 async fn run_async(config: AgentConfig) -> i32 {

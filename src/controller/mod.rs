@@ -18,17 +18,7 @@ pub mod store;
 
 /// Runs the controller until SIGTERM; returns the exit code.
 pub fn run(config: ControllerConfig) -> i32 {
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot start the async runtime");
-            return exit::FAILURE;
-        }
-    };
-    runtime.block_on(run_async(config))
+    crate::transport::server::run_to_exit(0, run_async(config))
 }
 
 async fn run_async(config: ControllerConfig) -> i32 {

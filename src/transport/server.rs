@@ -447,3 +447,19 @@ pub fn notify_ready() {
         });
     }
 }
+
+/// Runs a role's main future on a multi-threaded runtime (`worker_threads` 0: one per
+/// CPU) and returns its exit code.
+pub fn run_to_exit(worker_threads: usize, main: impl Future<Output = i32>) -> i32 {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if worker_threads > 0 {
+        builder.worker_threads(worker_threads);
+    }
+    match builder.enable_all().build() {
+        Ok(runtime) => runtime.block_on(main),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the async runtime");
+            crate::exit::FAILURE
+        }
+    }
+}
