@@ -14,7 +14,7 @@ fn config(pki: &Pki, dir: &std::path::Path, url: &str) -> std::path::PathBuf {
     std::fs::write(
         &cfg,
         format!(
-            "state_dir = \"{d}\"\n[database]\nurl = \"{url}\"\n[[listeners]]\naddress = \"127.0.0.1:8443\"\nzone = \"admin\"\ncert = \"{c}\"\nkey = \"{k}\"\n",
+            "state_dir = \"{d}\"\n[database]\nurl = \"{url}\"\n[[listeners]]\naddress = \"127.0.0.1:8443\"\nzone = \"admin\"\ncert = \"{c}\"\nkey = \"{k}\"\n[[listeners]]\naddress = \"127.0.0.1:8444\"\nzone = \"appliance\"\n",
             d = dir.display(),
             c = server.cert.display(),
             k = server.key.display(),

@@ -31,6 +31,7 @@ pub mod ids;
 pub mod instances;
 pub mod metrics;
 pub mod render;
+pub mod reporter;
 pub mod response;
 pub mod routes;
 pub mod status;
@@ -524,6 +525,17 @@ async fn run_async(config: AgentConfig) -> i32 {
     )));
     tokio::spawn(sampler.run(status_cache.clone(), config.status.interval.0));
 
+    let reporter = config.controller.as_ref().map(|section| {
+        let paths = config.tls_paths();
+        Arc::new(reporter::Reporter::new(
+            section,
+            paths.client_ca.clone(),
+            paths.cert.clone(),
+            paths.key.clone(),
+            appliance_id.clone(),
+            status_cache.clone(),
+        ))
+    });
     let agent = Arc::new(Agent {
         tls: tls.clone(),
         tls_paths: config.tls_paths(),
@@ -565,12 +577,21 @@ async fn run_async(config: AgentConfig) -> i32 {
         }
     });
 
+    let reporting = reporter.clone().map(|r| tokio::spawn(r.run()));
+
     let signals = wait_for_signals(&config, &tls, &metrics).await;
     if let Err(e) = signals {
         tracing::error!(error = %e, "cannot install signal handlers");
         return exit::FAILURE;
     }
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+    if let (Some(task), Some(reporter)) = (reporting, reporter) {
+        task.abort();
+        match reporter.post("stopped", Duration::from_secs(3)).await {
+            Ok(()) => tracing::info!("reported stopped"),
+            Err(e) => tracing::warn!(error = %e, "cannot report stopped"),
+        }
+    }
     tracing::info!("shutting down: waiting for in-flight requests");
     if server.shutdown().await {
         tracing::info!("stopped");

@@ -35,6 +35,27 @@ pub struct AgentConfig {
     pub status: StatusSection,
     #[serde(default)]
     pub instances: InstancesSection,
+    /// The controller this appliance reports to; unset: the agent reports to nobody.
+    #[serde(default)]
+    pub controller: Option<ControllerSection>,
+}
+
+/// Callbacks to the controller: `launched` once serving, `heartbeat` periodically,
+/// `stopped` on graceful shutdown, each over mutual TLS with the agent's own certificate.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ControllerSection {
+    /// Base URL of the controller's `appliance` zone, `https://HOST:PORT`.
+    pub url: String,
+    /// CA bundle the controller's certificate must chain to. Default: `server.client_ca`.
+    #[serde(default)]
+    pub ca: Option<PathBuf>,
+    #[serde(default = "default_heartbeat")]
+    pub heartbeat_interval: HumanDuration,
+}
+
+fn default_heartbeat() -> HumanDuration {
+    HumanDuration::secs(30)
 }
 
 /// How instances' daemons are run.
@@ -262,6 +283,25 @@ impl AgentConfig {
                         problem(key, format!("{}: {e}", p.display()));
                     }
                 }
+            }
+        }
+        if let Some(c) = &self.controller {
+            if !c.url.starts_with("https://") || c.url.parse::<http::Uri>().is_err() {
+                problem(
+                    "controller.url",
+                    format!("{:?}: expected https://HOST:PORT", c.url),
+                );
+            }
+            if let Some(p) = &c.ca
+                && let Err(e) = std::fs::metadata(p)
+            {
+                problem("controller.ca", format!("{}: {e}", p.display()));
+            }
+            if c.heartbeat_interval.0.is_zero() {
+                problem(
+                    "controller.heartbeat_interval",
+                    "must be greater than zero".into(),
+                );
             }
         }
         if let Some(p) = &self.server.server_ca

@@ -31,6 +31,53 @@ pub struct ControllerConfig {
     pub appliances: Appliances,
     #[serde(default)]
     pub backend: Backend,
+    #[serde(default)]
+    pub tasks: Tasks,
+    #[serde(default)]
+    pub webhooks: Webhooks,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Tasks {
+    /// Tasks run at the same time by this controller.
+    pub workers: u32,
+    /// Attempts at an agent call before the task fails with a 502 problem.
+    pub agent_attempts: u32,
+    /// Time one agent call may take.
+    pub agent_timeout: HumanDuration,
+}
+
+impl Default for Tasks {
+    fn default() -> Self {
+        Tasks {
+            workers: 4,
+            agent_attempts: 3,
+            agent_timeout: HumanDuration::secs(10),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Webhooks {
+    /// HMAC-SHA256 key signing deliveries; created (random, 0600) when missing.
+    /// Default: `STATE_DIR/webhook.secret`.
+    pub secret_file: Option<PathBuf>,
+    /// Attempts before a delivery is given up as failed.
+    pub max_attempts: u32,
+    /// Time one delivery attempt may take.
+    pub timeout: HumanDuration,
+}
+
+impl Default for Webhooks {
+    fn default() -> Self {
+        Webhooks {
+            secret_file: None,
+            max_attempts: 10,
+            timeout: HumanDuration::secs(10),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Hash)]
@@ -49,10 +96,14 @@ pub enum Zone {
 pub struct Listener {
     pub address: SocketAddr,
     pub zone: Zone,
-    /// Server certificate chain and key of this listener (HTTPS always).
-    pub cert: PathBuf,
-    pub key: PathBuf,
-    /// CA bundle client certificates must chain to; required for `api` and `appliance`.
+    /// Server certificate chain and key of this listener (HTTPS always). Both absent:
+    /// the controller issues one from its own CA for the listener's address.
+    #[serde(default)]
+    pub cert: Option<PathBuf>,
+    #[serde(default)]
+    pub key: Option<PathBuf>,
+    /// CA bundle client certificates must chain to; required for `api`. For `appliance`
+    /// the default is the controller's own CA, with its CRL.
     #[serde(default)]
     pub client_ca: Option<PathBuf>,
 }
@@ -105,6 +156,8 @@ pub struct Appliances {
     pub heartbeat_interval: HumanDuration,
     /// Missed heartbeats before an appliance is `unhealthy`.
     pub missed_heartbeats: u32,
+    /// A `stopping` appliance not confirmed stopped by then is `stop_unconfirmed`.
+    pub stop_timeout: HumanDuration,
 }
 
 impl Default for Appliances {
@@ -115,6 +168,7 @@ impl Default for Appliances {
             launch_timeout: HumanDuration::secs(600),
             heartbeat_interval: HumanDuration::secs(30),
             missed_heartbeats: 3,
+            stop_timeout: HumanDuration::secs(60),
         }
     }
 }
@@ -136,6 +190,12 @@ pub struct Backend {
     pub max_appliances: u32,
     /// Port each `process` appliance's agent listens on.
     pub agent_port: u16,
+    /// The agent program. Default: this program.
+    pub agent_binary: Option<PathBuf>,
+    /// URL appliances post their callbacks to. Default: the first `appliance` listener.
+    pub controller_url: Option<String>,
+    /// CA bundle appliances verify that listener with. Default: the controller's CA.
+    pub controller_ca: Option<PathBuf>,
 }
 
 impl Default for Backend {
@@ -145,6 +205,9 @@ impl Default for Backend {
             first_address: IpAddr::from([127, 0, 1, 1]),
             max_appliances: 250,
             agent_port: 9443,
+            agent_binary: None,
+            controller_url: None,
+            controller_ca: None,
         }
     }
 }
@@ -185,9 +248,15 @@ impl ControllerConfig {
                     format!("{} is used by another listener", l.address),
                 );
             }
+            if l.cert.is_some() != l.key.is_some() {
+                problem(
+                    key("cert"),
+                    "give both cert and key, or neither (the controller issues one)".into(),
+                );
+            }
             for (k, p) in [
-                ("cert", Some(&l.cert)),
-                ("key", Some(&l.key)),
+                ("cert", l.cert.as_ref()),
+                ("key", l.key.as_ref()),
                 ("client_ca", l.client_ca.as_ref()),
             ] {
                 if let Some(p) = p
@@ -196,7 +265,7 @@ impl ControllerConfig {
                     problem(key(k), format!("{}: {e}", p.display()));
                 }
             }
-            if l.zone != Zone::Admin && l.client_ca.is_none() {
+            if l.zone == Zone::Api && l.client_ca.is_none() {
                 problem(
                     key("client_ca"),
                     format!("required for the {:?} zone", l.zone).to_lowercase(),
@@ -236,6 +305,37 @@ impl ControllerConfig {
             if d.0.is_zero() {
                 problem(k.into(), "must be greater than zero".into());
             }
+        }
+        if a.stop_timeout.0.is_zero() {
+            problem(
+                "appliances.stop_timeout".into(),
+                "must be greater than zero".into(),
+            );
+        }
+        if self.tasks.workers == 0 || self.tasks.agent_attempts == 0 {
+            problem(
+                "tasks.workers".into(),
+                "workers and agent_attempts must be at least 1".into(),
+            );
+        }
+        if self.webhooks.max_attempts == 0 {
+            problem("webhooks.max_attempts".into(), "must be at least 1".into());
+        }
+        if let Some(url) = &self.backend.controller_url
+            && !url.starts_with("https://")
+        {
+            problem(
+                "backend.controller_url".into(),
+                format!("{url:?}: expected https://HOST:PORT"),
+            );
+        }
+        if !self.listeners.iter().any(|l| l.zone == Zone::Appliance)
+            && self.backend.controller_url.is_none()
+        {
+            problem(
+                "listeners".into(),
+                "appliances need an appliance listener (or backend.controller_url)".into(),
+            );
         }
         if a.missed_heartbeats == 0 {
             problem(
@@ -290,10 +390,13 @@ impl ControllerConfig {
     pub fn check_tls(&self) -> Result<(), Vec<Problem>> {
         let mut problems = Vec::new();
         for (i, l) in self.listeners.iter().enumerate() {
-            let loaded = crate::certs::load_certs(&l.cert).and_then(|chain| {
-                let key = crate::certs::load_key(&l.key)?;
-                crate::certs::certified_key(chain, key)
-                    .map_err(|e| format!("{} / {}: {e}", l.cert.display(), l.key.display()))
+            let (Some(cert), Some(key)) = (&l.cert, &l.key) else {
+                continue;
+            };
+            let loaded = crate::certs::load_certs(cert).and_then(|chain| {
+                let key_der = crate::certs::load_key(key)?;
+                crate::certs::certified_key(chain, key_der)
+                    .map_err(|e| format!("{} / {}: {e}", cert.display(), key.display()))
             });
             if let Err(e) = loaded {
                 problems.push(Problem {
@@ -330,7 +433,7 @@ mod tests {
         assert_eq!(config.appliances.ttl_max_minutes, 235);
 
         let bad: ControllerConfig = super::super::parse_toml(
-            "[database]\nurl = \"mysql://x\"\n[[listeners]]\naddress = \"127.0.0.1:1\"\nzone = \"appliance\"\ncert = \"/nonexistent\"\nkey = \"/nonexistent\"\n[appliances]\nttl_min_minutes = 300\n",
+            "[database]\nurl = \"mysql://x\"\n[[listeners]]\naddress = \"127.0.0.1:1\"\nzone = \"api\"\ncert = \"/nonexistent\"\nkey = \"/nonexistent\"\n[appliances]\nttl_min_minutes = 300\n",
         )
         .unwrap();
         let keys: Vec<String> = bad
@@ -342,7 +445,6 @@ mod tests {
         for k in [
             "listeners",
             "listeners[0].cert",
-            "listeners[0].client_ca",
             "database.url",
             "appliances.ttl_min_minutes",
         ] {

@@ -22,6 +22,7 @@ use hyper::{Request, Response};
 use serde::{Deserialize, Serialize};
 
 use super::auth;
+use super::fleet::{Fleet, FleetError};
 use super::store::{Role, Store, StoreError, User};
 use crate::config::controller::Zone;
 use crate::transport::{App, ConnInfo};
@@ -39,6 +40,21 @@ pub enum Route {
     CreateUser,
     GetUser(String),
     DeleteUser(String),
+    ListAppliances,
+    CreateAppliance,
+    GetAppliance(String),
+    DeleteAppliance(String),
+    ApplianceAction(String),
+    ApplianceEvents(String),
+    PingOne(String),
+    PingMany,
+    /// `/v1/appliances/:id/agent` + the agent path (with its query).
+    Agent(String, String),
+    ListTasks,
+    GetTask(String),
+    OpenApi,
+    /// Appliance zone: a callback from the appliance itself.
+    Callback,
 }
 
 impl Route {
@@ -47,14 +63,60 @@ impl Route {
             Route::CreateToken => "/v1/tokens",
             Route::ListUsers | Route::CreateUser => "/v1/users",
             Route::GetUser(_) | Route::DeleteUser(_) => "/v1/users/:id",
+            Route::ListAppliances | Route::CreateAppliance => "/v1/appliances",
+            Route::GetAppliance(_) | Route::DeleteAppliance(_) => "/v1/appliances/:id",
+            Route::ApplianceAction(_) => "/v1/appliances/:id/actions",
+            Route::ApplianceEvents(_) => "/v1/appliances/:id/events",
+            Route::PingOne(_) => "/v1/appliances/:id/ping",
+            Route::PingMany => "/v1/ping",
+            Route::Agent(..) => "/v1/appliances/:id/agent/*",
+            Route::ListTasks => "/v1/tasks",
+            Route::GetTask(_) => "/v1/tasks/:id",
+            Route::OpenApi => "/v1/openapi.json",
+            Route::Callback => "/v1/events",
         }
     }
 }
 
-/// Maps a request line to a route of the admin zone.
-pub fn parse(method: &Method, path: &str) -> Option<Route> {
+/// Maps a request line to a route of the appliance zone.
+pub fn parse_appliance_zone(method: &Method, path: &str) -> Option<Route> {
+    (method == Method::POST && path.trim_end_matches('/') == "/v1/events")
+        .then_some(Route::Callback)
+}
+
+/// Maps a request line (path and query) to a route of the admin zone.
+pub fn parse(method: &Method, path_and_query: &str) -> Option<Route> {
+    let path = path_and_query.split('?').next().unwrap_or("");
+    // The pass-through keeps the rest of the path and the query as they came.
+    if let Some(rest) = path_and_query.strip_prefix("/v1/appliances/")
+        && let Some((id, agent_path)) = rest.split_once("/agent")
+        && !id.is_empty()
+        && !id.contains('/')
+        && (agent_path.is_empty() || agent_path.starts_with('/') || agent_path.starts_with('?'))
+    {
+        let agent_path = if agent_path.starts_with('/') {
+            agent_path.to_string()
+        } else {
+            format!("/{agent_path}")
+        };
+        return Some(Route::Agent(id.to_string(), agent_path));
+    }
     let segments: Vec<&str> = path.trim_end_matches('/').split('/').skip(1).collect();
+    let own = |s: &&str| (*s).to_string();
     match (method, segments.as_slice()) {
+        (&Method::GET, ["v1", "appliances"]) => Some(Route::ListAppliances),
+        (&Method::POST, ["v1", "appliances"]) => Some(Route::CreateAppliance),
+        (&Method::GET, ["v1", "appliances", id]) => Some(Route::GetAppliance(own(id))),
+        (&Method::DELETE, ["v1", "appliances", id]) => Some(Route::DeleteAppliance(own(id))),
+        (&Method::POST, ["v1", "appliances", id, "actions"]) => {
+            Some(Route::ApplianceAction(own(id)))
+        }
+        (&Method::GET, ["v1", "appliances", id, "events"]) => Some(Route::ApplianceEvents(own(id))),
+        (&Method::POST, ["v1", "appliances", id, "ping"]) => Some(Route::PingOne(own(id))),
+        (&Method::POST, ["v1", "ping"]) => Some(Route::PingMany),
+        (&Method::GET, ["v1", "tasks"]) => Some(Route::ListTasks),
+        (&Method::GET, ["v1", "tasks", id]) => Some(Route::GetTask(own(id))),
+        (&Method::GET, ["v1", "openapi.json"]) => Some(Route::OpenApi),
         (&Method::POST, ["v1", "tokens"]) => Some(Route::CreateToken),
         (&Method::GET, ["v1", "users"]) => Some(Route::ListUsers),
         (&Method::POST, ["v1", "users"]) => Some(Route::CreateUser),
@@ -70,13 +132,15 @@ pub enum ApiError {
     Unauthorized(&'static str),
     #[error("this needs the admin role")]
     Forbidden,
+    #[error("{0}")]
+    Fleet(#[from] FleetError),
     #[error("no such resource")]
     NotFound,
     #[error("{0}")]
     BadRequest(String),
     #[error("{0}")]
     Conflict(String),
-    #[error("request body larger than {MAX_BODY} bytes")]
+    #[error("request body too large")]
     PayloadTooLarge,
     #[error("request body not received in time")]
     BodyTimeout,
@@ -90,6 +154,7 @@ impl ApiError {
         match self {
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden => StatusCode::FORBIDDEN,
+            ApiError::Fleet(e) => e.status(),
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
@@ -104,6 +169,7 @@ impl ApiError {
         match self {
             ApiError::Unauthorized(_) => "unauthorized",
             ApiError::Forbidden => "forbidden",
+            ApiError::Fleet(e) => e.kind(),
             ApiError::NotFound => "not-found",
             ApiError::BadRequest(_) => "invalid-input",
             ApiError::Conflict(_) => "conflict",
@@ -161,7 +227,27 @@ struct CreateUser {
 /// One listener of the controller.
 pub struct ControllerApp {
     pub store: Arc<Store>,
+    pub fleet: Arc<Fleet>,
     pub zone: Zone,
+}
+
+/// A response: status, body, and extra headers (`Location`, `Retry-After`).
+pub struct Answer {
+    pub status: StatusCode,
+    pub body: Bytes,
+    pub content_type: &'static str,
+    pub headers: Vec<(header::HeaderName, HeaderValue)>,
+}
+
+impl From<(StatusCode, Bytes)> for Answer {
+    fn from((status, body): (StatusCode, Bytes)) -> Self {
+        Answer {
+            status,
+            body,
+            content_type: "application/json",
+            headers: Vec::new(),
+        }
+    }
 }
 
 impl App for ControllerApp {
@@ -172,21 +258,41 @@ impl App for ControllerApp {
     ) -> Response<Full<Bytes>> {
         let started = Instant::now();
         let (method, path) = (req.method().clone(), req.uri().path().to_owned());
+        let path_and_query = req
+            .uri()
+            .path_and_query()
+            .map(|p| p.as_str().to_owned())
+            .unwrap_or_else(|| path.clone());
         let route = match self.zone {
-            Zone::Admin => parse(&method, &path),
-            // Integrations and appliance callbacks are served by a later release.
-            Zone::Api | Zone::Appliance => None,
+            Zone::Admin => parse(&method, &path_and_query),
+            Zone::Appliance => parse_appliance_zone(&method, &path),
+            // Integrations (service accounts) are not served yet.
+            Zone::Api => None,
         };
         let label = route.as_ref().map(Route::label).unwrap_or("(unknown)");
         let result = match route {
-            Some(route) => self.dispatch(route, req).await,
+            Some(Route::Callback) => self.callback(req, &conn).await.map(Answer::from),
+            Some(
+                route @ (Route::CreateToken
+                | Route::ListUsers
+                | Route::CreateUser
+                | Route::GetUser(_)
+                | Route::DeleteUser(_)),
+            ) => self.dispatch(route, req).await.map(Answer::from),
+            Some(route) => super::fleet_api::dispatch(&self, route, req).await,
             None => Err(ApiError::NotFound),
         };
         if let Err(ApiError::Internal(detail)) = &result {
             tracing::error!(%method, %path, error = %detail, "internal error");
         }
         let response = match result {
-            Ok((status, body)) => json_response(status, "application/json", body),
+            Ok(answer) => {
+                let mut r = json_response(answer.status, answer.content_type, answer.body);
+                for (name, value) in answer.headers {
+                    r.headers_mut().insert(name, value);
+                }
+                r
+            }
             Err(e) => problem(&e, &path),
         };
         tracing::info!(
@@ -204,7 +310,28 @@ impl App for ControllerApp {
 }
 
 impl ControllerApp {
-    async fn dispatch(
+    /// `POST /v1/events` on the appliance zone: the caller is the appliance its verified
+    /// certificate names.
+    async fn callback(
+        &self,
+        req: Request<Incoming>,
+        conn: &ConnInfo,
+    ) -> Result<(StatusCode, Bytes), ApiError> {
+        let caller = conn
+            .identity
+            .as_ref()
+            .and_then(|i| i.cn.clone())
+            .ok_or(ApiError::Fleet(FleetError::Forbidden(
+                "a client certificate naming the appliance is required".into(),
+            )))?;
+        let callback: super::fleet::Callback = json(&read_body(req).await?)?;
+        let a = self.fleet.callback(&caller, callback).await?;
+        Ok(ok(
+            &serde_json::json!({"id": a.id, "state": a.state.as_str()}),
+        ))
+    }
+
+    pub(super) async fn dispatch(
         &self,
         route: Route,
         req: Request<Incoming>,
@@ -289,6 +416,8 @@ impl ControllerApp {
                 }
                 Ok((StatusCode::NO_CONTENT, Bytes::new()))
             }
+            // Served by `fleet_api`.
+            _ => Err(ApiError::NotFound),
         }
     }
 
@@ -321,7 +450,11 @@ impl ControllerApp {
         }
     }
 
-    async fn bearer(&self, headers: &http::HeaderMap, now: i64) -> Result<User, ApiError> {
+    pub(super) async fn bearer(
+        &self,
+        headers: &http::HeaderMap,
+        now: i64,
+    ) -> Result<User, ApiError> {
         let token = credentials(headers, "Bearer ")
             .ok_or(ApiError::Unauthorized("a bearer token is required"))?;
         self.store
@@ -362,9 +495,13 @@ fn credentials<'a>(headers: &'a http::HeaderMap, scheme: &str) -> Option<&'a str
 /// Time a client has to send a request body.
 pub const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
-async fn read_body(req: Request<Incoming>) -> Result<Bytes, ApiError> {
+pub(super) async fn read_body(req: Request<Incoming>) -> Result<Bytes, ApiError> {
+    read_body_limited(req, MAX_BODY as u64).await
+}
+
+pub(super) async fn read_body_limited(req: Request<Incoming>, max: u64) -> Result<Bytes, ApiError> {
     use crate::transport::body::{BodyError, read_limited};
-    read_limited(req, MAX_BODY as u64, BODY_TIMEOUT)
+    read_limited(req, max, BODY_TIMEOUT)
         .await
         .map_err(|e| match e {
             BodyError::TooLarge(_) => ApiError::PayloadTooLarge,
@@ -373,11 +510,11 @@ async fn read_body(req: Request<Incoming>) -> Result<Bytes, ApiError> {
         })
 }
 
-fn json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+pub(super) fn json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     serde_json::from_slice(body).map_err(|e| ApiError::BadRequest(format!("invalid JSON: {e}")))
 }
 
-fn ok(value: &impl Serialize) -> (StatusCode, Bytes) {
+pub(super) fn ok(value: &impl Serialize) -> (StatusCode, Bytes) {
     (
         StatusCode::OK,
         Bytes::from(serde_json::to_vec(value).unwrap_or_default()),

@@ -1,19 +1,29 @@
-//! `applianced controller`: the fleet side. This release serves the operators' part of
-//! the northbound API on `admin` listeners ([`api`]: tokens and users), over the store
-//! ([`store`], SQLite or PostgreSQL through one code path) with operator credentials
-//! ([`auth`]). Spawning appliances, tasks, and the `api` and `appliance` zones come next.
+//! `applianced controller`: the fleet side. Operators use the northbound API on `admin`
+//! listeners ([`api`], [`fleet_api`]); appliances call back on `appliance` listeners with
+//! their own certificates. The [`fleet`] spawns appliances through the `process`
+//! [`backend`], issues their certificates from the controller's [`ca`], drives their
+//! agents over mutual TLS, and keeps their [`lifecycle`] in the [`store`] (SQLite or
+//! PostgreSQL through one code path), with durable tasks, timers and webhooks.
 
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
-use crate::config::controller::ControllerConfig;
+use crate::config::controller::{ControllerConfig, Listener, Zone};
 use crate::exit;
 use crate::transport::TlsMaterial;
 use crate::transport::server::{Server, ServerLimits, TransportMetrics, bind, notify_ready};
 
 pub mod api;
 pub mod auth;
+pub mod backend;
+pub mod ca;
+pub mod fleet;
+pub mod fleet_api;
+pub mod lifecycle;
+pub mod records;
 pub mod store;
 
 /// Runs the controller until SIGTERM; returns the exit code.
@@ -21,10 +31,127 @@ pub fn run(config: ControllerConfig) -> i32 {
     crate::transport::server::run_to_exit(0, run_async(config))
 }
 
+/// The TLS files of a listener: from the configuration, or issued by the controller CA.
+struct ListenerTls {
+    cert: PathBuf,
+    key: PathBuf,
+    client_ca: Option<PathBuf>,
+    /// The controller's CRL, when clients are verified against the controller's CA.
+    crl: Option<PathBuf>,
+}
+
+impl ListenerTls {
+    fn resolve(l: &Listener, ca: &ca::ControllerCa) -> Result<ListenerTls, String> {
+        let (cert, key) = match (&l.cert, &l.key) {
+            (Some(c), Some(k)) => (c.clone(), k.clone()),
+            _ => {
+                let zone = format!("{:?}", l.zone).to_lowercase();
+                ca.listener_cert(
+                    &format!("{zone}-{}", l.address.port()),
+                    listener_sans(l.address.ip()),
+                )
+                .map_err(|e| e.to_string())?
+            }
+        };
+        let (client_ca, crl) = match (&l.client_ca, l.zone) {
+            (Some(p), _) => (Some(p.clone()), None),
+            (None, Zone::Appliance) => (Some(ca.ca_cert_path()), Some(ca.crl_path())),
+            (None, _) => (None, None),
+        };
+        Ok(ListenerTls {
+            cert,
+            key,
+            client_ca,
+            crl,
+        })
+    }
+
+    fn load(&self) -> Result<TlsMaterial, String> {
+        let crls: Vec<&Path> = self.crl.iter().map(PathBuf::as_path).collect();
+        TlsMaterial::for_listener(&self.cert, &self.key, self.client_ca.as_deref(), &crls)
+    }
+}
+
+/// Names a controller-issued listener certificate carries.
+fn listener_sans(ip: IpAddr) -> Vec<String> {
+    let mut sans = vec!["localhost".to_string()];
+    if ip.is_unspecified() {
+        sans.push("127.0.0.1".into());
+        sans.push("::1".into());
+        if let Ok(h) = nix::unistd::gethostname() {
+            sans.push(h.to_string_lossy().into_owned());
+        }
+    } else {
+        sans.push(ip.to_string());
+    }
+    sans
+}
+
+/// The URL appliances post to: the configured one, or the first appliance listener.
+fn controller_url(config: &ControllerConfig) -> Option<String> {
+    if let Some(url) = &config.backend.controller_url {
+        return Some(url.clone());
+    }
+    let l = config
+        .listeners
+        .iter()
+        .find(|l| l.zone == Zone::Appliance)?;
+    let ip = match l.address.ip() {
+        IpAddr::V4(v4) if v4.is_unspecified() => IpAddr::from([127, 0, 0, 1]),
+        IpAddr::V6(v6) if v6.is_unspecified() => IpAddr::from([0u16, 0, 0, 0, 0, 0, 0, 1]),
+        ip => ip,
+    };
+    Some(format!("https://{}", SocketAddr::new(ip, l.address.port())))
+}
+
+/// The webhook signing key: read, or created (random, 0600) on first start.
+fn webhook_secret(path: &Path) -> Result<Vec<u8>, String> {
+    match std::fs::read_to_string(path) {
+        Ok(s) if !s.trim().is_empty() => Ok(s.trim().as_bytes().to_vec()),
+        Ok(_) => Err(format!("{}: empty", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let mut bytes = [0u8; 32];
+            aws_lc_rs::rand::fill(&mut bytes).map_err(|_| "no randomness".to_string())?;
+            let secret = crate::certs::hex(&bytes);
+            crate::fsutil::write_atomic(path, format!("{secret}\n").as_bytes(), 0o600)
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+            Ok(secret.into_bytes())
+        }
+        Err(e) => Err(format!("{}: {e}", path.display())),
+    }
+}
+
 async fn run_async(config: ControllerConfig) -> i32 {
+    if let Err(e) = crate::fsutil::ensure_dir(&config.state_dir, 0o750) {
+        tracing::error!(dir = %config.state_dir.display(), error = %e, "cannot create the state directory");
+        return exit::FAILURE;
+    }
+    let pki_dir = config
+        .pki
+        .dir
+        .clone()
+        .unwrap_or_else(|| config.state_dir.join("ca"));
+    let ca = match ca::ControllerCa::open(
+        &pki_dir,
+        config.pki.certificate_days,
+        config.pki.rotate_before_days,
+    ) {
+        Ok(ca) => Arc::new(ca),
+        Err(e) => {
+            tracing::error!("controller CA {}: {e}", pki_dir.display());
+            return exit::TLS_MATERIAL;
+        }
+    };
     let mut bound = Vec::new();
     for (i, l) in config.listeners.iter().enumerate() {
-        let material = match TlsMaterial::for_listener(&l.cert, &l.key, l.client_ca.as_deref()) {
+        let files = match ListenerTls::resolve(l, &ca) {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::error!("listeners[{i}]: {e}");
+                return exit::TLS_MATERIAL;
+            }
+        };
+        let material = match files.load() {
             Ok(m) => m,
             Err(e) => {
                 tracing::error!("listeners[{i}]: {e}");
@@ -32,7 +159,12 @@ async fn run_async(config: ControllerConfig) -> i32 {
             }
         };
         match bind(l.address) {
-            Ok(socket) => bound.push((l.zone, socket, material)),
+            Ok(socket) => bound.push((
+                l.zone,
+                socket,
+                files,
+                Arc::new(ArcSwap::from_pointee(material)),
+            )),
             Err(e) => {
                 tracing::error!(address = %l.address, error = %e, "cannot listen");
                 return exit::BIND;
@@ -47,11 +179,92 @@ async fn run_async(config: ControllerConfig) -> i32 {
                 return exit::FAILURE;
             }
         };
+    let secret_path = config
+        .webhooks
+        .secret_file
+        .clone()
+        .unwrap_or_else(|| config.state_dir.join("webhook.secret"));
+    let secret = match webhook_secret(&secret_path) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!("webhook secret: {e}");
+            return exit::FAILURE;
+        }
+    };
+    let Some(url) = controller_url(&config) else {
+        tracing::error!("no appliance listener and no backend.controller_url");
+        return exit::CONFIG;
+    };
+    let backend = Arc::new(backend::ProcessBackend {
+        root: config.state_dir.join("appliances"),
+        run_root: config.state_dir.join("run"),
+        binary: config
+            .backend
+            .agent_binary
+            .clone()
+            .or_else(|| std::env::current_exe().ok())
+            .unwrap_or_else(|| PathBuf::from("applianced")),
+        first_address: config.backend.first_address,
+        max_appliances: config.backend.max_appliances,
+        agent_port: config.backend.agent_port,
+        controller_url: url,
+        controller_ca: config
+            .backend
+            .controller_ca
+            .clone()
+            .unwrap_or_else(|| ca.ca_cert_path()),
+        ca_cert: ca.ca_cert_path(),
+        crl: ca.crl_path(),
+        heartbeat_interval: config.appliances.heartbeat_interval.0,
+    });
+    // After a revocation, appliance listeners that verify against the controller's CA
+    // load the new CRL: new handshakes with a revoked certificate fail.
+    let reloadable: Vec<(Arc<ListenerTls>, Arc<ArcSwap<TlsMaterial>>)> = Vec::new();
+    let mut reloadable = reloadable;
+    let mut listeners = Vec::new();
+    for (zone, socket, files, tls) in bound {
+        let files = Arc::new(files);
+        if files.crl.is_some() {
+            reloadable.push((files.clone(), tls.clone()));
+        }
+        listeners.push((zone, socket, tls));
+    }
+    let on_revoke = Box::new(move || {
+        for (files, tls) in &reloadable {
+            match files.load() {
+                Ok(m) => tls.store(Arc::new(m)),
+                Err(e) => tracing::error!("cannot reload the CRL of a listener: {e}"),
+            }
+        }
+    });
+    let fleet = match fleet::Fleet::new(
+        store.clone(),
+        ca.clone(),
+        backend,
+        config.clone(),
+        secret,
+        on_revoke,
+    ) {
+        Ok(f) => Arc::new(f),
+        Err(e) => {
+            tracing::error!("controller client certificate: {e}");
+            return exit::TLS_MATERIAL;
+        }
+    };
+    fleet.free_dead_leases().await;
+    tokio::spawn(fleet.clone().leases_loop());
+    for _ in 0..config.tasks.workers {
+        tokio::spawn(fleet.clone().worker());
+    }
+    tokio::spawn(fleet.clone().timers_loop());
+    tokio::spawn(fleet.clone().webhooks_loop());
+
     let metrics = TransportMetrics::default();
     let mut servers = Vec::new();
-    for (zone, socket, material) in bound {
+    for (zone, socket, tls) in listeners {
         let app = Arc::new(api::ControllerApp {
             store: store.clone(),
+            fleet: fleet.clone(),
             zone,
         });
         let addr = socket
@@ -59,7 +272,6 @@ async fn run_async(config: ControllerConfig) -> i32 {
             .map(|a| a.to_string())
             .unwrap_or_default();
         tracing::info!(%addr, ?zone, "controller listening");
-        let tls = Arc::new(ArcSwap::from_pointee(material));
         servers.push(Server::start(
             vec![socket],
             tls,
@@ -78,7 +290,7 @@ async fn run_async(config: ControllerConfig) -> i32 {
         server.shutdown().await;
     }
     store.close().await;
-    tracing::info!("stopped");
+    tracing::info!("stopped; appliances keep running");
     exit::OK
 }
 

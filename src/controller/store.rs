@@ -73,7 +73,7 @@ impl User {
 }
 
 pub struct Store {
-    pool: AnyPool,
+    pub(super) pool: AnyPool,
     backend: Backend,
 }
 
@@ -248,7 +248,7 @@ impl Store {
     }
 }
 
-fn unique_to_conflict(e: sqlx::Error, what: String) -> StoreError {
+pub(super) fn unique_to_conflict(e: sqlx::Error, what: String) -> StoreError {
     match &e {
         sqlx::Error::Database(db) if db.is_unique_violation() => StoreError::Conflict(what),
         _ => StoreError::Database(e),

@@ -3,6 +3,7 @@
 //! It knows nothing of instances or bundles.
 
 pub mod body;
+pub mod client;
 pub mod server;
 pub mod tls;
 

@@ -149,6 +149,7 @@ impl TlsMaterial {
         cert: &Path,
         key: &Path,
         client_ca: Option<&Path>,
+        crl_files: &[&Path],
     ) -> Result<TlsMaterial, String> {
         let chain = certs::load_certs(cert)?;
         let key_der = certs::load_key(key)?;
@@ -159,13 +160,17 @@ impl TlsMaterial {
             )),
             None => None,
         };
+        let mut crls = Vec::new();
+        for p in crl_files {
+            crls.extend(certs::load_crls(p)?);
+        }
         let certified = certs::certified_key(chain.clone(), key_der)
             .map_err(|e| format!("{} / {}: {e}", cert.display(), key.display()))?;
         let settings = TlsSettings {
             tls13_only: false,
             allowed_clients: AllowList::default(),
         };
-        TlsMaterial::build(certified, client_roots, chain, Vec::new(), settings)
+        TlsMaterial::build(certified, client_roots, chain, crls, settings)
     }
 
     /// Whether every connection presents a verified client certificate.

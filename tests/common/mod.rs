@@ -2,6 +2,7 @@
 //! agent binary on a loopback port, and a rustls + hyper client speaking real mTLS.
 #![allow(dead_code)]
 
+pub mod controller;
 pub mod postgres;
 
 use std::error::Error as StdError;
@@ -299,6 +300,41 @@ impl Drop for Agent {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // Its haproxy and stunnel outlive it (as in production); they name files in dir.
+        kill_processes_with(&self.dir.path().display().to_string());
+    }
+}
+
+/// Pids of live processes (not zombies) whose command line mentions `needle`.
+pub fn processes_with(needle: &str) -> Vec<i32> {
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let zombie = std::fs::read_to_string(entry.path().join("stat"))
+            .ok()
+            .and_then(|s| s.rsplit_once(") ").map(|(_, r)| r.starts_with('Z')))
+            .unwrap_or(true);
+        if zombie {
+            continue;
+        }
+        if let Ok(cmdline) = std::fs::read(entry.path().join("cmdline"))
+            && String::from_utf8_lossy(&cmdline).contains(needle)
+        {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+/// SIGKILL to every process whose command line mentions `needle`.
+pub fn kill_processes_with(needle: &str) {
+    for pid in processes_with(needle) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
     }
 }
 

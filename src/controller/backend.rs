@@ -1,0 +1,349 @@
+//! The `process` compute backend: an appliance is an `applianced agent` process on its
+//! own loopback address, with its own directory (configuration, certificates, state,
+//! runtime files, log) under `STATE/appliances/<id>/`, and the real haproxy and stunnel
+//! its instances need. Agents run in their own process group, so they outlive a
+//! controller that dies, and are adopted again (through `agent.pid`) when it returns.
+
+use std::fs;
+use std::io;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+use crate::fsutil::{ensure_dir, write_atomic};
+use crate::pki::Issued;
+
+pub struct ProcessBackend {
+    pub root: PathBuf,
+    /// Runtime directories, one per slot (`RUN_ROOT/<slot>`): short, because haproxy's
+    /// master socket lives there and Unix socket paths are limited to ~100 bytes.
+    pub run_root: PathBuf,
+    pub binary: PathBuf,
+    pub first_address: IpAddr,
+    pub max_appliances: u32,
+    pub agent_port: u16,
+    pub controller_url: String,
+    pub controller_ca: PathBuf,
+    /// The controller's CA: agents accept clients (the controller) and replacement
+    /// certificates issued by it.
+    pub ca_cert: PathBuf,
+    pub crl: PathBuf,
+    pub heartbeat_interval: Duration,
+}
+
+/// Time an agent gets to stop after SIGTERM before it is killed.
+const STOP_GRACE: Duration = Duration::from_secs(10);
+
+impl ProcessBackend {
+    /// The management address of a slot, or `None` beyond the configured range.
+    pub fn address(&self, slot: i64) -> Option<IpAddr> {
+        let slot = u32::try_from(slot).ok()?;
+        if slot >= self.max_appliances {
+            return None;
+        }
+        match self.first_address {
+            IpAddr::V4(a) => u32::from(a)
+                .checked_add(slot)
+                .map(|n| IpAddr::V4(n.into()))
+                .filter(|ip| ip.is_loopback()),
+            IpAddr::V6(a) => u128::from(a)
+                .checked_add(u128::from(slot))
+                .map(|n| IpAddr::V6(n.into())),
+        }
+    }
+
+    pub fn dir(&self, id: &str) -> PathBuf {
+        self.root.join(id)
+    }
+
+    fn config_path(&self, id: &str) -> PathBuf {
+        self.dir(id).join("agent.toml")
+    }
+
+    /// Writes the appliance's certificate, key and agent configuration (idempotent).
+    pub fn provision(
+        &self,
+        id: &str,
+        slot: i64,
+        address: IpAddr,
+        issued: &Issued,
+    ) -> io::Result<()> {
+        let dir = self.dir(id);
+        ensure_dir(&self.root, 0o750)?;
+        ensure_dir(&dir, 0o750)?;
+        ensure_dir(&self.run_root, 0o750)?;
+        let run = self.run_root.join(slot.to_string());
+        // Left over from a deleted appliance that held the slot before.
+        if run.exists() && fs::read_link(dir.join("run")).ok().as_deref() != Some(run.as_path()) {
+            fs::remove_dir_all(&run)?;
+        }
+        ensure_dir(&run, 0o750)?;
+        let link = dir.join("run");
+        if fs::symlink_metadata(&link).is_err() {
+            std::os::unix::fs::symlink(&run, &link)?;
+        }
+        ensure_dir(&dir.join("tls"), 0o700)?;
+        write_atomic(&dir.join("tls/agent.key"), issued.key_pem.as_bytes(), 0o600)?;
+        write_atomic(
+            &dir.join("tls/agent.crt"),
+            issued.chain_pem().as_bytes(),
+            0o644,
+        )?;
+        let listen = std::net::SocketAddr::new(address, self.agent_port);
+        let q = |p: &Path| toml_string(&p.display().to_string());
+        let config = format!(
+            "# Written by the applianced controller for appliance {id}.\n\
+             appliance_id = {id_q}\n\
+             state_dir = {state}\n\
+             run_dir = {run}\n\n\
+             [server]\n\
+             listen = [{listen_q}]\n\
+             cert = {cert}\n\
+             key = {key}\n\
+             client_ca = {ca}\n\
+             server_ca = {ca}\n\
+             crl = [{crl}]\n\
+             allowed_clients = [{controller_cn}]\n\n\
+             [controller]\n\
+             url = {url}\n\
+             ca = {controller_ca}\n\
+             heartbeat_interval = \"{hb}ms\"\n",
+            id_q = toml_string(id),
+            state = q(&dir.join("state")),
+            run = q(&run),
+            listen_q = toml_string(&listen.to_string()),
+            cert = q(&dir.join("tls/agent.crt")),
+            key = q(&dir.join("tls/agent.key")),
+            ca = q(&self.ca_cert),
+            crl = q(&self.crl),
+            controller_cn = toml_string(super::ca::CONTROLLER_CN),
+            url = toml_string(&self.controller_url),
+            controller_ca = q(&self.controller_ca),
+            hb = self.heartbeat_interval.as_millis(),
+        );
+        write_atomic(&self.config_path(id), config.as_bytes(), 0o640)
+    }
+
+    /// The running agent of an appliance: the pid in `agent.pid`, if that process is
+    /// alive and is this appliance's agent.
+    pub fn pid(&self, id: &str) -> Option<i32> {
+        let text = fs::read_to_string(self.dir(id).join("agent.pid")).ok()?;
+        let pid: i32 = text.trim().parse().ok()?;
+        let cmdline = fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+        let config = self.config_path(id);
+        let wanted = config.as_os_str().as_encoded_bytes();
+        let is_ours = cmdline.split(|b| *b == 0).any(|arg| arg == wanted);
+        // A zombie still has its cmdline until reaped; it is not running.
+        let state = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        let zombie = state
+            .rsplit_once(") ")
+            .is_some_and(|(_, rest)| rest.starts_with('Z'));
+        (is_ours && !zombie).then_some(pid)
+    }
+
+    /// Starts the appliance's agent unless it already runs; returns its pid.
+    pub fn start(&self, id: &str) -> Result<i32, String> {
+        if let Some(pid) = self.pid(id) {
+            return Ok(pid);
+        }
+        let dir = self.dir(id);
+        let log_path = dir.join("agent.log");
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .map_err(|e| format!("{}: {e}", log_path.display()))?;
+        let mut cmd = Command::new(&self.binary);
+        cmd.arg("agent")
+            .arg("--config")
+            .arg(self.config_path(id))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().map_err(|e| e.to_string())?)
+            .stderr(log)
+            .current_dir(&dir);
+        for var in [
+            "JOURNAL_STREAM",
+            "NOTIFY_SOCKET",
+            "WATCHDOG_USEC",
+            "WATCHDOG_PID",
+            "LISTEN_FDS",
+            "LISTEN_PID",
+            "LISTEN_FDNAMES",
+        ] {
+            cmd.env_remove(var);
+        }
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| format!("cannot run {}: {e}", self.binary.display()))?;
+        let pid = i32::try_from(child.id()).map_err(|e| e.to_string())?;
+        write_atomic(&dir.join("agent.pid"), format!("{pid}\n").as_bytes(), 0o644)
+            .map_err(|e| format!("agent.pid: {e}"))?;
+        // Reaped when it exits, so that it does not linger as a zombie.
+        std::thread::Builder::new()
+            .name(format!("reap-{pid}"))
+            .spawn(move || {
+                let _ = child.wait();
+            })
+            .map_err(|e| e.to_string())?;
+        Ok(pid)
+    }
+
+    /// Pids of the appliance's haproxy and stunnel (from their pid files).
+    fn daemon_pids(&self, id: &str) -> Vec<i32> {
+        let mut pids = Vec::new();
+        let Ok(instances) = fs::read_dir(self.dir(id).join("run")) else {
+            return pids;
+        };
+        for instance in instances.flatten() {
+            let Ok(files) = fs::read_dir(instance.path()) else {
+                continue;
+            };
+            for f in files.flatten() {
+                if f.path().extension().is_some_and(|e| e == "pid")
+                    && let Ok(text) = fs::read_to_string(f.path())
+                    && let Ok(pid) = text.trim().parse::<i32>()
+                    && pid > 1
+                {
+                    pids.push(pid);
+                }
+            }
+        }
+        pids
+    }
+
+    /// Stops the appliance like a power-off: SIGTERM to the agent (it reports `stopped`),
+    /// killed after a grace period, then its haproxy and stunnel.
+    pub fn stop(&self, id: &str) -> Result<(), String> {
+        if let Some(pid) = self.pid(id) {
+            let pid = Pid::from_raw(pid);
+            let _ = kill(pid, Signal::SIGCONT);
+            let _ = kill(pid, Signal::SIGTERM);
+            if !wait_gone(|| self.pid(id).is_none(), STOP_GRACE) {
+                tracing::warn!(appliance = id, "agent ignored SIGTERM; killing it");
+                let _ = kill(pid, Signal::SIGKILL);
+                if !wait_gone(|| self.pid(id).is_none(), Duration::from_secs(5)) {
+                    return Err(format!("agent of {id} (pid {pid}) does not stop"));
+                }
+            }
+        }
+        let daemons = self.daemon_pids(id);
+        for pid in &daemons {
+            let _ = kill(Pid::from_raw(*pid), Signal::SIGTERM);
+        }
+        let alive = |pid: &i32| kill(Pid::from_raw(*pid), None).is_ok() && !is_zombie(*pid);
+        if !wait_gone(|| !daemons.iter().any(alive), STOP_GRACE) {
+            for pid in daemons.iter().filter(|p| alive(p)) {
+                let _ = kill(Pid::from_raw(*pid), Signal::SIGKILL);
+            }
+        }
+        Ok(())
+    }
+
+    /// Pauses (SIGSTOP) or resumes (SIGCONT) the agent and its daemons.
+    pub fn signal_all(&self, id: &str, signal: Signal) -> Result<(), String> {
+        let agent = self
+            .pid(id)
+            .ok_or_else(|| format!("the agent of {id} is not running"))?;
+        for pid in std::iter::once(agent).chain(self.daemon_pids(id)) {
+            let _ = kill(Pid::from_raw(pid), signal);
+        }
+        Ok(())
+    }
+
+    /// Stops the appliance and removes its directories.
+    pub fn destroy(&self, id: &str) -> Result<(), String> {
+        self.stop(id)?;
+        if let Ok(run) = fs::read_link(self.dir(id).join("run")) {
+            match fs::remove_dir_all(&run) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                    return Err(format!("{}: {e}", run.display()));
+                }
+                _ => {}
+            }
+        }
+        match fs::remove_dir_all(self.dir(id)) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(format!("{}: {e}", self.dir(id).display())),
+        }
+    }
+}
+
+fn is_zombie(pid: i32) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rsplit_once(") ").map(|(_, rest)| rest.starts_with('Z')))
+        .unwrap_or(false)
+}
+
+fn wait_gone(mut gone: impl FnMut() -> bool, timeout: Duration) -> bool {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if gone() {
+            return true;
+        }
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A TOML basic string.
+fn toml_string(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if c.is_control() => out.push_str(&format!("\\u{:04X}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn backend(first: &str, max: u32) -> ProcessBackend {
+        ProcessBackend {
+            root: "/nonexistent".into(),
+            run_root: "/nonexistent/run".into(),
+            binary: "applianced".into(),
+            first_address: first.parse().unwrap(),
+            max_appliances: max,
+            agent_port: 9443,
+            controller_url: "https://127.0.0.1:8444".into(),
+            controller_ca: "/ca.crt".into(),
+            ca_cert: "/ca.crt".into(),
+            crl: "/crl.pem".into(),
+            heartbeat_interval: Duration::from_secs(30),
+        }
+    }
+
+    #[test]
+    fn slots_map_to_loopback_addresses_within_the_limit() {
+        let b = backend("127.0.1.1", 300);
+        assert_eq!(b.address(0), Some("127.0.1.1".parse().unwrap()));
+        assert_eq!(b.address(255), Some("127.0.2.0".parse().unwrap()));
+        assert_eq!(b.address(300), None);
+        assert_eq!(b.address(-1), None);
+        let edge = backend("127.255.255.254", 10);
+        assert_eq!(edge.address(1), Some("127.255.255.255".parse().unwrap()));
+        assert_eq!(edge.address(2), None, "leaves 127/8");
+    }
+
+    #[test]
+    fn toml_strings_are_escaped() {
+        assert_eq!(toml_string("a\"b\\c\n"), "\"a\\\"b\\\\c\\u000A\"");
+    }
+}

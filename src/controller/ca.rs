@@ -1,0 +1,147 @@
+//! The controller's certificate authority (the `applianced pki` layout, created on first
+//! start): appliance certificates (CN = appliance id, SAN = its address, server and
+//! client use), the controller's own client certificate for calling agents, listener
+//! certificates when the configuration names none, and the CRL agents and the
+//! `appliance` zone load.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustls::ClientConfig;
+
+use crate::certs;
+use crate::pki::{Ca, DEFAULT_CA_DAYS, IssueRequest, Issued, KeyType, PkiError};
+use crate::transport::client::client_config;
+
+/// The CN of the controller's client certificate; agents spawned by the controller
+/// accept no other client.
+pub const CONTROLLER_CN: &str = "applianced-controller";
+/// Validity of the CRL written after each revocation (re-signed at every start).
+const CRL_DAYS: u32 = 30;
+
+pub struct ControllerCa {
+    ca: Ca,
+    dir: PathBuf,
+    certificate_days: u32,
+    rotate_before_days: u32,
+}
+
+impl ControllerCa {
+    /// Loads the CA in `dir`, creating it on first use, and re-signs the CRL.
+    pub fn open(
+        dir: &Path,
+        certificate_days: u32,
+        rotate_before_days: u32,
+    ) -> Result<ControllerCa, PkiError> {
+        let ca = if dir.join("ca.crt").exists() {
+            Ca::load(dir)?
+        } else {
+            tracing::info!(dir = %dir.display(), "creating the controller CA");
+            Ca::init(
+                dir,
+                "applianced controller CA",
+                DEFAULT_CA_DAYS,
+                KeyType::EcdsaP256,
+            )?
+        };
+        let this = ControllerCa {
+            ca,
+            dir: dir.to_path_buf(),
+            certificate_days,
+            rotate_before_days,
+        };
+        this.write_crl()?;
+        Ok(this)
+    }
+
+    pub fn ca_cert_path(&self) -> PathBuf {
+        self.dir.join("ca.crt")
+    }
+
+    pub fn crl_path(&self) -> PathBuf {
+        self.dir.join("crl.pem")
+    }
+
+    fn write_crl(&self) -> Result<(), PkiError> {
+        let crl = self.ca.crl_pem(CRL_DAYS)?;
+        let path = self.crl_path();
+        crate::fsutil::write_atomic(&path, crl.as_bytes(), 0o644)
+            .map_err(|e| PkiError::Invalid(format!("{}: {e}", path.display())))
+    }
+
+    /// An appliance's certificate: server (its agent) and client (its callbacks).
+    pub fn issue_appliance(&self, id: &str, address: &str) -> Result<Issued, PkiError> {
+        let mut req = IssueRequest::server(id);
+        req.client = true;
+        req.sans = vec![address.to_string()];
+        req.days = self.certificate_days;
+        self.ca.issue(&req)
+    }
+
+    /// Revokes a serial and publishes the new CRL.
+    pub fn revoke(&self, serial: &str) -> Result<(), PkiError> {
+        self.ca.revoke_serial(serial)?;
+        self.write_crl()
+    }
+
+    /// A certificate kept in the CA directory under `name`, issued again when missing or
+    /// within the rotation window. Returns the paths of its chain and key.
+    fn kept(
+        &self,
+        name: &str,
+        make: impl FnOnce() -> IssueRequest,
+    ) -> Result<(PathBuf, PathBuf), PkiError> {
+        let prefix = self.dir.join(name);
+        let crt = prefix.with_extension("crt");
+        let key = prefix.with_extension("key");
+        let fresh = certs::load_certs(&crt)
+            .ok()
+            .and_then(|c| c.into_iter().next())
+            .and_then(|c| certs::CertInfo::parse(&c).ok())
+            .is_some_and(|info| {
+                info.not_after - certs::now_unix() > i64::from(self.rotate_before_days) * 86_400
+            });
+        if fresh && key.exists() {
+            return Ok((crt, key));
+        }
+        let mut req = make();
+        req.days = self.certificate_days;
+        self.ca.issue(&req)?.write(&prefix)
+    }
+
+    /// The TLS client configuration for calling agents: trusts this CA only and
+    /// presents the controller's client certificate.
+    pub fn agent_client(&self) -> Result<Arc<ClientConfig>, String> {
+        let (crt, key) = self
+            .kept("controller-client", || {
+                let mut r = IssueRequest::server(CONTROLLER_CN);
+                r.server = false;
+                r.client = true;
+                r
+            })
+            .map_err(|e| e.to_string())?;
+        let roots = certs::load_certs(&self.ca_cert_path())?;
+        let identity = (certs::load_certs(&crt)?, certs::load_key(&key)?);
+        Ok(Arc::new(client_config(&roots, Some(identity))?))
+    }
+
+    /// A server certificate for a listener the configuration gives none, for `sans`.
+    pub fn listener_cert(
+        &self,
+        name: &str,
+        sans: Vec<String>,
+    ) -> Result<(PathBuf, PathBuf), PkiError> {
+        crate::fsutil::ensure_dir(&self.dir.join("listeners"), 0o700)
+            .map_err(|e| PkiError::Invalid(e.to_string()))?;
+        self.kept(&format!("listeners/{name}"), || {
+            let mut r = IssueRequest::server("applianced-controller-listener");
+            r.sans = sans;
+            r
+        })
+    }
+}
+
+/// Issued material as the agent's `PUT /certificate` takes it: key, leaf, CA.
+pub fn bundle(issued: &Issued) -> String {
+    format!("{}{}{}", issued.key_pem, issued.cert_pem, issued.ca_pem)
+}

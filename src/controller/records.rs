@@ -1,0 +1,726 @@
+//! The fleet's records in the store: appliances, their events and webhook deliveries,
+//! and durable tasks. Every state change is a conditional update (`WHERE state = old`)
+//! written in the same transaction as its event and delivery, so two controllers, or a
+//! timer and a callback, can never both move an appliance.
+
+use std::sync::atomic::{AtomicI64, Ordering};
+
+use sqlx::Row;
+use sqlx::any::AnyRow;
+
+use super::auth;
+use super::lifecycle::State;
+use super::store::{Backend, Store, StoreError, unique_to_conflict};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Appliance {
+    pub id: String,
+    pub name: String,
+    pub owner_id: String,
+    pub external_id: Option<String>,
+    pub request_hash: String,
+    pub state: State,
+    pub state_since: i64,
+    pub ttl_minutes: i64,
+    pub callback_url: Option<String>,
+    pub slot: Option<i64>,
+    pub address: Option<String>,
+    pub agent_port: Option<i64>,
+    pub cert_serial: Option<String>,
+    pub cert_not_after: Option<i64>,
+    pub launched_at: Option<i64>,
+    pub expires_at: Option<i64>,
+    pub last_heartbeat_at: Option<i64>,
+    pub last_status: Option<String>,
+    pub created_at: i64,
+}
+
+macro_rules! appliance_columns {
+    () => {
+        "id, name, owner_id, external_id, request_hash, state, state_since, ttl_minutes, \
+         callback_url, slot, address, agent_port, cert_serial, cert_not_after, launched_at, \
+         expires_at, last_heartbeat_at, last_status, created_at"
+    };
+}
+
+impl Appliance {
+    fn from_row(r: &AnyRow) -> Result<Appliance, sqlx::Error> {
+        let state: String = r.try_get("state")?;
+        Ok(Appliance {
+            id: r.try_get("id")?,
+            name: r.try_get("name")?,
+            owner_id: r.try_get("owner_id")?,
+            external_id: r.try_get("external_id")?,
+            request_hash: r.try_get("request_hash")?,
+            state: State::parse(&state).ok_or_else(|| sqlx::Error::ColumnDecode {
+                index: "state".into(),
+                source: format!("unknown state {state:?}").into(),
+            })?,
+            state_since: r.try_get("state_since")?,
+            ttl_minutes: r.try_get("ttl_minutes")?,
+            callback_url: r.try_get("callback_url")?,
+            slot: r.try_get("slot")?,
+            address: r.try_get("address")?,
+            agent_port: r.try_get("agent_port")?,
+            cert_serial: r.try_get("cert_serial")?,
+            cert_not_after: r.try_get("cert_not_after")?,
+            launched_at: r.try_get("launched_at")?,
+            expires_at: r.try_get("expires_at")?,
+            last_heartbeat_at: r.try_get("last_heartbeat_at")?,
+            last_status: r.try_get("last_status")?,
+            created_at: r.try_get("created_at")?,
+        })
+    }
+}
+
+/// Columns a state change may set besides the state (`None`: left as it is).
+#[derive(Debug, Clone, Default)]
+pub struct Changes {
+    pub launched_at: Option<i64>,
+    pub expires_at: Option<i64>,
+    pub last_heartbeat_at: Option<i64>,
+    pub last_status: Option<String>,
+    pub slot: Option<i64>,
+    pub address: Option<String>,
+    pub agent_port: Option<i64>,
+    pub cert_serial: Option<String>,
+    pub cert_not_after: Option<i64>,
+}
+
+macro_rules! delivery_columns {
+    () => {
+        "id, event_id, url, body, state, attempts, next_attempt_at, last_status, last_error, \
+         delivered_at"
+    };
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventRecord {
+    pub id: String,
+    pub appliance_id: String,
+    pub kind: String,
+    pub from_state: Option<String>,
+    pub to_state: String,
+    pub detail: Option<String>,
+    pub at: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    pub id: String,
+    pub event_id: String,
+    pub url: String,
+    pub body: String,
+    pub state: String,
+    pub attempts: i64,
+    pub next_attempt_at: i64,
+    pub last_status: Option<i64>,
+    pub last_error: Option<String>,
+    pub delivered_at: Option<i64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Task {
+    pub id: String,
+    pub kind: String,
+    pub appliance_id: Option<String>,
+    pub owner_id: String,
+    pub state: String,
+    pub request: String,
+    pub result: Option<String>,
+    pub problem: Option<String>,
+    pub attempts: i64,
+    pub created_at: i64,
+    pub finished_at: Option<i64>,
+}
+
+macro_rules! task_columns {
+    () => {
+        "id, kind, appliance_id, owner_id, state, request, result, problem, attempts, \
+         created_at, finished_at"
+    };
+}
+
+impl Task {
+    fn from_row(r: &AnyRow) -> Result<Task, sqlx::Error> {
+        Ok(Task {
+            id: r.try_get("id")?,
+            kind: r.try_get("kind")?,
+            appliance_id: r.try_get("appliance_id")?,
+            owner_id: r.try_get("owner_id")?,
+            state: r.try_get("state")?,
+            request: r.try_get("request")?,
+            result: r.try_get("result")?,
+            problem: r.try_get("problem")?,
+            attempts: r.try_get("attempts")?,
+            created_at: r.try_get("created_at")?,
+            finished_at: r.try_get("finished_at")?,
+        })
+    }
+
+    pub fn is_done(&self) -> bool {
+        matches!(self.state.as_str(), "succeeded" | "failed" | "cancelled")
+    }
+}
+
+/// A task to queue.
+pub struct NewTask<'a> {
+    pub kind: &'a str,
+    pub appliance_id: Option<&'a str>,
+    pub owner_id: &'a str,
+    pub request: String,
+}
+
+/// What to record with a state change.
+pub struct Record<'a> {
+    pub kind: &'a str,
+    pub detail: Option<serde_json::Value>,
+}
+
+/// A strictly increasing sequence for ordering events (microseconds since the epoch).
+fn next_seq() -> i64 {
+    static LAST: AtomicI64 = AtomicI64::new(0);
+    let now = time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1000;
+    let now = i64::try_from(now).unwrap_or(i64::MAX);
+    let mut prev = LAST.load(Ordering::Relaxed);
+    loop {
+        let next = now.max(prev + 1);
+        match LAST.compare_exchange(prev, next, Ordering::Relaxed, Ordering::Relaxed) {
+            Ok(_) => return next,
+            Err(p) => prev = p,
+        }
+    }
+}
+
+type Tx<'c> = sqlx::Transaction<'c, sqlx::Any>;
+
+impl Store {
+    /// Records a new appliance (`requested`) with its create task and first event.
+    /// A taken `external_id` is a [`StoreError::Conflict`].
+    pub async fn create_appliance(
+        &self,
+        a: &Appliance,
+        task: &NewTask<'_>,
+    ) -> Result<String, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(concat!(
+            "INSERT INTO appliances (",
+            appliance_columns!(),
+            ", updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, \
+             $14, $15, $16, $17, $18, $19, $19)"
+        ))
+        .bind(&a.id)
+        .bind(&a.name)
+        .bind(&a.owner_id)
+        .bind(&a.external_id)
+        .bind(&a.request_hash)
+        .bind(a.state.as_str())
+        .bind(a.state_since)
+        .bind(a.ttl_minutes)
+        .bind(&a.callback_url)
+        .bind(a.slot)
+        .bind(&a.address)
+        .bind(a.agent_port)
+        .bind(&a.cert_serial)
+        .bind(a.cert_not_after)
+        .bind(a.launched_at)
+        .bind(a.expires_at)
+        .bind(a.last_heartbeat_at)
+        .bind(&a.last_status)
+        .bind(a.created_at)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| unique_to_conflict(e, "an appliance with this external_id".into()))?;
+        let task_id = insert_task(&mut tx, task, a.created_at).await?;
+        let record = Record {
+            kind: "requested",
+            detail: None,
+        };
+        insert_event(&mut tx, a, None, a.state, &record, a.created_at).await?;
+        tx.commit().await?;
+        Ok(task_id)
+    }
+
+    pub async fn appliance(&self, id: &str) -> Result<Option<Appliance>, StoreError> {
+        self.appliance_where(
+            concat!(
+                "SELECT ",
+                appliance_columns!(),
+                " FROM appliances WHERE id = $1"
+            ),
+            id,
+        )
+        .await
+    }
+
+    pub async fn appliance_by_external_id(
+        &self,
+        external_id: &str,
+    ) -> Result<Option<Appliance>, StoreError> {
+        self.appliance_where(
+            concat!(
+                "SELECT ",
+                appliance_columns!(),
+                " FROM appliances WHERE external_id = $1"
+            ),
+            external_id,
+        )
+        .await
+    }
+
+    async fn appliance_where(
+        &self,
+        query: &'static str,
+        value: &str,
+    ) -> Result<Option<Appliance>, StoreError> {
+        let row = sqlx::query(query)
+            .bind(value)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| Appliance::from_row(&r)).transpose()?)
+    }
+
+    /// Every appliance, oldest first (filters are applied by the caller).
+    pub async fn appliances(&self) -> Result<Vec<Appliance>, StoreError> {
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            appliance_columns!(),
+            " FROM appliances ORDER BY created_at, id"
+        ))
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .iter()
+            .map(Appliance::from_row)
+            .collect::<Result<_, _>>()?)
+    }
+
+    /// Appliances whose timers may be due.
+    pub async fn timed_appliances(&self) -> Result<Vec<Appliance>, StoreError> {
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            appliance_columns!(),
+            " FROM appliances WHERE state IN \
+             ('booting', 'active', 'expiring', 'unhealthy', 'suspended', 'stopping')"
+        ))
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .iter()
+            .map(Appliance::from_row)
+            .collect::<Result<_, _>>()?)
+    }
+
+    /// Slots held by appliances that are not deleted.
+    pub async fn used_slots(&self) -> Result<Vec<i64>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT slot FROM appliances WHERE state <> 'deleted' AND slot IS NOT NULL",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .iter()
+            .map(|r| r.try_get::<i64, _>("slot"))
+            .collect::<Result<_, _>>()?)
+    }
+
+    /// Moves an appliance from `from` to `to` and sets `changes`, recording `record` as
+    /// an event (and a webhook delivery when the appliance has a callback URL) if given.
+    /// False when the appliance was no longer in `from` (someone else moved it).
+    pub async fn transition(
+        &self,
+        a: &Appliance,
+        to: State,
+        changes: &Changes,
+        record: Option<Record<'_>>,
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let done = sqlx::query(
+            "UPDATE appliances SET state = $1, \
+             state_since = CASE WHEN state = $1 THEN state_since ELSE $2 END, updated_at = $2, \
+             launched_at = COALESCE($3, launched_at), expires_at = COALESCE($4, expires_at), \
+             last_heartbeat_at = COALESCE($5, last_heartbeat_at), \
+             last_status = COALESCE($6, last_status), slot = COALESCE($7, slot), \
+             address = COALESCE($8, address), agent_port = COALESCE($9, agent_port), \
+             cert_serial = COALESCE($10, cert_serial), \
+             cert_not_after = COALESCE($11, cert_not_after) \
+             WHERE id = $12 AND state = $13",
+        )
+        .bind(to.as_str())
+        .bind(now)
+        .bind(changes.launched_at)
+        .bind(changes.expires_at)
+        .bind(changes.last_heartbeat_at)
+        .bind(&changes.last_status)
+        .bind(changes.slot)
+        .bind(&changes.address)
+        .bind(changes.agent_port)
+        .bind(&changes.cert_serial)
+        .bind(changes.cert_not_after)
+        .bind(&a.id)
+        .bind(a.state.as_str())
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| unique_to_conflict(e, "this loopback slot".into()))?;
+        if done.rows_affected() == 0 {
+            return Ok(false);
+        }
+        if let Some(record) = record {
+            insert_event(&mut tx, a, Some(a.state), to, &record, now).await?;
+        }
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// The events of an appliance, oldest first, each with its deliveries.
+    pub async fn events(
+        &self,
+        appliance_id: &str,
+    ) -> Result<Vec<(EventRecord, Vec<Delivery>)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, appliance_id, kind, from_state, to_state, detail, at FROM events \
+             WHERE appliance_id = $1 ORDER BY seq",
+        )
+        .bind(appliance_id)
+        .fetch_all(&self.pool)
+        .await?;
+        let deliveries = sqlx::query(concat!(
+            "SELECT ",
+            delivery_columns!(),
+            " FROM deliveries WHERE appliance_id = $1 ORDER BY created_at"
+        ))
+        .bind(appliance_id)
+        .fetch_all(&self.pool)
+        .await?;
+        let deliveries: Vec<Delivery> = deliveries
+            .iter()
+            .map(Delivery::from_row)
+            .collect::<Result<_, _>>()?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let event = EventRecord {
+                id: r.try_get("id")?,
+                appliance_id: r.try_get("appliance_id")?,
+                kind: r.try_get("kind")?,
+                from_state: r.try_get("from_state")?,
+                to_state: r.try_get("to_state")?,
+                detail: r.try_get("detail")?,
+                at: r.try_get("at")?,
+            };
+            let mine = deliveries
+                .iter()
+                .filter(|d| d.event_id == event.id)
+                .cloned()
+                .collect();
+            out.push((event, mine));
+        }
+        Ok(out)
+    }
+
+    /// Pending deliveries whose next attempt is due, oldest first.
+    pub async fn due_deliveries(&self, now: i64, limit: i64) -> Result<Vec<Delivery>, StoreError> {
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            delivery_columns!(),
+            " FROM deliveries WHERE state = 'pending' AND next_attempt_at <= $1 \
+             ORDER BY next_attempt_at LIMIT $2"
+        ))
+        .bind(now)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .iter()
+            .map(Delivery::from_row)
+            .collect::<Result<_, _>>()?)
+    }
+
+    /// Claims a due delivery for one attempt by pushing its next attempt to `lease_until`;
+    /// false when another controller claimed it first.
+    pub async fn claim_delivery(&self, d: &Delivery, lease_until: i64) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE deliveries SET next_attempt_at = $1 \
+             WHERE id = $2 AND state = 'pending' AND next_attempt_at = $3",
+        )
+        .bind(lease_until)
+        .bind(&d.id)
+        .bind(d.next_attempt_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Records one delivery attempt.
+    pub async fn delivery_attempted(
+        &self,
+        id: &str,
+        state: &str,
+        status: Option<i64>,
+        error: Option<&str>,
+        next_attempt_at: i64,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE deliveries SET state = $1, attempts = attempts + 1, last_status = $2, \
+             last_error = $3, next_attempt_at = $4, \
+             delivered_at = CASE WHEN $1 = 'delivered' THEN $5 ELSE delivered_at END \
+             WHERE id = $6",
+        )
+        .bind(state)
+        .bind(status)
+        .bind(error)
+        .bind(next_attempt_at)
+        .bind(now)
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Queues a task. A second unfinished task for the same appliance is a
+    /// [`StoreError::Conflict`].
+    pub async fn queue_task(&self, task: &NewTask<'_>, now: i64) -> Result<String, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let id = insert_task(&mut tx, task, now).await?;
+        tx.commit().await?;
+        Ok(id)
+    }
+
+    pub async fn task(&self, id: &str) -> Result<Option<Task>, StoreError> {
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            task_columns!(),
+            " FROM tasks WHERE id = $1"
+        ))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|r| Task::from_row(&r)).transpose()?)
+    }
+
+    /// The newest tasks, of one owner or of everybody.
+    pub async fn tasks(&self, owner: Option<&str>, limit: i64) -> Result<Vec<Task>, StoreError> {
+        let rows = match owner {
+            Some(owner) => {
+                sqlx::query(concat!(
+                    "SELECT ",
+                    task_columns!(),
+                    " FROM tasks WHERE owner_id = $1 ORDER BY created_at DESC, id LIMIT $2"
+                ))
+                .bind(owner)
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await?
+            }
+            None => {
+                sqlx::query(concat!(
+                    "SELECT ",
+                    task_columns!(),
+                    " FROM tasks ORDER BY created_at DESC, id LIMIT $1"
+                ))
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await?
+            }
+        };
+        Ok(rows.iter().map(Task::from_row).collect::<Result<_, _>>()?)
+    }
+
+    /// The create task of an appliance (to answer a repeated idempotent create).
+    pub async fn create_task_of(&self, appliance_id: &str) -> Result<Option<Task>, StoreError> {
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            task_columns!(),
+            " FROM tasks WHERE appliance_id = $1 AND kind = 'create' ORDER BY created_at LIMIT 1"
+        ))
+        .bind(appliance_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|r| Task::from_row(&r)).transpose()?)
+    }
+
+    /// Claims the oldest runnable task: queued, or running under an expired lease (its
+    /// controller died). PostgreSQL skips rows another controller is claiming.
+    pub async fn claim_task(
+        &self,
+        owner: &str,
+        now: i64,
+        lease_until: i64,
+    ) -> Result<Option<Task>, StoreError> {
+        let query = match self.backend() {
+            Backend::Postgres => concat!(
+                "UPDATE tasks SET state = 'running', lease_owner = $1, lease_until = $2, \
+                 attempts = attempts + 1, started_at = COALESCE(started_at, $3) \
+                 WHERE id = (SELECT id FROM tasks WHERE state = 'queued' \
+                 OR (state = 'running' AND lease_until < $3) \
+                 ORDER BY created_at, id LIMIT 1 FOR UPDATE SKIP LOCKED) RETURNING ",
+                task_columns!()
+            ),
+            Backend::Sqlite => concat!(
+                "UPDATE tasks SET state = 'running', lease_owner = $1, lease_until = $2, \
+                 attempts = attempts + 1, started_at = COALESCE(started_at, $3) \
+                 WHERE id = (SELECT id FROM tasks WHERE state = 'queued' \
+                 OR (state = 'running' AND lease_until < $3) \
+                 ORDER BY created_at, id LIMIT 1) RETURNING ",
+                task_columns!()
+            ),
+        };
+        let row = sqlx::query(query)
+            .bind(owner)
+            .bind(lease_until)
+            .bind(now)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| Task::from_row(&r)).transpose()?)
+    }
+
+    /// Extends the lease of tasks this controller runs.
+    pub async fn renew_leases(&self, owner: &str, lease_until: i64) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE tasks SET lease_until = $1 WHERE state = 'running' AND lease_owner = $2",
+        )
+        .bind(lease_until)
+        .bind(owner)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Owners of running tasks (to find those of controllers that are gone).
+    pub async fn lease_owners(&self) -> Result<Vec<String>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT DISTINCT lease_owner FROM tasks WHERE state = 'running' \
+             AND lease_owner IS NOT NULL",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .iter()
+            .map(|r| r.try_get::<String, _>("lease_owner"))
+            .collect::<Result<_, _>>()?)
+    }
+
+    /// Ends the leases of a controller known to be dead, so its tasks run again now.
+    pub async fn expire_leases(&self, owner: &str) -> Result<u64, StoreError> {
+        let done = sqlx::query(
+            "UPDATE tasks SET lease_until = 0 WHERE state = 'running' AND lease_owner = $1",
+        )
+        .bind(owner)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
+    /// Finishes a task this controller holds. False when the lease was lost.
+    pub async fn finish_task(
+        &self,
+        id: &str,
+        owner: &str,
+        state: &str,
+        result: Option<&str>,
+        problem: Option<&str>,
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE tasks SET state = $1, result = $2, problem = $3, finished_at = $4, \
+             lease_owner = NULL WHERE id = $5 AND lease_owner = $6 AND state = 'running'",
+        )
+        .bind(state)
+        .bind(result)
+        .bind(problem)
+        .bind(now)
+        .bind(id)
+        .bind(owner)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+}
+
+impl Delivery {
+    fn from_row(r: &AnyRow) -> Result<Delivery, sqlx::Error> {
+        Ok(Delivery {
+            id: r.try_get("id")?,
+            event_id: r.try_get("event_id")?,
+            url: r.try_get("url")?,
+            body: r.try_get("body")?,
+            state: r.try_get("state")?,
+            attempts: r.try_get("attempts")?,
+            next_attempt_at: r.try_get("next_attempt_at")?,
+            last_status: r.try_get("last_status")?,
+            last_error: r.try_get("last_error")?,
+            delivered_at: r.try_get("delivered_at")?,
+        })
+    }
+}
+
+async fn insert_task(tx: &mut Tx<'_>, task: &NewTask<'_>, now: i64) -> Result<String, StoreError> {
+    let id = auth::new_id();
+    sqlx::query(
+        "INSERT INTO tasks (id, kind, appliance_id, owner_id, state, request, created_at) \
+         VALUES ($1, $2, $3, $4, 'queued', $5, $6)",
+    )
+    .bind(&id)
+    .bind(task.kind)
+    .bind(task.appliance_id)
+    .bind(task.owner_id)
+    .bind(&task.request)
+    .bind(now)
+    .execute(&mut **tx)
+    .await
+    .map_err(|e| unique_to_conflict(e, "an unfinished operation on this appliance".into()))?;
+    Ok(id)
+}
+
+/// Records an event and, when the appliance has a callback URL, its webhook delivery.
+async fn insert_event(
+    tx: &mut Tx<'_>,
+    a: &Appliance,
+    from: Option<State>,
+    to: State,
+    record: &Record<'_>,
+    now: i64,
+) -> Result<(), StoreError> {
+    let id = auth::new_id();
+    let detail = record.detail.as_ref().map(|d| d.to_string());
+    sqlx::query(
+        "INSERT INTO events (id, seq, appliance_id, kind, from_state, to_state, detail, at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+    )
+    .bind(&id)
+    .bind(next_seq())
+    .bind(&a.id)
+    .bind(record.kind)
+    .bind(from.map(State::as_str))
+    .bind(to.as_str())
+    .bind(&detail)
+    .bind(now)
+    .execute(&mut **tx)
+    .await?;
+    if let Some(url) = &a.callback_url {
+        let body = serde_json::json!({
+            "id": id,
+            "appliance_id": a.id,
+            "external_id": a.external_id,
+            "event": record.kind,
+            "from_state": from.map(State::as_str),
+            "to_state": to.as_str(),
+            "detail": record.detail,
+            "at": crate::certs::format_unix(now),
+        });
+        sqlx::query(
+            "INSERT INTO deliveries (id, event_id, appliance_id, url, body, state, \
+             next_attempt_at, created_at) VALUES ($1, $2, $3, $4, $5, 'pending', $6, $6)",
+        )
+        .bind(auth::new_id())
+        .bind(&id)
+        .bind(&a.id)
+        .bind(url)
+        .bind(body.to_string())
+        .bind(now)
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(())
+}

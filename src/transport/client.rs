@@ -1,0 +1,221 @@
+//! A small HTTP/1.1 client for the calls the system makes itself: the controller to
+//! agents (mutual TLS), agents to the controller (mutual TLS, their own certificate),
+//! and the controller's webhooks (`http` or `https`). One connection per request, a
+//! deadline over the whole exchange, a bounded response body. TLS session resumption
+//! keeps repeated calls to the same peer cheap.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Method, Request, StatusCode, Uri, header};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper_util::rt::TokioIo;
+use rustls::ClientConfig;
+use rustls_pki_types::ServerName;
+
+use crate::certs;
+
+/// Largest response body read.
+pub const MAX_RESPONSE: usize = 8 * 1024 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("invalid URL {0:?}")]
+    Url(String),
+    #[error("https is not configured for this client")]
+    NoTls,
+    #[error("connect to {0}: {1}")]
+    Connect(String, std::io::Error),
+    #[error("TLS with {0}: {1}")]
+    Tls(String, std::io::Error),
+    #[error("HTTP exchange with {0}: {1}")]
+    Http(String, String),
+    #[error("no answer from {0} within {1:?}")]
+    Timeout(String, Duration),
+}
+
+impl ClientError {
+    /// Whether trying again may help (the peer was unreachable or slow, not wrong).
+    pub fn is_transient(&self) -> bool {
+        !matches!(self, ClientError::Url(_) | ClientError::NoTls)
+    }
+}
+
+/// A response, its body read whole (up to [`MAX_RESPONSE`]).
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+#[derive(Clone)]
+pub struct Client {
+    tls: Option<Arc<ClientConfig>>,
+    timeout: Duration,
+}
+
+impl Client {
+    pub fn new(tls: Option<Arc<ClientConfig>>, timeout: Duration) -> Client {
+        Client { tls, timeout }
+    }
+
+    /// Sends one request; `body` is sent as is with `content_type` when given.
+    pub async fn send(
+        &self,
+        method: Method,
+        url: &str,
+        headers: HeaderMap,
+        body: Bytes,
+    ) -> Result<Reply, ClientError> {
+        let uri: Uri = url.parse().map_err(|_| ClientError::Url(url.into()))?;
+        let host = uri
+            .host()
+            .ok_or_else(|| ClientError::Url(url.into()))?
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string();
+        let https = match uri.scheme_str() {
+            Some("https") => true,
+            Some("http") => false,
+            _ => return Err(ClientError::Url(url.into())),
+        };
+        let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
+        let authority = uri
+            .authority()
+            .map(|a| a.as_str().to_string())
+            .unwrap_or_default();
+        let path = uri
+            .path_and_query()
+            .map(|p| p.as_str().to_string())
+            .unwrap_or_else(|| "/".into());
+        let mut request = Request::builder()
+            .method(method)
+            .uri(path)
+            .body(Full::new(body))
+            .map_err(|e| ClientError::Url(format!("{url}: {e}")))?;
+        *request.headers_mut() = headers;
+        request.headers_mut().insert(
+            header::HOST,
+            HeaderValue::from_str(&authority).map_err(|_| ClientError::Url(url.into()))?,
+        );
+        let tls = if https {
+            Some(self.tls.clone().ok_or(ClientError::NoTls)?)
+        } else {
+            None
+        };
+        let peer = format!("{host}:{port}");
+        let exchange = exchange(peer.clone(), host, port, tls, request);
+        match tokio::time::timeout(self.timeout, exchange).await {
+            Ok(result) => result,
+            Err(_) => Err(ClientError::Timeout(peer, self.timeout)),
+        }
+    }
+}
+
+async fn exchange(
+    peer: String,
+    host: String,
+    port: u16,
+    tls: Option<Arc<ClientConfig>>,
+    request: Request<Full<Bytes>>,
+) -> Result<Reply, ClientError> {
+    let tcp = tokio::net::TcpStream::connect((host.as_str(), port))
+        .await
+        .map_err(|e| ClientError::Connect(peer.clone(), e))?;
+    let _ = tcp.set_nodelay(true);
+    match tls {
+        Some(config) => {
+            let name =
+                ServerName::try_from(host.clone()).map_err(|_| ClientError::Url(host.clone()))?;
+            let stream = tokio_rustls::TlsConnector::from(config)
+                .connect(name, tcp)
+                .await
+                .map_err(|e| ClientError::Tls(peer.clone(), e))?;
+            over(peer, TokioIo::new(stream), request).await
+        }
+        None => over(peer, TokioIo::new(tcp), request).await,
+    }
+}
+
+async fn over<T>(peer: String, io: T, request: Request<Full<Bytes>>) -> Result<Reply, ClientError>
+where
+    T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let http = |e: hyper::Error| ClientError::Http(peer.clone(), e.to_string());
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
+        .await
+        .map_err(http)?;
+    let driver = tokio::spawn(conn);
+    let response = sender.send_request(request).await.map_err(http)?;
+    let (parts, body) = response.into_parts();
+    let body = Limited::new(body, MAX_RESPONSE)
+        .collect()
+        .await
+        .map_err(|e| ClientError::Http(peer.clone(), e.to_string()))?
+        .to_bytes();
+    driver.abort();
+    Ok(Reply {
+        status: parts.status,
+        headers: parts.headers,
+        body,
+    })
+}
+
+/// A TLS client configuration trusting `roots`, presenting `identity` (chain and key)
+/// when given. TLS 1.3 and 1.2, aws-lc-rs.
+pub fn client_config(
+    roots: &[rustls_pki_types::CertificateDer<'static>],
+    identity: Option<(
+        Vec<rustls_pki_types::CertificateDer<'static>>,
+        rustls_pki_types::PrivateKeyDer<'static>,
+    )>,
+) -> Result<ClientConfig, String> {
+    let mut store = rustls::RootCertStore::empty();
+    for root in roots {
+        store
+            .add(root.clone())
+            .map_err(|e| format!("trust anchor: {e}"))?;
+    }
+    let builder = ClientConfig::builder_with_provider(certs::provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(store);
+    let config = match identity {
+        Some((chain, key)) => {
+            // Proves the key belongs to the certificate before offering it.
+            certs::certified_key(chain.clone(), key.clone_key()).map_err(|e| e.to_string())?;
+            builder
+                .with_client_auth_cert(chain, key)
+                .map_err(|e| e.to_string())?
+        }
+        None => builder.with_no_client_auth(),
+    };
+    Ok(config)
+}
+
+/// [`client_config`] from files: a CA bundle and, optionally, a certificate and key.
+pub fn client_config_from_files(
+    ca: &Path,
+    identity: Option<(&Path, &Path)>,
+) -> Result<ClientConfig, String> {
+    let roots = certs::load_certs(ca)?;
+    let identity = match identity {
+        Some((cert, key)) => Some((certs::load_certs(cert)?, certs::load_key(key)?)),
+        None => None,
+    };
+    client_config(&roots, identity).map_err(|e| format!("{}: {e}", ca.display()))
+}
+
+/// JSON request headers.
+pub fn json_headers() -> HeaderMap {
+    let mut h = HeaderMap::new();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    h.insert(header::ACCEPT, HeaderValue::from_static("application/json"));
+    h
+}

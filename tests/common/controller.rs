@@ -1,0 +1,237 @@
+//! The real controller binary for black-box tests: admin and appliance listeners on
+//! loopback ports with certificates the controller issues from its own CA, the `process`
+//! backend spawning real agents on their own loopback addresses. Everything it spawned
+//! (agents, haproxy, stunnel) is killed on drop.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use tempfile::TempDir;
+
+use super::{Client, Resp, bin, free_port, wait_listening};
+
+pub struct Controller {
+    child: Option<Child>,
+    pub admin: SocketAddr,
+    pub appliance_zone: SocketAddr,
+    pub config: PathBuf,
+    pub dir: TempDir,
+    pub log: PathBuf,
+}
+
+impl Controller {
+    /// `extra` holds TOML tables (not `[backend]`, which the harness writes from
+    /// `first_address`).
+    pub fn start(db_url: &str, first_address: &str, extra: &str) -> Controller {
+        let dir = tempfile::tempdir().unwrap();
+        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let appliance_zone: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let config = dir.path().join("controller.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "state_dir = \"{d}\"\n[database]\nurl = \"{db_url}\"\n\
+                 [[listeners]]\naddress = \"{admin}\"\nzone = \"admin\"\n\
+                 [[listeners]]\naddress = \"{appliance_zone}\"\nzone = \"appliance\"\n\
+                 {extra}\n[backend]\nfirst_address = \"{first_address}\"\nagent_port = {port}\n",
+                d = dir.path().join("state").display(),
+                port = free_port(),
+            ),
+        )
+        .unwrap();
+        let log = dir.path().join("controller.log");
+        let mut c = Controller {
+            child: None,
+            admin,
+            appliance_zone,
+            config,
+            dir,
+            log,
+        };
+        c.spawn();
+        c
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let mut child = Command::new(bin())
+            .args(["controller", "--config"])
+            .arg(&self.config)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        wait_listening(&mut child, self.admin, &self.log);
+        self.child = Some(child);
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn restart(&mut self) {
+        self.kill9();
+        self.spawn();
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    pub fn ca_cert(&self) -> PathBuf {
+        self.state_dir().join("ca/ca.crt")
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// An appliance's certificate and key as the controller issued them.
+    pub fn appliance_creds(&self, id: &str) -> super::Creds {
+        let tls = self.state_dir().join("appliances").join(id).join("tls");
+        super::Creds {
+            cert: tls.join("agent.crt"),
+            key: tls.join("agent.key"),
+        }
+    }
+
+    pub fn client(&self) -> Client {
+        Client::new(&self.ca_cert(), None)
+    }
+
+    /// `applianced controller user add`; returns the generated password.
+    pub fn add_user(&self, name: &str, admin: bool) -> String {
+        let mut cmd = Command::new(bin());
+        cmd.args(["controller", "user", "add", name, "--config"])
+            .arg(&self.config);
+        if admin {
+            cmd.arg("--admin");
+        }
+        let out = cmd.output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .find_map(|l| l.strip_prefix("password: "))
+            .unwrap()
+            .to_string()
+    }
+
+    pub async fn token(&self, name: &str, password: &str) -> String {
+        let basic = format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(format!("{name}:{password}"))
+        );
+        let mut conn = self.client().connect(self.admin).await.unwrap();
+        let r = conn
+            .request("POST", "/v1/tokens", b"", &[("authorization", &basic)])
+            .await
+            .unwrap();
+        assert_eq!(r.status, 201, "{}", r.body);
+        r.json()["token"].as_str().unwrap().to_string()
+    }
+
+    /// One API call with a bearer token.
+    pub async fn call(&self, token: &str, method: &str, path: &str, body: &str) -> Resp {
+        let bearer = format!("Bearer {token}");
+        let mut conn = self.client().connect(self.admin).await.unwrap();
+        conn.request(
+            method,
+            path,
+            body.as_bytes(),
+            &[
+                ("authorization", &bearer),
+                ("content-type", "application/json"),
+            ],
+        )
+        .await
+        .unwrap()
+    }
+
+    /// Polls `GET /v1/tasks/:id` until it answers 200 (202 + Retry-After before).
+    pub async fn wait_task(
+        &self,
+        token: &str,
+        location: &str,
+        timeout: Duration,
+    ) -> serde_json::Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let r = self.call(token, "GET", location, "").await;
+            match r.status {
+                200 => return r.json(),
+                202 => {
+                    assert_eq!(r.headers["retry-after"], "1");
+                    assert_eq!(r.headers["location"], location);
+                }
+                other => panic!("task {location}: {other} {}", r.body),
+            }
+            assert!(
+                Instant::now() < deadline,
+                "task {location} not done: {}\n{}",
+                r.body,
+                self.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Polls an appliance until it is in `state`.
+    pub async fn wait_state(
+        &self,
+        token: &str,
+        id: &str,
+        state: &str,
+        timeout: Duration,
+    ) -> serde_json::Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let r = self
+                .call(token, "GET", &format!("/v1/appliances/{id}"), "")
+                .await;
+            assert_eq!(r.status, 200, "{}", r.body);
+            let a = r.json();
+            if a["state"] == state {
+                return a;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "appliance {id} is {} after {timeout:?}, not {state}\n{}",
+                a["state"],
+                self.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The live agent processes of one appliance.
+    pub fn agents_of(&self, id: &str) -> Vec<i32> {
+        let config = self
+            .state_dir()
+            .join("appliances")
+            .join(id)
+            .join("agent.toml");
+        super::processes_with(&config.display().to_string())
+    }
+}
+
+impl Drop for Controller {
+    fn drop(&mut self) {
+        self.kill9();
+        // Agents, haproxy and stunnel all name files under the state directory.
+        super::kill_processes_with(&self.state_dir().display().to_string());
+    }
+}
