@@ -456,6 +456,38 @@ mod tests {
             assert!(keys.contains(&k), "{k} missing from {keys:?}");
         }
     }
+
+    #[test]
+    fn controller_section() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.toml");
+        std::fs::write(
+            &path,
+            base(dir.path()) + "[controller]\nurl = \"https://127.0.0.1:8444\"\n",
+        )
+        .unwrap();
+        let c = AgentConfig::load(&path, true, AgentOverrides::default()).unwrap();
+        let section = c.controller.unwrap();
+        assert_eq!(section.heartbeat_interval.0.as_secs(), 30);
+        assert_eq!(section.ca, None);
+
+        std::fs::write(
+            &path,
+            base(dir.path())
+                + "[controller]\nurl = \"http://plain\"\nca = \"/nonexistent\"\nheartbeat_interval = \"0s\"\n",
+        )
+        .unwrap();
+        let err = AgentConfig::load(&path, true, AgentOverrides::default()).unwrap_err();
+        let keys: Vec<_> = err.problems.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "controller.url",
+                "controller.ca",
+                "controller.heartbeat_interval"
+            ]
+        );
+    }
 }
 
 #[cfg(test)]

@@ -58,7 +58,7 @@ pub enum Route {
 }
 
 impl Route {
-    fn label(&self) -> &'static str {
+    pub fn label(&self) -> &'static str {
         match self {
             Route::CreateToken => "/v1/tokens",
             Route::ListUsers | Route::CreateUser => "/v1/users",

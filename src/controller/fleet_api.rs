@@ -585,3 +585,85 @@ async fn pass_through(
         )],
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every route the API parses is in the OpenAPI document, and nothing else is.
+    #[test]
+    fn the_openapi_document_describes_every_route() {
+        let doc: Value = serde_json::from_str(OPENAPI).unwrap();
+        assert_eq!(doc["openapi"], "3.1.0");
+        let paths = doc["paths"].as_object().unwrap();
+        let to_openapi = |label: &str| {
+            label
+                .split('/')
+                .map(|s| match s {
+                    ":id" => "{id}".to_string(),
+                    "*" => "{path}".to_string(),
+                    s => s.to_string(),
+                })
+                .collect::<Vec<_>>()
+                .join("/")
+        };
+        let routes = [
+            Route::CreateToken,
+            Route::ListUsers,
+            Route::GetUser(String::new()),
+            Route::ListAppliances,
+            Route::GetAppliance(String::new()),
+            Route::ApplianceAction(String::new()),
+            Route::ApplianceEvents(String::new()),
+            Route::PingOne(String::new()),
+            Route::PingMany,
+            Route::Agent(String::new(), String::new()),
+            Route::ListTasks,
+            Route::GetTask(String::new()),
+            Route::OpenApi,
+            Route::Callback,
+        ];
+        let mut documented: Vec<String> = paths.keys().cloned().collect();
+        documented.sort();
+        let mut served: Vec<String> = routes.iter().map(|r| to_openapi(r.label())).collect();
+        served.sort();
+        served.dedup();
+        assert_eq!(served, documented);
+        for (path, ops) in paths {
+            for (method, op) in ops.as_object().unwrap() {
+                assert!(
+                    op["responses"].as_object().is_some_and(|r| !r.is_empty()),
+                    "{method} {path} has no responses"
+                );
+            }
+        }
+        // Methods as parsed.
+        let m = |method: Method, path: &str| super::super::api::parse(&method, path);
+        assert!(paths["/v1/appliances/{id}/actions"].get("post").is_some());
+        assert!(m(Method::POST, "/v1/appliances/x/actions").is_some());
+        assert!(paths["/v1/appliances/{id}"].get("delete").is_some());
+        assert!(m(Method::DELETE, "/v1/appliances/x").is_some());
+    }
+
+    #[test]
+    fn agent_pass_through_keeps_the_path_and_query() {
+        use super::super::api::parse;
+        assert_eq!(
+            parse(&Method::PUT, "/v1/appliances/abc/agent/instances/i/haproxy"),
+            Some(Route::Agent("abc".into(), "/instances/i/haproxy".into()))
+        );
+        assert_eq!(
+            parse(&Method::GET, "/v1/appliances/abc/agent?x=1"),
+            Some(Route::Agent("abc".into(), "/?x=1".into()))
+        );
+        assert_eq!(
+            parse(&Method::GET, "/v1/appliances/abc/agentx"),
+            None,
+            "not the pass-through"
+        );
+        assert_eq!(
+            parse(&Method::POST, "/v1/appliances/abc/ping?async=true"),
+            Some(Route::PingOne("abc".into()))
+        );
+    }
+}
