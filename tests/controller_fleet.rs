@@ -204,6 +204,12 @@ async fn scenario(db_url: &str, net: u8) {
         (Some(3), Some(3))
     );
     assert_eq!(p["results"][1]["agent"]["appliance_id"], ids[1].as_str());
+    // A status poll brings each agent's /status back (and keeps it as the last status).
+    let polled = serde_json::json!({"targets": ids, "check": "status"}).to_string();
+    let p = c.call(&root, "POST", "/v1/ping", &polled).await.json();
+    assert_eq!(p["reachable"], 3, "{p}");
+    assert_eq!(p["results"][0]["agent"]["topology"], "SINGLE");
+    assert!(p["results"][0]["agent"]["sampled_at"].is_string());
     let r = c.call(&root, "POST", "/v1/ping?async=true", &targets).await;
     assert_eq!(r.status, 202, "{}", r.body);
     assert_eq!(r.headers["retry-after"], "1");

@@ -28,6 +28,19 @@ pub const EXPIRY_WARNING_SECS: i64 = 300;
 const LEASE_SECS: i64 = 30;
 /// A task interrupted this many times (its controller died) is failed, not retried.
 const MAX_TASK_ATTEMPTS: i64 = 3;
+/// Agents called at the same time by one ping of many.
+pub const PING_CONCURRENCY: usize = 64;
+
+/// What a ping asks an agent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Check {
+    /// `GET /`: identity and versions.
+    #[default]
+    Ping,
+    /// `GET /status`: the full status, kept as the appliance's last status.
+    Status,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum FleetError {
@@ -341,8 +354,9 @@ impl Fleet {
         )))
     }
 
-    /// `GET /` of the agent: reachability, latency and what it says about itself.
-    pub async fn ping(&self, a: &Appliance) -> Result<Value, FleetError> {
+    /// `GET /` of the agent (`check` ping) or `GET /status` (`check` status, kept as the
+    /// appliance's last status): reachability, latency and the agent's answer.
+    pub async fn ping(&self, a: &Appliance, check: Check) -> Result<Value, FleetError> {
         if !a.state.is_running() {
             return Err(FleetError::Conflict(format!(
                 "appliance {} is {}: nothing to ping",
@@ -350,9 +364,13 @@ impl Fleet {
                 a.state.as_str()
             )));
         }
+        let path = match check {
+            Check::Ping => "/",
+            Check::Status => "/status",
+        };
         let started = std::time::Instant::now();
         let reply = self
-            .call_agent(a, Method::GET, "/", json_headers(), Bytes::new())
+            .call_agent(a, Method::GET, path, json_headers(), Bytes::new())
             .await?;
         let latency_us = started.elapsed().as_micros();
         if !reply.status.is_success() {
@@ -361,32 +379,48 @@ impl Fleet {
                 a.id, reply.status
             )));
         }
+        let answer = serde_json::from_slice::<Value>(&reply.body).unwrap_or(Value::Null);
+        if check == Check::Status && answer.is_object() {
+            let status = answer.to_string();
+            self.store.record_status(&a.id, &status).await?;
+        }
         Ok(json!({
             "id": a.id,
             "reachable": true,
             "latency_ms": (latency_us as f64) / 1000.0,
-            "agent": serde_json::from_slice::<Value>(&reply.body).unwrap_or(Value::Null),
+            "agent": answer,
         }))
     }
 
-    /// Pings several appliances at once; each answer or problem in order.
-    pub async fn ping_many(&self, ids: &[String]) -> Value {
-        let pings = ids.iter().map(|id| async move {
-            let result = match self.appliance(id).await {
-                Ok(a) => self.ping(&a).await,
-                Err(e) => Err(e),
-            };
-            match result {
-                Ok(v) => v,
-                Err(e) => json!({"id": id, "reachable": false, "problem": e.problem()}),
-            }
-        });
-        let results = futures_util::future::join_all(pings).await;
+    /// Pings several appliances, at most [`PING_CONCURRENCY`] at a time; each answer or
+    /// problem in the order given.
+    pub async fn ping_many(&self, ids: &[String], check: Check) -> Value {
+        use futures_util::StreamExt;
+        let pings: Vec<_> = ids
+            .iter()
+            .map(|id| self.ping_result(id.clone(), check))
+            .collect();
+        let results: Vec<Value> = futures_util::stream::iter(pings)
+            .buffered(PING_CONCURRENCY)
+            .collect()
+            .await;
         let reachable = results
             .iter()
             .filter(|r| r["reachable"] == Value::Bool(true))
             .count();
         json!({"targets": results.len(), "reachable": reachable, "results": results})
+    }
+
+    /// One target of [`Fleet::ping_many`]: its answer, or its problem.
+    async fn ping_result(&self, id: String, check: Check) -> Value {
+        let result = match self.appliance(&id).await {
+            Ok(a) => self.ping(&a, check).await,
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(v) => v,
+            Err(e) => json!({"id": id, "reachable": false, "problem": e.problem()}),
+        }
     }
 
     // ---- tasks ----
@@ -537,11 +571,13 @@ impl Fleet {
                             .collect()
                     })
                     .unwrap_or_default();
+                let check: Check =
+                    serde_json::from_value(request["check"].clone()).unwrap_or_default();
                 if request["single"] == Value::Bool(true) && targets.len() == 1 {
                     let a = self.appliance(&targets[0]).await?;
-                    self.ping(&a).await
+                    self.ping(&a, check).await
                 } else {
-                    Ok(self.ping_many(&targets).await)
+                    Ok(self.ping_many(&targets, check).await)
                 }
             }
             other => Err(FleetError::Internal(format!("unknown task kind {other:?}"))),

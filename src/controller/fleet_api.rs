@@ -27,7 +27,7 @@ use serde_json::{Value, json};
 
 use super::api::{Answer, ApiError, ControllerApp, Route, json, ok, read_body, read_body_limited};
 use super::auth;
-use super::fleet::{FleetError, appliance_view};
+use super::fleet::{Check, FleetError, appliance_view};
 use super::lifecycle::{self, Event, State};
 use super::records::{Appliance, NewTask, Task};
 use super::store::{Role, StoreError, User};
@@ -66,6 +66,9 @@ struct Action {
 struct Ping {
     #[serde(default)]
     targets: Option<Vec<String>>,
+    /// `ping` (the agent's `GET /`, default) or `status` (its `GET /status`).
+    #[serde(default)]
+    check: Check,
 }
 
 fn query_param<'a>(req: &'a Request<Incoming>, name: &str) -> Option<&'a str> {
@@ -134,7 +137,14 @@ fn task_view(t: &Task) -> Value {
     v
 }
 
-fn check_name(name: &str) -> Result<(), ApiError> {
+fn check_name(check: Check) -> &'static str {
+    match check {
+        Check::Ping => "ping",
+        Check::Status => "status",
+    }
+}
+
+fn check_appliance_name(name: &str) -> Result<(), ApiError> {
     let ok = !name.is_empty()
         && name.len() <= 64
         && name
@@ -271,12 +281,20 @@ pub async fn dispatch(
         }
         Route::PingOne(id) => {
             let a = visible(id).await?;
+            let check = match query_param(&req, "check") {
+                None | Some("ping") => Check::Ping,
+                Some("status") => Check::Status,
+                Some(other) => {
+                    return Err(invalid(format!("check {other:?}: ping or status")));
+                }
+            };
             if is_async(&req) {
-                let request = json!({"targets": [a.id], "single": true});
+                let request =
+                    json!({"targets": [a.id], "single": true, "check": check_name(check)});
                 let task = queue(app, "ping", None, &user, request).await?;
                 return Ok(accepted(&task, None));
             }
-            Ok(ok(&fleet.ping(&a).await?).into())
+            Ok(ok(&fleet.ping(&a, check).await?).into())
         }
         Route::PingMany => {
             let asynchronous = is_async(&req);
@@ -310,10 +328,11 @@ pub async fn dispatch(
                     .collect(),
             };
             if asynchronous {
-                let task = queue(app, "ping", None, &user, json!({"targets": targets})).await?;
+                let request = json!({"targets": targets, "check": check_name(ping.check)});
+                let task = queue(app, "ping", None, &user, request).await?;
                 return Ok(accepted(&task, None));
             }
-            Ok(ok(&fleet.ping_many(&targets).await).into())
+            Ok(ok(&fleet.ping_many(&targets, ping.check).await).into())
         }
         Route::Agent(id, path) => {
             let a = visible(id).await?;
@@ -443,7 +462,7 @@ async fn create(
     mut body: CreateAppliance,
     now: i64,
 ) -> Result<Answer, ApiError> {
-    check_name(&body.name)?;
+    check_appliance_name(&body.name)?;
     let (min, max) = app.fleet.ttl_range();
     let ttl = body
         .ttl_minutes

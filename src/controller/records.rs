@@ -311,6 +311,18 @@ impl Store {
             .collect::<Result<_, _>>()?)
     }
 
+    /// Keeps a status the controller fetched itself (a status poll counts as a
+    /// heartbeat).
+    pub async fn record_status(&self, id: &str, status: &str) -> Result<(), StoreError> {
+        sqlx::query("UPDATE appliances SET last_status = $1, last_heartbeat_at = $2 WHERE id = $3")
+            .bind(status)
+            .bind(crate::certs::now_unix())
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
     /// Slots held by appliances that are not deleted.
     pub async fn used_slots(&self) -> Result<Vec<i64>, StoreError> {
         let rows = sqlx::query(
