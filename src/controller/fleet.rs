@@ -357,6 +357,21 @@ impl Fleet {
     /// `GET /` of the agent (`check` ping) or `GET /status` (`check` status, kept as the
     /// appliance's last status): reachability, latency and the agent's answer.
     pub async fn ping(&self, a: &Appliance, check: Check) -> Result<Value, FleetError> {
+        let (answer, status) = self.probe(a, check).await?;
+        if let Some(status) = status {
+            self.store
+                .record_statuses(&[(a.id.clone(), status)])
+                .await?;
+        }
+        Ok(answer)
+    }
+
+    /// One call to the agent; the answer, and the status to keep when it is one.
+    async fn probe(
+        &self,
+        a: &Appliance,
+        check: Check,
+    ) -> Result<(Value, Option<String>), FleetError> {
         if !a.state.is_running() {
             return Err(FleetError::Conflict(format!(
                 "appliance {} is {}: nothing to ping",
@@ -380,47 +395,73 @@ impl Fleet {
             )));
         }
         let answer = serde_json::from_slice::<Value>(&reply.body).unwrap_or(Value::Null);
-        if check == Check::Status && answer.is_object() {
-            let status = answer.to_string();
-            self.store.record_status(&a.id, &status).await?;
-        }
-        Ok(json!({
-            "id": a.id,
-            "reachable": true,
-            "latency_ms": (latency_us as f64) / 1000.0,
-            "agent": answer,
-        }))
+        let status = (check == Check::Status && answer.is_object()).then(|| answer.to_string());
+        Ok((
+            json!({
+                "id": a.id,
+                "reachable": true,
+                "latency_ms": (latency_us as f64) / 1000.0,
+                "agent": answer,
+            }),
+            status,
+        ))
     }
 
     /// Pings several appliances, at most [`PING_CONCURRENCY`] at a time; each answer or
-    /// problem in the order given.
+    /// problem in the order given. Statuses are kept in one write at the end.
     pub async fn ping_many(&self, ids: &[String], check: Check) -> Value {
         use futures_util::StreamExt;
-        let pings: Vec<_> = ids
+        let known: std::collections::HashMap<String, Appliance> =
+            match self.store.appliances().await {
+                Ok(all) => all.into_iter().map(|a| (a.id.clone(), a)).collect(),
+                Err(e) => {
+                    let problem = FleetError::from(e).problem();
+                    let results: Vec<Value> = ids
+                        .iter()
+                        .map(|id| json!({"id": id, "reachable": false, "problem": problem}))
+                        .collect();
+                    return json!({"targets": ids.len(), "reachable": 0, "results": results});
+                }
+            };
+        let probes: Vec<_> = ids
             .iter()
-            .map(|id| self.ping_result(id.clone(), check))
+            .map(|id| {
+                let appliance = known.get(id);
+                async move {
+                    match appliance {
+                        Some(a) => self.probe(a, check).await,
+                        None => Err(FleetError::NotFound),
+                    }
+                }
+            })
             .collect();
-        let results: Vec<Value> = futures_util::stream::iter(pings)
+        let outcomes: Vec<_> = futures_util::stream::iter(probes)
             .buffered(PING_CONCURRENCY)
             .collect()
             .await;
+        let mut statuses = Vec::new();
+        let mut results = Vec::with_capacity(outcomes.len());
+        for (id, outcome) in ids.iter().zip(outcomes) {
+            match outcome {
+                Ok((answer, status)) => {
+                    if let Some(s) = status {
+                        statuses.push((id.clone(), s));
+                    }
+                    results.push(answer);
+                }
+                Err(e) => {
+                    results.push(json!({"id": id, "reachable": false, "problem": e.problem()}))
+                }
+            }
+        }
+        if let Err(e) = self.store.record_statuses(&statuses).await {
+            tracing::error!(error = %e, "cannot keep the polled statuses");
+        }
         let reachable = results
             .iter()
             .filter(|r| r["reachable"] == Value::Bool(true))
             .count();
         json!({"targets": results.len(), "reachable": reachable, "results": results})
-    }
-
-    /// One target of [`Fleet::ping_many`]: its answer, or its problem.
-    async fn ping_result(&self, id: String, check: Check) -> Value {
-        let result = match self.appliance(&id).await {
-            Ok(a) => self.ping(&a, check).await,
-            Err(e) => Err(e),
-        };
-        match result {
-            Ok(v) => v,
-            Err(e) => json!({"id": id, "reachable": false, "problem": e.problem()}),
-        }
     }
 
     // ---- tasks ----

@@ -311,15 +311,25 @@ impl Store {
             .collect::<Result<_, _>>()?)
     }
 
-    /// Keeps a status the controller fetched itself (a status poll counts as a
-    /// heartbeat).
-    pub async fn record_status(&self, id: &str, status: &str) -> Result<(), StoreError> {
-        sqlx::query("UPDATE appliances SET last_status = $1, last_heartbeat_at = $2 WHERE id = $3")
+    /// Keeps statuses the controller fetched itself (a status poll counts as a
+    /// heartbeat), in one transaction.
+    pub async fn record_statuses(&self, statuses: &[(String, String)]) -> Result<(), StoreError> {
+        if statuses.is_empty() {
+            return Ok(());
+        }
+        let now = crate::certs::now_unix();
+        let mut tx = self.pool.begin().await?;
+        for (id, status) in statuses {
+            sqlx::query(
+                "UPDATE appliances SET last_status = $1, last_heartbeat_at = $2 WHERE id = $3",
+            )
             .bind(status)
-            .bind(crate::certs::now_unix())
+            .bind(now)
             .bind(id)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
+        }
+        tx.commit().await?;
         Ok(())
     }
 
