@@ -523,6 +523,14 @@ async fn scenario(db_url: &str, net: u8) {
     for id in &ids {
         assert_eq!(c.agents_of(id).len(), 1);
     }
+    // SIGHUP reloads the TLS material (the packaged unit's ExecReload) and nothing else.
+    c.signal(nix::sys::signal::Signal::SIGHUP);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !c.log_text().contains("SIGHUP: TLS material reloaded") {
+        assert!(Instant::now() < deadline, "{}", c.log_text());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(c.call(&root, "GET", "/v1/appliances", "").await.status, 200);
 
     // Deleted: its certificate is revoked and refused in the handshake.
     let victim = ids[2].clone();

@@ -186,6 +186,7 @@ impl ProcessBackend {
         // Reaped when it exits, so that it does not linger as a zombie.
         std::thread::Builder::new()
             .name(format!("reap-{pid}"))
+            .stack_size(64 * 1024)
             .spawn(move || {
                 let _ = child.wait();
             })

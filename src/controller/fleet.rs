@@ -133,7 +133,9 @@ pub struct Fleet {
     pub store: Arc<Store>,
     pub ca: Arc<ControllerCa>,
     pub backend: Arc<ProcessBackend>,
-    agents: Client,
+    /// Calls agents with the controller's client certificate (replaced by
+    /// [`Fleet::refresh_agent_client`] before it expires).
+    agents: arc_swap::ArcSwap<Client>,
     hooks: Client,
     config: ControllerConfig,
     secret: Vec<u8>,
@@ -168,7 +170,7 @@ impl Fleet {
             store,
             ca,
             backend,
-            agents,
+            agents: arc_swap::ArcSwap::from_pointee(agents),
             hooks,
             lease_owner: format!(
                 "{host}/{}/{}",
@@ -180,6 +182,17 @@ impl Fleet {
             queued: tokio::sync::Notify::new(),
             on_revoke,
         })
+    }
+
+    /// Re-reads the controller's client certificate, issuing a new one when it is within
+    /// the rotation window.
+    pub fn refresh_agent_client(&self) -> Result<(), String> {
+        let tls = self.ca.agent_client()?;
+        self.agents.store(Arc::new(Client::new(
+            Some(tls),
+            self.config.tasks.agent_timeout.0,
+        )));
+        Ok(())
     }
 
     pub fn ttl_range(&self) -> (u32, u32) {
@@ -330,6 +343,7 @@ impl Fleet {
         for attempt in 1..=attempts {
             match self
                 .agents
+                .load()
                 .send(method.clone(), &url, headers.clone(), body.clone())
                 .await
             {

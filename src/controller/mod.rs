@@ -219,18 +219,23 @@ async fn run_async(config: ControllerConfig) -> i32 {
     });
     // After a revocation, appliance listeners that verify against the controller's CA
     // load the new CRL: new handshakes with a revoked certificate fail.
-    let reloadable: Vec<(Arc<ListenerTls>, Arc<ArcSwap<TlsMaterial>>)> = Vec::new();
-    let mut reloadable = reloadable;
+    let mut with_crl: Vec<(Arc<ListenerTls>, Arc<ArcSwap<TlsMaterial>>)> = Vec::new();
+    let mut issued = Vec::new();
+    let mut all: Reloadable = Vec::new();
     let mut listeners = Vec::new();
-    for (zone, socket, files, tls) in bound {
+    for ((zone, socket, files, tls), l) in bound.into_iter().zip(&config.listeners) {
         let files = Arc::new(files);
         if files.crl.is_some() {
-            reloadable.push((files.clone(), tls.clone()));
+            with_crl.push((files.clone(), tls.clone()));
+        }
+        all.push((l.clone(), tls.clone()));
+        if l.cert.is_none() {
+            issued.push((l.clone(), tls.clone()));
         }
         listeners.push((zone, socket, tls));
     }
     let on_revoke = Box::new(move || {
-        for (files, tls) in &reloadable {
+        for (files, tls) in &with_crl {
             match files.load() {
                 Ok(m) => tls.store(Arc::new(m)),
                 Err(e) => tracing::error!("cannot reload the CRL of a listener: {e}"),
@@ -258,6 +263,7 @@ async fn run_async(config: ControllerConfig) -> i32 {
     }
     tokio::spawn(fleet.clone().timers_loop());
     tokio::spawn(fleet.clone().webhooks_loop());
+    tokio::spawn(renew_certificates(fleet.clone(), ca.clone(), issued));
 
     let metrics = TransportMetrics::default();
     let mut servers = Vec::new();
@@ -281,7 +287,13 @@ async fn run_async(config: ControllerConfig) -> i32 {
         ));
     }
     notify_ready();
-    if let Err(e) = wait_for_termination().await {
+    let on_hup = || {
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::Reloading]);
+        reload_tls(&fleet, &ca, &all);
+        tracing::info!("SIGHUP: TLS material reloaded");
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+    };
+    if let Err(e) = wait_for_termination(on_hup).await {
         tracing::error!(error = %e, "cannot install signal handlers");
         return exit::FAILURE;
     }
@@ -294,12 +306,58 @@ async fn run_async(config: ControllerConfig) -> i32 {
     exit::OK
 }
 
-async fn wait_for_termination() -> std::io::Result<()> {
+/// Listeners and their TLS material, for reloading.
+type Reloadable = Vec<(Listener, Arc<ArcSwap<TlsMaterial>>)>;
+
+/// Once an hour: certificates the controller issued itself (its client certificate for
+/// agents, listener certificates the configuration does not name) are issued anew when
+/// they enter the rotation window, and put in use without a restart.
+async fn renew_certificates(
+    fleet: Arc<fleet::Fleet>,
+    ca: Arc<ca::ControllerCa>,
+    listeners: Reloadable,
+) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(3600));
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        reload_tls(&fleet, &ca, &listeners);
+    }
+}
+
+/// Re-reads (and, for those the controller issues, renews) every listener's certificate,
+/// key, client CA and CRL, and the controller's client certificate. New connections use
+/// them; open ones keep theirs.
+fn reload_tls(fleet: &fleet::Fleet, ca: &ca::ControllerCa, listeners: &Reloadable) {
+    if let Err(e) = fleet.refresh_agent_client() {
+        tracing::error!("controller client certificate: {e}");
+    }
+    for (l, tls) in listeners {
+        match ListenerTls::resolve(l, ca).and_then(|files| files.load()) {
+            Ok(m) => {
+                if m.server_cert.serial != tls.load().server_cert.serial {
+                    tracing::info!(address = %l.address, serial = %m.server_cert.serial, "listener certificate changed");
+                }
+                tls.store(Arc::new(m));
+            }
+            Err(e) => {
+                tracing::error!(address = %l.address, "keeping the listener's TLS material: {e}")
+            }
+        }
+    }
+}
+
+/// Waits for SIGTERM or SIGINT, calling `on_hup` at each SIGHUP meanwhile.
+async fn wait_for_termination(on_hup: impl Fn()) -> std::io::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
-    tokio::select! {
-        _ = term.recv() => Ok(()),
-        _ = int.recv() => Ok(()),
+    let mut hup = signal(SignalKind::hangup())?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => return Ok(()),
+            _ = int.recv() => return Ok(()),
+            _ = hup.recv() => on_hup(),
+        }
     }
 }

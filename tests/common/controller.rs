@@ -79,6 +79,11 @@ impl Controller {
         }
     }
 
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        let pid = self.child.as_ref().expect("running").id();
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), sig).unwrap();
+    }
+
     pub fn restart(&mut self) {
         self.kill9();
         self.spawn();
