@@ -5,6 +5,8 @@ mod common;
 
 use std::net::TcpListener;
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -340,24 +342,17 @@ async fn tls_through_stunnel_shows_the_uploaded_certificate_and_switches_without
 
     // A stream of requests, each on a new TLS connection, runs across the switch and
     // loses nothing: stunnel reloads on SIGHUP and keeps the sockets it was handed.
+    let switched = Arc::new(AtomicBool::new(false));
     let stream = {
         let ca = ca.clone();
-        tokio::spawn(async move {
-            let (mut ok, mut failed, mut cns) = (0, Vec::new(), std::collections::BTreeSet::new());
-            // At least 2.5 s and 25 requests (a loaded machine is slower), at most 20 s.
-            let until = Instant::now() + Duration::from_millis(2500);
-            let cap = Instant::now() + Duration::from_secs(20);
-            while (Instant::now() < until || ok + failed.len() < 25) && Instant::now() < cap {
+        stream_across(switched.clone(), move || {
+            let ca = ca.clone();
+            async move {
                 match https_get(&ca, tls_port, "www.example.com").await {
-                    Ok((cn, body)) if body.ends_with("secure hello") => {
-                        ok += 1;
-                        cns.insert(cn);
-                    }
-                    Ok(other) => panic!("wrong response through stunnel: {other:?}"),
-                    Err(e) => failed.push(e.to_string()),
+                    Ok((cn, body)) if body.ends_with("secure hello") => Ok(cn),
+                    other => Err(format!("{other:?}")),
                 }
             }
-            (ok, failed, cns)
         })
     };
     tokio::time::sleep(Duration::from_millis(700)).await;
@@ -367,6 +362,7 @@ async fn tls_through_stunnel_shows_the_uploaded_certificate_and_switches_without
             &s.www_bundle("b", "b.example.com"),
         )
         .await;
+    switched.store(true, Ordering::SeqCst);
     assert_eq!(r.status, 201, "{}", r.body);
     assert!(r.body.contains("stunnel reloaded"), "{}", r.body);
     let (ok, failed, cns) = stream.await.unwrap();
@@ -417,18 +413,17 @@ async fn haproxy_terminating_tls_switches_certificates_without_loss() {
         "a.example.com"
     );
 
+    let switched = Arc::new(AtomicBool::new(false));
     let stream = {
         let ca = ca.clone();
-        tokio::spawn(async move {
-            let (mut ok, mut failed) = (0, Vec::new());
-            let until = Instant::now() + Duration::from_millis(2000);
-            while Instant::now() < until {
+        stream_across(switched.clone(), move || {
+            let ca = ca.clone();
+            async move {
                 match https_get(&ca, port, "www.example.com").await {
-                    Ok((_, body)) if body.ends_with("haproxy tls") => ok += 1,
-                    other => failed.push(format!("{other:?}")),
+                    Ok((cn, body)) if body.ends_with("haproxy tls") => Ok(cn),
+                    other => Err(format!("{other:?}")),
                 }
             }
-            (ok, failed)
         })
     };
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -441,7 +436,13 @@ async fn haproxy_terminating_tls_switches_certificates_without_loss() {
         .status,
         201
     );
-    let (ok, failed) = stream.await.unwrap();
+    switched.store(true, Ordering::SeqCst);
+    let (ok, failed, cns) = stream.await.unwrap();
+    assert_eq!(
+        cns.len(),
+        2,
+        "both certificates served during the stream: {cns:?}"
+    );
     assert!(
         failed.is_empty(),
         "{} failed: {:?}",
@@ -900,4 +901,34 @@ async fn traversal_attempts_write_nothing_outside_the_state_directory() {
     }
     assert_eq!(snapshot(&root), before);
     assert!(!Path::new("/tmp/x.pem").exists() && !Path::new("/tmp/evil").exists());
+}
+
+/// Runs `probe` over and over from now until 20 probes after `switched` is set (at most
+/// 30 s): how many succeeded, the failures, and the labels the successes returned.
+fn stream_across<F, Fut>(
+    switched: Arc<AtomicBool>,
+    probe: F,
+) -> tokio::task::JoinHandle<(usize, Vec<String>, std::collections::BTreeSet<String>)>
+where
+    F: Fn() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Result<String, String>> + Send,
+{
+    tokio::spawn(async move {
+        let (mut ok, mut failed, mut labels) = (0, Vec::new(), std::collections::BTreeSet::new());
+        let cap = Instant::now() + Duration::from_secs(30);
+        let mut after = 0;
+        while after < 20 && Instant::now() < cap {
+            if switched.load(Ordering::SeqCst) {
+                after += 1;
+            }
+            match probe().await {
+                Ok(label) => {
+                    ok += 1;
+                    labels.insert(label);
+                }
+                Err(e) => failed.push(e),
+            }
+        }
+        (ok, failed, labels)
+    })
 }

@@ -464,6 +464,40 @@ async fn scenario(db_url: &str, net: u8) {
     c.wait_state(&root, &ids[1], "active", Duration::from_secs(30))
         .await;
 
+    // Extend: more minutes, capped at the maximum time-to-live since `launched`.
+    let extend = |m: u32| format!(r#"{{"action": "extend", "minutes": {m}}}"#);
+    let path = format!("/v1/appliances/{}/actions", ids[0]);
+    let before = c
+        .call(&root, "GET", &format!("/v1/appliances/{}", ids[0]), "")
+        .await
+        .json();
+    let r = c.call(&root, "POST", &path, &extend(30)).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let parse = |v: &Value| {
+        time::OffsetDateTime::parse(
+            v.as_str().unwrap(),
+            &time::format_description::well_known::Rfc3339,
+        )
+        .unwrap()
+    };
+    assert_eq!(
+        parse(&r.json()["expires_at"]) - parse(&before["expires_at"]),
+        time::Duration::minutes(30)
+    );
+    let r = c.call(&root, "POST", &path, &extend(1000)).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        parse(&r.json()["expires_at"]) - parse(&before["launched_at"]),
+        time::Duration::minutes(235),
+        "capped at ttl_max_minutes"
+    );
+    let r = c.call(&root, "POST", &path, &extend(1)).await;
+    assert_eq!(r.status, 409, "already at the cap: {}", r.body);
+    let r = c
+        .call(&root, "POST", &path, r#"{"action": "extend"}"#)
+        .await;
+    assert_eq!(r.status, 422, "{}", r.body);
+
     // Certificate rotation through the agent's PUT /certificate.
     let before = c
         .call(&root, "GET", &format!("/v1/appliances/{}", ids[2]), "")
@@ -658,4 +692,48 @@ async fn fleet_on_sqlite() {
 async fn fleet_on_postgres() {
     let pg = postgres::Postgres::start();
     scenario(&pg.url, 42).await;
+}
+
+/// An appliance that never calls back: `launch_timeout` after the configured time, then
+/// destroyed like any other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_appliance_that_never_launches_times_out() {
+    let dir = tempfile::tempdir().unwrap();
+    // Callbacks go to a port where nothing listens.
+    let c = Controller::start_with(
+        &format!("sqlite://{}/controller.db", dir.path().display()),
+        "127.0.43.1",
+        "[appliances]\nlaunch_timeout = \"2s\"\n",
+        &format!("controller_url = \"https://127.0.0.1:{}\"", free_port()),
+    );
+    let password = c.add_user("root", true);
+    let root = c.token("root", &password).await;
+    let (task, location) = create(&c, &root, r#"{"name": "silent"}"#).await;
+    assert_eq!(
+        c.wait_task(&root, &location, Duration::from_secs(30)).await["state"],
+        "succeeded"
+    );
+    let id = id_of(&task);
+    let a = c
+        .wait_state(&root, &id, "launch_timeout", Duration::from_secs(15))
+        .await;
+    assert!(
+        a["launched_at"].is_null() && a["expires_at"].is_null(),
+        "{a}"
+    );
+    assert_eq!(
+        c.agents_of(&id).len(),
+        1,
+        "the agent runs, but never reached us"
+    );
+    let r = c
+        .call(&root, "DELETE", &format!("/v1/appliances/{id}"), "")
+        .await;
+    assert_eq!(r.status, 202, "{}", r.body);
+    let loc = r.headers["location"].to_str().unwrap().to_string();
+    assert_eq!(
+        c.wait_task(&root, &loc, Duration::from_secs(30)).await["state"],
+        "succeeded"
+    );
+    assert!(c.agents_of(&id).is_empty());
 }

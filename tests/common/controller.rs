@@ -26,6 +26,16 @@ impl Controller {
     /// `extra` holds TOML tables (not `[backend]`, which the harness writes from
     /// `first_address`).
     pub fn start(db_url: &str, first_address: &str, extra: &str) -> Controller {
+        Controller::start_with(db_url, first_address, extra, "")
+    }
+
+    /// [`Controller::start`] with more keys for the `[backend]` table.
+    pub fn start_with(
+        db_url: &str,
+        first_address: &str,
+        extra: &str,
+        backend_extra: &str,
+    ) -> Controller {
         let dir = tempfile::tempdir().unwrap();
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let appliance_zone: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
@@ -36,7 +46,7 @@ impl Controller {
                 "state_dir = \"{d}\"\n[database]\nurl = \"{db_url}\"\n\
                  [[listeners]]\naddress = \"{admin}\"\nzone = \"admin\"\n\
                  [[listeners]]\naddress = \"{appliance_zone}\"\nzone = \"appliance\"\n\
-                 {extra}\n[backend]\nfirst_address = \"{first_address}\"\nagent_port = {port}\n",
+                 {extra}\n[backend]\nfirst_address = \"{first_address}\"\nagent_port = {port}\n{backend_extra}\n",
                 d = dir.path().join("state").display(),
                 port = free_port(),
             ),
