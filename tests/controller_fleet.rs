@@ -675,6 +675,21 @@ async fn scenario(db_url: &str, net: u8) {
             event["event"].as_str().unwrap()
         );
     }
+
+    // Deleting the appliance that runs an instance stops its haproxy too.
+    let r = c
+        .call(&root, "DELETE", &format!("/v1/appliances/{}", ids[0]), "")
+        .await;
+    let loc = r.headers["location"].to_str().unwrap().to_string();
+    assert_eq!(
+        c.wait_task(&root, &loc, Duration::from_secs(30)).await["state"],
+        "succeeded"
+    );
+    assert!(c.agents_of(&ids[0]).is_empty());
+    assert!(
+        http_get(&format!("{address}:{port}")).await.is_err(),
+        "haproxy of a deleted appliance still serves"
+    );
     drop(c);
 }
 

@@ -194,11 +194,24 @@ impl ProcessBackend {
         Ok(pid)
     }
 
-    /// Pids of the appliance's haproxy and stunnel (from their pid files).
+    /// Pids of the appliance's haproxy and stunnel: from their pid files, and only
+    /// processes whose command line names the appliance's runtime directory (a stale
+    /// pid file must not make us signal a stranger).
     fn daemon_pids(&self, id: &str) -> Vec<i32> {
         let mut pids = Vec::new();
-        let Ok(instances) = fs::read_dir(self.dir(id).join("run")) else {
+        // The link points at the runtime directory named in the agent's configuration.
+        let Ok(run) = fs::read_link(self.dir(id).join("run")) else {
             return pids;
+        };
+        let Ok(instances) = fs::read_dir(&run) else {
+            return pids;
+        };
+        let run_bytes = run.as_os_str().as_encoded_bytes().to_vec();
+        let names_run = |pid: i32| {
+            fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
+                c.windows(run_bytes.len())
+                    .any(|w| w == run_bytes.as_slice())
+            })
         };
         for instance in instances.flatten() {
             let Ok(files) = fs::read_dir(instance.path()) else {
@@ -209,6 +222,7 @@ impl ProcessBackend {
                     && let Ok(text) = fs::read_to_string(f.path())
                     && let Ok(pid) = text.trim().parse::<i32>()
                     && pid > 1
+                    && names_run(pid)
                 {
                     pids.push(pid);
                 }
