@@ -58,23 +58,7 @@ fn start(pki: &Pki, url: &str) -> Controller {
 }
 
 fn add_user(c: &Controller, name: &str, admin: bool) -> String {
-    let mut cmd = Command::new(bin());
-    cmd.args(["controller", "user", "add", name, "--config"])
-        .arg(&c.config);
-    if admin {
-        cmd.arg("--admin");
-    }
-    let out = cmd.output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .find_map(|l| l.strip_prefix("password: "))
-        .unwrap()
-        .to_string()
+    common::controller::user_add(&c.config, name, admin)
 }
 
 fn basic(name: &str, password: &str) -> String {

@@ -390,35 +390,27 @@ async fn scenario(db_url: &str, net: u8) {
         .await;
 
     // Suspended on purpose: no heartbeats, and no watchdog either; resumed, active again.
-    let r = c
-        .call(
+    let (_, done) = c
+        .run_task(
             &root,
             "POST",
             &format!("/v1/appliances/{}/actions", ids[1]),
             &action("suspend"),
         )
         .await;
-    let loc = r.headers["location"].to_str().unwrap().to_string();
-    assert_eq!(
-        c.wait_task(&root, &loc, Duration::from_secs(30)).await["state"],
-        "succeeded"
-    );
+    assert_eq!(done["state"], "succeeded", "{done}");
     tokio::time::sleep(Duration::from_secs(3)).await;
     c.wait_state(&root, &ids[1], "suspended", Duration::from_secs(1))
         .await;
-    let r = c
-        .call(
+    let (_, done) = c
+        .run_task(
             &root,
             "POST",
             &format!("/v1/appliances/{}/actions", ids[1]),
             &action("resume"),
         )
         .await;
-    let loc = r.headers["location"].to_str().unwrap().to_string();
-    assert_eq!(
-        c.wait_task(&root, &loc, Duration::from_secs(30)).await["state"],
-        "succeeded"
-    );
+    assert_eq!(done["state"], "succeeded", "{done}");
     c.wait_state(&root, &ids[1], "active", Duration::from_secs(5))
         .await;
 
@@ -579,15 +571,10 @@ async fn scenario(db_url: &str, net: u8) {
             key: keep.join("c.key"),
         }
     };
-    let r = c
-        .call(&root, "DELETE", &format!("/v1/appliances/{victim}"), "")
+    let (_, done) = c
+        .run_task(&root, "DELETE", &format!("/v1/appliances/{victim}"), "")
         .await;
-    assert_eq!(r.status, 202, "{}", r.body);
-    let loc = r.headers["location"].to_str().unwrap().to_string();
-    assert_eq!(
-        c.wait_task(&root, &loc, Duration::from_secs(30)).await["state"],
-        "succeeded"
-    );
+    assert_eq!(done["state"], "succeeded", "{done}");
     c.wait_state(&root, &victim, "deleted", Duration::from_secs(5))
         .await;
     assert!(c.agents_of(&victim).is_empty());
@@ -677,14 +664,10 @@ async fn scenario(db_url: &str, net: u8) {
     }
 
     // Deleting the appliance that runs an instance stops its haproxy too.
-    let r = c
-        .call(&root, "DELETE", &format!("/v1/appliances/{}", ids[0]), "")
+    let (_, done) = c
+        .run_task(&root, "DELETE", &format!("/v1/appliances/{}", ids[0]), "")
         .await;
-    let loc = r.headers["location"].to_str().unwrap().to_string();
-    assert_eq!(
-        c.wait_task(&root, &loc, Duration::from_secs(30)).await["state"],
-        "succeeded"
-    );
+    assert_eq!(done["state"], "succeeded", "{done}");
     assert!(c.agents_of(&ids[0]).is_empty());
     assert!(
         http_get(&format!("{address}:{port}")).await.is_err(),
@@ -741,14 +724,9 @@ async fn an_appliance_that_never_launches_times_out() {
         1,
         "the agent runs, but never reached us"
     );
-    let r = c
-        .call(&root, "DELETE", &format!("/v1/appliances/{id}"), "")
+    let (_, done) = c
+        .run_task(&root, "DELETE", &format!("/v1/appliances/{id}"), "")
         .await;
-    assert_eq!(r.status, 202, "{}", r.body);
-    let loc = r.headers["location"].to_str().unwrap().to_string();
-    assert_eq!(
-        c.wait_task(&root, &loc, Duration::from_secs(30)).await["state"],
-        "succeeded"
-    );
+    assert_eq!(done["state"], "succeeded", "{done}");
     assert!(c.agents_of(&id).is_empty());
 }

@@ -607,30 +607,19 @@ async fn wait_for_signals(
     tls: &Arc<ArcSwap<TlsMaterial>>,
     metrics: &AgentMetrics,
 ) -> std::io::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    let mut hup = signal(SignalKind::hangup())?;
-    loop {
-        tokio::select! {
-            _ = term.recv() => return Ok(()),
-            _ = int.recv() => return Ok(()),
-            _ = hup.recv() => {
-                let _ = sd_notify::notify(&[sd_notify::NotifyState::Reloading]);
-                let cfg = config.clone();
-                match tokio::task::spawn_blocking(move || load_tls(&cfg)).await {
-                    Ok(Ok(material)) => {
-                        metrics.set_cert_expiry("agent", material.server_cert.not_after);
-                        tracing::info!(serial = %material.server_cert.serial, "SIGHUP: TLS material reloaded");
-                        tls.store(Arc::new(material));
-                    }
-                    Ok(Err(e)) => tracing::error!("SIGHUP: keeping the current TLS material: {e}"),
-                    Err(e) => tracing::error!("SIGHUP: reload failed: {e}"),
-                }
-                let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+    crate::transport::server::until_terminated(|| async {
+        let cfg = config.clone();
+        match tokio::task::spawn_blocking(move || load_tls(&cfg)).await {
+            Ok(Ok(material)) => {
+                metrics.set_cert_expiry("agent", material.server_cert.not_after);
+                tracing::info!(serial = %material.server_cert.serial, "SIGHUP: TLS material reloaded");
+                tls.store(Arc::new(material));
             }
+            Ok(Err(e)) => tracing::error!("SIGHUP: keeping the current TLS material: {e}"),
+            Err(e) => tracing::error!("SIGHUP: reload failed: {e}"),
         }
-    }
+    })
+    .await
 }
 
 #[cfg(test)]

@@ -287,13 +287,11 @@ async fn run_async(config: ControllerConfig) -> i32 {
         ));
     }
     notify_ready();
-    let on_hup = || {
-        let _ = sd_notify::notify(&[sd_notify::NotifyState::Reloading]);
+    let on_hup = || async {
         reload_tls(&fleet, &ca, &all);
         tracing::info!("SIGHUP: TLS material reloaded");
-        let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
     };
-    if let Err(e) = wait_for_termination(on_hup).await {
+    if let Err(e) = crate::transport::server::until_terminated(on_hup).await {
         tracing::error!(error = %e, "cannot install signal handlers");
         return exit::FAILURE;
     }
@@ -343,21 +341,6 @@ fn reload_tls(fleet: &fleet::Fleet, ca: &ca::ControllerCa, listeners: &Reloadabl
             Err(e) => {
                 tracing::error!(address = %l.address, "keeping the listener's TLS material: {e}")
             }
-        }
-    }
-}
-
-/// Waits for SIGTERM or SIGINT, calling `on_hup` at each SIGHUP meanwhile.
-async fn wait_for_termination(on_hup: impl Fn()) -> std::io::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    let mut hup = signal(SignalKind::hangup())?;
-    loop {
-        tokio::select! {
-            _ = term.recv() => return Ok(()),
-            _ = int.recv() => return Ok(()),
-            _ = hup.recv() => on_hup(),
         }
     }
 }

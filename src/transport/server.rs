@@ -435,6 +435,30 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
 }
 
 /// READY=1 once every listener is bound, and watchdog pings from the runtime.
+/// Waits for SIGTERM or SIGINT. At each SIGHUP meanwhile, runs `on_hup` between
+/// systemd's RELOADING and READY notifications.
+pub async fn until_terminated<F, Fut>(mut on_hup: F) -> std::io::Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = ()>,
+{
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => return Ok(()),
+            _ = int.recv() => return Ok(()),
+            _ = hup.recv() => {
+                let _ = sd_notify::notify(&[sd_notify::NotifyState::Reloading]);
+                on_hup().await;
+                let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+            }
+        }
+    }
+}
+
 pub fn notify_ready() {
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
     if let Some(period) = sd_notify::watchdog_enabled() {

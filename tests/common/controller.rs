@@ -126,23 +126,7 @@ impl Controller {
 
     /// `applianced controller user add`; returns the generated password.
     pub fn add_user(&self, name: &str, admin: bool) -> String {
-        let mut cmd = Command::new(bin());
-        cmd.args(["controller", "user", "add", name, "--config"])
-            .arg(&self.config);
-        if admin {
-            cmd.arg("--admin");
-        }
-        let out = cmd.output().unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .find_map(|l| l.strip_prefix("password: "))
-            .unwrap()
-            .to_string()
+        user_add(&self.config, name, admin)
     }
 
     pub async fn token(&self, name: &str, password: &str) -> String {
@@ -174,6 +158,30 @@ impl Controller {
         )
         .await
         .unwrap()
+    }
+
+    /// A request answered with 202 and a task: checks the 202, its `Location` and
+    /// `Retry-After`, waits for the task to finish; the 202's body and the finished task.
+    pub async fn run_task(
+        &self,
+        token: &str,
+        method: &str,
+        path: &str,
+        body: &str,
+    ) -> (serde_json::Value, serde_json::Value) {
+        let r = self.call(token, method, path, body).await;
+        assert_eq!(r.status, 202, "{method} {path}: {}", r.body);
+        assert_eq!(r.headers["retry-after"], "1");
+        let accepted = r.json();
+        let location = r.headers["location"].to_str().unwrap().to_string();
+        assert_eq!(
+            location,
+            format!("/v1/tasks/{}", accepted["id"].as_str().unwrap())
+        );
+        let done = self
+            .wait_task(token, &location, Duration::from_secs(30))
+            .await;
+        (accepted, done)
     }
 
     /// Polls `GET /v1/tasks/:id` until it answers 200 (202 + Retry-After before).
@@ -249,4 +257,26 @@ impl Drop for Controller {
         // Agents, haproxy and stunnel all name files under the state directory.
         super::kill_processes_with(&self.state_dir().display().to_string());
     }
+}
+
+/// `applianced controller user add NAME [--admin] --config CONFIG`; returns the
+/// generated password it prints.
+pub fn user_add(config: &std::path::Path, name: &str, admin: bool) -> String {
+    let mut cmd = Command::new(bin());
+    cmd.args(["controller", "user", "add", name, "--config"])
+        .arg(config);
+    if admin {
+        cmd.arg("--admin");
+    }
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("password: "))
+        .unwrap()
+        .to_string()
 }
