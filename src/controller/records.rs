@@ -510,14 +510,23 @@ impl Store {
     }
 
     pub async fn task(&self, id: &str) -> Result<Option<Task>, StoreError> {
-        let row = sqlx::query(concat!(
-            "SELECT ",
-            task_columns!(),
-            " FROM tasks WHERE id = $1"
-        ))
-        .bind(id)
-        .fetch_optional(&self.pool)
-        .await?;
+        self.task_where(
+            concat!("SELECT ", task_columns!(), " FROM tasks WHERE id = $1"),
+            id,
+        )
+        .await
+    }
+
+    /// The task a one-parameter query selects.
+    async fn task_where(
+        &self,
+        query: &'static str,
+        value: &str,
+    ) -> Result<Option<Task>, StoreError> {
+        let row = sqlx::query(query)
+            .bind(value)
+            .fetch_optional(&self.pool)
+            .await?;
         Ok(row.map(|r| Task::from_row(&r)).transpose()?)
     }
 
@@ -551,15 +560,15 @@ impl Store {
 
     /// The create task of an appliance (to answer a repeated idempotent create).
     pub async fn create_task_of(&self, appliance_id: &str) -> Result<Option<Task>, StoreError> {
-        let row = sqlx::query(concat!(
-            "SELECT ",
-            task_columns!(),
-            " FROM tasks WHERE appliance_id = $1 AND kind = 'create' ORDER BY created_at LIMIT 1"
-        ))
-        .bind(appliance_id)
-        .fetch_optional(&self.pool)
-        .await?;
-        Ok(row.map(|r| Task::from_row(&r)).transpose()?)
+        self.task_where(
+            concat!(
+                "SELECT ",
+                task_columns!(),
+                " FROM tasks WHERE appliance_id = $1 AND kind = 'create' ORDER BY created_at LIMIT 1"
+            ),
+            appliance_id,
+        )
+        .await
     }
 
     /// Claims the oldest runnable task: queued, or running under an expired lease (its
