@@ -730,3 +730,45 @@ async fn an_appliance_that_never_launches_times_out() {
     assert_eq!(done["state"], "succeeded", "{done}");
     assert!(c.agents_of(&id).is_empty());
 }
+
+/// Two controllers on one PostgreSQL database share the work: tasks are claimed with
+/// row locks, so each create runs exactly once whichever controller takes it, and either
+/// controller serves every appliance.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_controllers_share_the_work_on_postgres() {
+    let pg = postgres::Postgres::start();
+    let a = Controller::start(&pg.url, "127.0.44.1", "[tasks]\nworkers = 2\n");
+    let b = a.start_peer();
+    let password = a.add_user("root", true);
+    let token = a.token("root", &password).await;
+    let mut ids = Vec::new();
+    for i in 0..8 {
+        // Half of the requests through each controller.
+        let via = if i % 2 == 0 { &a } else { &b };
+        let (task, _) = create(via, &token, &format!(r#"{{"name": "shared-{i}"}}"#)).await;
+        ids.push(id_of(&task));
+    }
+    for (i, id) in ids.iter().enumerate() {
+        // Through the other controller: same store, same answers.
+        let other = if i % 2 == 0 { &b } else { &a };
+        other
+            .wait_state(&token, id, "active", Duration::from_secs(60))
+            .await;
+        assert_eq!(a.agents_of(id).len(), 1, "one agent for {id}");
+        let events = other
+            .call(&token, "GET", &format!("/v1/appliances/{id}/events"), "")
+            .await
+            .json();
+        let spawned = events
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["event"] == "spawned")
+            .count();
+        assert_eq!(spawned, 1, "{events}");
+    }
+    let finished = |c: &Controller| c.log_text().matches("task finished").count();
+    assert_eq!(finished(&a) + finished(&b), 8, "every task ran once");
+    let p = b.call(&token, "POST", "/v1/ping", "").await.json();
+    assert_eq!(p["reachable"], 8, "{p}");
+}

@@ -20,6 +20,7 @@ pub struct Controller {
     pub config: PathBuf,
     pub dir: TempDir,
     pub log: PathBuf,
+    state: PathBuf,
 }
 
 impl Controller {
@@ -58,6 +59,36 @@ impl Controller {
             admin,
             appliance_zone,
             config,
+            state: dir.path().join("state"),
+            dir,
+            log,
+        };
+        c.spawn();
+        c
+    }
+
+    /// A second controller sharing this one's database and state directory (its CA,
+    /// its appliances), with listeners of its own: several controllers sharing the work.
+    pub fn start_peer(&self) -> Controller {
+        let dir = tempfile::tempdir().unwrap();
+        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let appliance_zone: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let text = std::fs::read_to_string(&self.config)
+            .unwrap()
+            .replace(&self.admin.to_string(), &admin.to_string())
+            .replace(
+                &self.appliance_zone.to_string(),
+                &appliance_zone.to_string(),
+            );
+        let config = dir.path().join("controller.toml");
+        std::fs::write(&config, text).unwrap();
+        let log = dir.path().join("controller.log");
+        let mut c = Controller {
+            child: None,
+            admin,
+            appliance_zone,
+            config,
+            state: self.state.clone(),
             dir,
             log,
         };
@@ -100,7 +131,7 @@ impl Controller {
     }
 
     pub fn state_dir(&self) -> PathBuf {
-        self.dir.path().join("state")
+        self.state.clone()
     }
 
     pub fn ca_cert(&self) -> PathBuf {
