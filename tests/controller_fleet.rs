@@ -588,6 +588,24 @@ async fn scenario(db_url: &str, net: u8) {
         .call(&root, "DELETE", &format!("/v1/appliances/{victim}"), "")
         .await;
     assert_eq!(r.status, 409, "deleting twice: {}", r.body);
+    let listed = |v: Value| -> Vec<String> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a["id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let live = listed(c.call(&root, "GET", "/v1/appliances", "").await.json());
+    assert!(
+        !live.contains(&victim) && live.contains(&ids[0]),
+        "{live:?}"
+    );
+    let gone = listed(
+        c.call(&root, "GET", "/v1/appliances?state=deleted", "")
+            .await
+            .json(),
+    );
+    assert_eq!(gone, std::slice::from_ref(&victim));
 
     // The short time-to-live ran on across the restart: warned, expired, stopped.
     let remaining = Duration::from_secs(100).saturating_sub(ttl_started.elapsed());

@@ -426,7 +426,7 @@ impl Fleet {
     pub async fn ping_many(&self, ids: &[String], check: Check) -> Value {
         use futures_util::StreamExt;
         let known: std::collections::HashMap<String, Appliance> =
-            match self.store.appliances().await {
+            match self.store.appliances(false).await {
                 Ok(all) => all.into_iter().map(|a| (a.id.clone(), a)).collect(),
                 Err(e) => {
                     let problem = FleetError::from(e).problem();

@@ -207,17 +207,15 @@ pub async fn dispatch(
             {
                 return Err(invalid(format!("state {s:?} is not a lifecycle state")));
             }
+            // Deleted appliances are listed only when asked for.
+            let deleted = state.as_deref() == Some("deleted");
             let list: Vec<Value> = fleet
                 .store
-                .appliances()
+                .appliances(deleted)
                 .await?
                 .iter()
                 .filter(|a| sees(&user, a))
-                .filter(|a| match &state {
-                    Some(s) => a.state.as_str() == s,
-                    // Deleted appliances are listed only when asked for.
-                    None => a.state != State::Deleted,
-                })
+                .filter(|a| state.as_ref().is_none_or(|s| a.state.as_str() == s))
                 .filter(|a| name.as_ref().is_none_or(|n| &a.name == n))
                 .filter(|a| {
                     external
@@ -320,7 +318,7 @@ pub async fn dispatch(
                 }
                 None => fleet
                     .store
-                    .appliances()
+                    .appliances(false)
                     .await?
                     .into_iter()
                     .filter(|a| sees(&user, a) && a.state.is_running())

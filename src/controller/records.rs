@@ -280,15 +280,23 @@ impl Store {
         Ok(row.map(|r| Appliance::from_row(&r)).transpose()?)
     }
 
-    /// Every appliance, oldest first (filters are applied by the caller).
-    pub async fn appliances(&self) -> Result<Vec<Appliance>, StoreError> {
-        let rows = sqlx::query(concat!(
-            "SELECT ",
-            appliance_columns!(),
-            " FROM appliances ORDER BY created_at, id"
-        ))
-        .fetch_all(&self.pool)
-        .await?;
+    /// Appliances, oldest first: those not deleted, or only the deleted ones (filters
+    /// are applied by the caller).
+    pub async fn appliances(&self, deleted: bool) -> Result<Vec<Appliance>, StoreError> {
+        let query = if deleted {
+            concat!(
+                "SELECT ",
+                appliance_columns!(),
+                " FROM appliances WHERE state = 'deleted' ORDER BY created_at, id"
+            )
+        } else {
+            concat!(
+                "SELECT ",
+                appliance_columns!(),
+                " FROM appliances WHERE state <> 'deleted' ORDER BY created_at, id"
+            )
+        };
+        let rows = sqlx::query(query).fetch_all(&self.pool).await?;
         Ok(rows
             .iter()
             .map(Appliance::from_row)
