@@ -89,6 +89,19 @@ fn unique_suffix() -> u64 {
 
 use std::os::unix::fs::DirBuilderExt;
 
+/// Takes an exclusive `flock` on `path` (created if missing), waiting for other holders;
+/// released when the returned value is dropped. Serialises work across processes.
+pub fn lock_exclusive(path: &Path) -> io::Result<nix::fcntl::Flock<File>> {
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(path)?;
+    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, e)| io::Error::from(e))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -82,3 +82,38 @@ async fn user_add_on_postgres() {
     let pg = postgres::Postgres::start();
     add_users_and_check(&pg.url).await;
 }
+
+/// Processes opening a new database at the same time (a controller starting while an
+/// operator adds a user) find it migrated exactly once: no "table already exists".
+#[test]
+fn concurrent_first_opens_of_one_sqlite_file() {
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/c.db", dir.path().display());
+    let cfg = config(&pki, dir.path(), &url);
+    let racing: Vec<_> = (0..10)
+        .map(|i| {
+            Command::new(bin())
+                .args([
+                    "controller",
+                    "user",
+                    "add",
+                    &format!("user-{i}"),
+                    "--config",
+                ])
+                .arg(&cfg)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for child in racing {
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}

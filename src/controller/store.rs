@@ -20,6 +20,8 @@ pub enum StoreError {
     Migration(#[from] sqlx::migrate::MigrateError),
     #[error("unsupported database URL {0:?} (sqlite:... or postgres://...)")]
     Url(String),
+    #[error("cannot lock the database for migrations: {0}")]
+    Lock(String),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -101,6 +103,21 @@ impl Store {
             (Backend::Postgres, url.to_string())
         } else {
             return Err(StoreError::Url(url.to_string()));
+        };
+        // PostgreSQL serialises migrations with an advisory lock; SQLite has none, so
+        // processes opening the same file (a controller starting, `controller user add`)
+        // take a lock file beside it first.
+        let _migrating = match sqlite_file(&url) {
+            Some(db) => {
+                let lock = std::path::PathBuf::from(format!("{db}.lock"));
+                let held =
+                    tokio::task::spawn_blocking(move || crate::fsutil::lock_exclusive(&lock))
+                        .await
+                        .map_err(|e| StoreError::Lock(e.to_string()))?
+                        .map_err(|e| StoreError::Lock(format!("{db}.lock: {e}")))?;
+                Some(held)
+            }
+            None => None,
         };
         let pool = AnyPoolOptions::new()
             .max_connections(max_connections.max(1))
@@ -248,9 +265,34 @@ impl Store {
     }
 }
 
+/// The file of an SQLite URL (`sqlite://PATH?...` or `sqlite:PATH`), `None` in memory.
+fn sqlite_file(url: &str) -> Option<String> {
+    let rest = url
+        .strip_prefix("sqlite://")
+        .or(url.strip_prefix("sqlite:"))?;
+    let path = rest.split('?').next().unwrap_or_default();
+    (!path.is_empty() && !path.contains(":memory:")).then(|| path.to_string())
+}
+
 pub(super) fn unique_to_conflict(e: sqlx::Error, what: String) -> StoreError {
     match &e {
         sqlx::Error::Database(db) if db.is_unique_violation() => StoreError::Conflict(what),
         _ => StoreError::Database(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::sqlite_file;
+
+    #[test]
+    fn sqlite_files_from_urls() {
+        assert_eq!(
+            sqlite_file("sqlite:///var/lib/x.db?mode=rwc").as_deref(),
+            Some("/var/lib/x.db")
+        );
+        assert_eq!(sqlite_file("sqlite:rel.db").as_deref(), Some("rel.db"));
+        assert_eq!(sqlite_file("sqlite::memory:"), None);
+        assert_eq!(sqlite_file("postgres://h/db"), None);
     }
 }

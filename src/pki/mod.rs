@@ -5,7 +5,7 @@
 //! serialised across processes with an exclusive lock on `DIR/.lock` and written
 //! atomically.
 
-use std::fs::{self, OpenOptions};
+use std::fs;
 use std::path::{Path, PathBuf};
 
 use rcgen::{
@@ -412,14 +412,7 @@ impl Ca {
 
     fn lock(&self) -> Result<nix::fcntl::Flock<fs::File>, PkiError> {
         let path = self.dir.join(".lock");
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(io_err(&path))?;
-        nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
-            .map_err(|(_, e)| PkiError::Io(path.clone(), e.into()))
+        crate::fsutil::lock_exclusive(&path).map_err(io_err(&path))
     }
 }
 
