@@ -102,6 +102,30 @@ async fn create(c: &Controller, token: &str, body: &str) -> (Value, String) {
     (task, location)
 }
 
+/// `POST /v1/appliances/ID/actions {"action": ACTION}`.
+async fn act(c: &Controller, token: &str, id: &str, action: &str) -> Resp {
+    let body = format!(r#"{{"action": "{action}"}}"#);
+    c.call(
+        token,
+        "POST",
+        &format!("/v1/appliances/{id}/actions"),
+        &body,
+    )
+    .await
+}
+
+/// The same, answered 202 with a task: the 202's body and the finished task.
+async fn act_done(c: &Controller, token: &str, id: &str, action: &str) -> (Value, Value) {
+    let body = format!(r#"{{"action": "{action}"}}"#);
+    c.run_task(
+        token,
+        "POST",
+        &format!("/v1/appliances/{id}/actions"),
+        &body,
+    )
+    .await
+}
+
 fn id_of(task: &Value) -> String {
     task["appliance_id"].as_str().unwrap().to_string()
 }
@@ -265,24 +289,9 @@ async fn scenario(db_url: &str, net: u8) {
         (r.status, r.json()["type"].as_str()),
         (404, Some("urn:applianced:problem:not-found"))
     );
-    let action = |a: &str| format!(r#"{{"action": "{a}"}}"#);
-    let r = c
-        .call(
-            &root,
-            "POST",
-            &format!("/v1/appliances/{}/actions", ids[1]),
-            &action("start"),
-        )
-        .await;
+    let r = act(&c, &root, &ids[1], "start").await;
     assert_eq!(r.status, 409, "start while active: {}", r.body);
-    let r = c
-        .call(
-            &root,
-            "POST",
-            &format!("/v1/appliances/{}/actions", ids[1]),
-            &action("explode"),
-        )
-        .await;
+    let r = act(&c, &root, &ids[1], "explode").await;
     assert_eq!(r.status, 422, "{}", r.body);
     for bad in [
         r#"{"name": "x", "ttl_minutes": 500}"#,
@@ -390,48 +399,22 @@ async fn scenario(db_url: &str, net: u8) {
         .await;
 
     // Suspended on purpose: no heartbeats, and no watchdog either; resumed, active again.
-    let (_, done) = c
-        .run_task(
-            &root,
-            "POST",
-            &format!("/v1/appliances/{}/actions", ids[1]),
-            &action("suspend"),
-        )
-        .await;
+    let (_, done) = act_done(&c, &root, &ids[1], "suspend").await;
     assert_eq!(done["state"], "succeeded", "{done}");
     tokio::time::sleep(Duration::from_secs(3)).await;
     c.wait_state(&root, &ids[1], "suspended", Duration::from_secs(1))
         .await;
-    let (_, done) = c
-        .run_task(
-            &root,
-            "POST",
-            &format!("/v1/appliances/{}/actions", ids[1]),
-            &action("resume"),
-        )
-        .await;
+    let (_, done) = act_done(&c, &root, &ids[1], "resume").await;
     assert_eq!(done["state"], "succeeded", "{done}");
     c.wait_state(&root, &ids[1], "active", Duration::from_secs(5))
         .await;
 
     // Stop and start again: the agent reports `stopped`, then `launched`.
-    let r = c
-        .call(
-            &root,
-            "POST",
-            &format!("/v1/appliances/{}/actions", ids[1]),
-            &action("stop"),
-        )
-        .await;
-    assert_eq!(r.status, 202, "{}", r.body);
+    let (accepted, done) = act_done(&c, &root, &ids[1], "stop").await;
     // Moved at once; the worker may already have finished when the answer is written.
-    let state = r.json()["appliance"]["state"].clone();
+    let state = accepted["appliance"]["state"].clone();
     assert!(state == "stopping" || state == "stopped", "{state}");
-    let loc = r.headers["location"].to_str().unwrap().to_string();
-    assert_eq!(
-        c.wait_task(&root, &loc, Duration::from_secs(30)).await["state"],
-        "succeeded"
-    );
+    assert_eq!(done["state"], "succeeded", "{done}");
     c.wait_state(&root, &ids[1], "stopped", Duration::from_secs(5))
         .await;
     assert!(c.agents_of(&ids[1]).is_empty());
@@ -444,14 +427,7 @@ async fn scenario(db_url: &str, net: u8) {
         )
         .await;
     assert_eq!(r.status, 409, "nothing to ping: {}", r.body);
-    let r = c
-        .call(
-            &root,
-            "POST",
-            &format!("/v1/appliances/{}/actions", ids[1]),
-            &action("start"),
-        )
-        .await;
+    let r = act(&c, &root, &ids[1], "start").await;
     assert_eq!(r.status, 202, "{}", r.body);
     c.wait_state(&root, &ids[1], "active", Duration::from_secs(30))
         .await;
@@ -496,16 +472,7 @@ async fn scenario(db_url: &str, net: u8) {
         .await
         .json()["certificate"]["serial"]
         .clone();
-    let r = c
-        .call(
-            &root,
-            "POST",
-            &format!("/v1/appliances/{}/actions", ids[2]),
-            &action("rotate-certificate"),
-        )
-        .await;
-    let loc = r.headers["location"].to_str().unwrap().to_string();
-    let done = c.wait_task(&root, &loc, Duration::from_secs(30)).await;
+    let (_, done) = act_done(&c, &root, &ids[2], "rotate-certificate").await;
     assert_eq!(done["state"], "succeeded", "{done}");
     let after = done["result"]["certificate"]["serial"].clone();
     assert_ne!(before, after);

@@ -10,7 +10,7 @@ use sqlx::any::AnyRow;
 
 use super::auth;
 use super::lifecycle::State;
-use super::store::{Backend, Store, StoreError, unique_to_conflict};
+use super::store::{Backend, Store, StoreError, decode_all, unique_to_conflict};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Appliance {
@@ -242,13 +242,14 @@ impl Store {
     }
 
     pub async fn appliance(&self, id: &str) -> Result<Option<Appliance>, StoreError> {
-        self.appliance_where(
+        self.one_where(
             concat!(
                 "SELECT ",
                 appliance_columns!(),
                 " FROM appliances WHERE id = $1"
             ),
             id,
+            Appliance::from_row,
         )
         .await
     }
@@ -257,27 +258,16 @@ impl Store {
         &self,
         external_id: &str,
     ) -> Result<Option<Appliance>, StoreError> {
-        self.appliance_where(
+        self.one_where(
             concat!(
                 "SELECT ",
                 appliance_columns!(),
                 " FROM appliances WHERE external_id = $1"
             ),
             external_id,
+            Appliance::from_row,
         )
         .await
-    }
-
-    async fn appliance_where(
-        &self,
-        query: &'static str,
-        value: &str,
-    ) -> Result<Option<Appliance>, StoreError> {
-        let row = sqlx::query(query)
-            .bind(value)
-            .fetch_optional(&self.pool)
-            .await?;
-        Ok(row.map(|r| Appliance::from_row(&r)).transpose()?)
     }
 
     /// Appliances, oldest first: those not deleted, or only the deleted ones (filters
@@ -297,10 +287,7 @@ impl Store {
             )
         };
         let rows = sqlx::query(query).fetch_all(&self.pool).await?;
-        Ok(rows
-            .iter()
-            .map(Appliance::from_row)
-            .collect::<Result<_, _>>()?)
+        decode_all(&rows, Appliance::from_row)
     }
 
     /// Appliances whose timers may be due.
@@ -313,10 +300,7 @@ impl Store {
         ))
         .fetch_all(&self.pool)
         .await?;
-        Ok(rows
-            .iter()
-            .map(Appliance::from_row)
-            .collect::<Result<_, _>>()?)
+        decode_all(&rows, Appliance::from_row)
     }
 
     /// Keeps statuses the controller fetched itself (a status poll counts as a
@@ -423,10 +407,7 @@ impl Store {
         .bind(appliance_id)
         .fetch_all(&self.pool)
         .await?;
-        let deliveries: Vec<Delivery> = deliveries
-            .iter()
-            .map(Delivery::from_row)
-            .collect::<Result<_, _>>()?;
+        let deliveries: Vec<Delivery> = decode_all(&deliveries, Delivery::from_row)?;
         let mut out = Vec::with_capacity(rows.len());
         for r in &rows {
             let event = EventRecord {
@@ -460,10 +441,7 @@ impl Store {
         .bind(limit)
         .fetch_all(&self.pool)
         .await?;
-        Ok(rows
-            .iter()
-            .map(Delivery::from_row)
-            .collect::<Result<_, _>>()?)
+        decode_all(&rows, Delivery::from_row)
     }
 
     /// Claims a due delivery for one attempt by pushing its next attempt to `lease_until`;
@@ -518,24 +496,12 @@ impl Store {
     }
 
     pub async fn task(&self, id: &str) -> Result<Option<Task>, StoreError> {
-        self.task_where(
+        self.one_where(
             concat!("SELECT ", task_columns!(), " FROM tasks WHERE id = $1"),
             id,
+            Task::from_row,
         )
         .await
-    }
-
-    /// The task a one-parameter query selects.
-    async fn task_where(
-        &self,
-        query: &'static str,
-        value: &str,
-    ) -> Result<Option<Task>, StoreError> {
-        let row = sqlx::query(query)
-            .bind(value)
-            .fetch_optional(&self.pool)
-            .await?;
-        Ok(row.map(|r| Task::from_row(&r)).transpose()?)
     }
 
     /// The newest tasks, of one owner or of everybody.
@@ -563,18 +529,19 @@ impl Store {
                 .await?
             }
         };
-        Ok(rows.iter().map(Task::from_row).collect::<Result<_, _>>()?)
+        decode_all(&rows, Task::from_row)
     }
 
     /// The create task of an appliance (to answer a repeated idempotent create).
     pub async fn create_task_of(&self, appliance_id: &str) -> Result<Option<Task>, StoreError> {
-        self.task_where(
+        self.one_where(
             concat!(
                 "SELECT ",
                 task_columns!(),
                 " FROM tasks WHERE appliance_id = $1 AND kind = 'create' ORDER BY created_at LIMIT 1"
             ),
             appliance_id,
+            Task::from_row,
         )
         .await
     }

@@ -162,32 +162,35 @@ impl Store {
     }
 
     pub async fn user(&self, id: &str) -> Result<Option<User>, StoreError> {
-        self.user_where(
+        self.one_where(
             concat!("SELECT ", user_columns!(), " FROM users WHERE id = $1"),
             id,
+            User::from_row,
         )
         .await
     }
 
     pub async fn user_by_name(&self, name: &str) -> Result<Option<User>, StoreError> {
-        self.user_where(
+        self.one_where(
             concat!("SELECT ", user_columns!(), " FROM users WHERE name = $1"),
             name,
+            User::from_row,
         )
         .await
     }
 
-    /// The user a one-parameter query selects.
-    async fn user_where(
+    /// The row a one-parameter query selects, decoded by `from_row`.
+    pub(super) async fn one_where<T>(
         &self,
         query: &'static str,
         value: &str,
-    ) -> Result<Option<User>, StoreError> {
+        from_row: fn(&AnyRow) -> Result<T, sqlx::Error>,
+    ) -> Result<Option<T>, StoreError> {
         let row = sqlx::query(query)
             .bind(value)
             .fetch_optional(&self.pool)
             .await?;
-        Ok(row.map(|r| User::from_row(&r)).transpose()?)
+        Ok(row.as_ref().map(from_row).transpose()?)
     }
 
     pub async fn users(&self) -> Result<Vec<User>, StoreError> {
@@ -198,7 +201,7 @@ impl Store {
         ))
         .fetch_all(&self.pool)
         .await?;
-        Ok(rows.iter().map(User::from_row).collect::<Result<_, _>>()?)
+        decode_all(&rows, User::from_row)
     }
 
     /// Deletes a user and, with it, its tokens. False when there was no such user.
@@ -263,6 +266,14 @@ impl Store {
             .await?;
         Ok(done.rows_affected())
     }
+}
+
+/// Every row, decoded by `from_row`.
+pub(super) fn decode_all<T>(
+    rows: &[AnyRow],
+    from_row: fn(&AnyRow) -> Result<T, sqlx::Error>,
+) -> Result<Vec<T>, StoreError> {
+    Ok(rows.iter().map(from_row).collect::<Result<_, _>>()?)
 }
 
 /// The file of an SQLite URL (`sqlite://PATH?...` or `sqlite:PATH`), `None` in memory.

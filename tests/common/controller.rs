@@ -53,18 +53,8 @@ impl Controller {
             ),
         )
         .unwrap();
-        let log = dir.path().join("controller.log");
-        let mut c = Controller {
-            child: None,
-            admin,
-            appliance_zone,
-            config,
-            state: dir.path().join("state"),
-            dir,
-            log,
-        };
-        c.spawn();
-        c
+        let state = dir.path().join("state");
+        Controller::launch(dir, config, admin, appliance_zone, state)
     }
 
     /// A second controller sharing this one's database and state directory (its CA,
@@ -82,15 +72,25 @@ impl Controller {
             );
         let config = dir.path().join("controller.toml");
         std::fs::write(&config, text).unwrap();
-        let log = dir.path().join("controller.log");
+        Controller::launch(dir, config, admin, appliance_zone, self.state.clone())
+    }
+
+    /// Starts the binary on `config`, its log in `dir`.
+    fn launch(
+        dir: TempDir,
+        config: PathBuf,
+        admin: SocketAddr,
+        appliance_zone: SocketAddr,
+        state: PathBuf,
+    ) -> Controller {
         let mut c = Controller {
             child: None,
             admin,
             appliance_zone,
             config,
-            state: self.state.clone(),
+            log: dir.path().join("controller.log"),
+            state,
             dir,
-            log,
         };
         c.spawn();
         c
