@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 
 use super::backend::ProcessBackend;
 use super::ca::{self, ControllerCa};
-use super::lifecycle::{self, Clock, Due, Event, State, Timers};
+use super::lifecycle::{self, Due, Event, State, Timers};
 use super::records::{Appliance, Changes, NewTask, Record, Task};
 use super::store::{Store, StoreError};
 use crate::config::controller::ControllerConfig;
@@ -886,34 +886,22 @@ impl Fleet {
     async fn timers_once(&self) -> Result<(), FleetError> {
         let now = crate::certs::now_unix();
         let timers = self.timers();
-        for a in self.store.timed_appliances().await? {
-            let clock = Clock {
-                state: a.state,
-                state_since: a.state_since,
-                expires_at: a.expires_at,
-                last_heartbeat_at: a.last_heartbeat_at,
-                cert_not_after: a.cert_not_after,
-            };
+        for (id, owner, clock) in self.store.timed_clocks().await? {
             let result = match lifecycle::due(&clock, now, &timers) {
                 None => Ok(()),
                 Some(Due::Rotate) => self
-                    .queue("rotate-certificate", Some(&a.id), &a.owner_id, json!({}))
+                    .queue("rotate-certificate", Some(&id), &owner, json!({}))
                     .await
                     .map(|_| ()),
                 Some(Due::Event(Event::Expired)) => {
                     // The stop is queued first: if another operation runs, the next
                     // tick tries again.
                     match self
-                        .queue(
-                            "stop",
-                            Some(&a.id),
-                            &a.owner_id,
-                            json!({"reason": "expired"}),
-                        )
+                        .queue("stop", Some(&id), &owner, json!({"reason": "expired"}))
                         .await
                     {
                         Ok(_) => self
-                            .apply(&a.id, Event::Expired, |_| Changes::default(), None)
+                            .apply(&id, Event::Expired, |_| Changes::default(), None)
                             .await
                             .map(|_| ()),
                         Err(e) => Err(e),
@@ -921,19 +909,19 @@ impl Fleet {
                 }
                 Some(Due::Event(event)) => {
                     let detail = match event {
-                        Event::ExpiryWarning => a
+                        Event::ExpiryWarning => clock
                             .expires_at
                             .map(|e| json!({"expires_at": crate::certs::format_unix(e)})),
                         _ => None,
                     };
-                    self.apply(&a.id, event, |_| Changes::default(), detail)
+                    self.apply(&id, event, |_| Changes::default(), detail)
                         .await
                         .map(|_| ())
                 }
             };
             match result {
                 Ok(()) | Err(FleetError::Conflict(_)) => {}
-                Err(e) => tracing::warn!(appliance = %a.id, error = %e, "timer"),
+                Err(e) => tracing::warn!(appliance = %id, error = %e, "timer"),
             }
         }
         Ok(())
