@@ -194,7 +194,7 @@ pub fn confirm_haproxy_reload(
 }
 
 /// Calls `probe` every 10 ms until it gives an answer or `timeout` passes.
-fn poll_until<T>(timeout: Duration, mut probe: impl FnMut() -> Option<T>) -> Option<T> {
+pub fn poll_until<T>(timeout: Duration, mut probe: impl FnMut() -> Option<T>) -> Option<T> {
     let deadline = Instant::now() + timeout;
     loop {
         if let Some(answer) = probe() {

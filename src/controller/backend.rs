@@ -138,11 +138,7 @@ impl ProcessBackend {
         let wanted = config.as_os_str().as_encoded_bytes();
         let is_ours = cmdline.split(|b| *b == 0).any(|arg| arg == wanted);
         // A zombie still has its cmdline until reaped; it is not running.
-        let state = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-        let zombie = state
-            .rsplit_once(") ")
-            .is_some_and(|(_, rest)| rest.starts_with('Z'));
-        (is_ours && !zombie).then_some(pid)
+        (is_ours && !is_zombie(pid)).then_some(pid)
     }
 
     /// Starts the appliance's agent unless it already runs; returns its pid.
@@ -238,10 +234,10 @@ impl ProcessBackend {
             let pid = Pid::from_raw(pid);
             let _ = kill(pid, Signal::SIGCONT);
             let _ = kill(pid, Signal::SIGTERM);
-            if !wait_gone(|| self.pid(id).is_none(), STOP_GRACE) {
+            if !gone_within(|| self.pid(id).is_none(), STOP_GRACE) {
                 tracing::warn!(appliance = id, "agent ignored SIGTERM; killing it");
                 let _ = kill(pid, Signal::SIGKILL);
-                if !wait_gone(|| self.pid(id).is_none(), Duration::from_secs(5)) {
+                if !gone_within(|| self.pid(id).is_none(), Duration::from_secs(5)) {
                     return Err(format!("agent of {id} (pid {pid}) does not stop"));
                 }
             }
@@ -251,7 +247,7 @@ impl ProcessBackend {
             let _ = kill(Pid::from_raw(*pid), Signal::SIGTERM);
         }
         let alive = |pid: &i32| kill(Pid::from_raw(*pid), None).is_ok() && !is_zombie(*pid);
-        if !wait_gone(|| !daemons.iter().any(alive), STOP_GRACE) {
+        if !gone_within(|| !daemons.iter().any(alive), STOP_GRACE) {
             for pid in daemons.iter().filter(|p| alive(p)) {
                 let _ = kill(Pid::from_raw(*pid), Signal::SIGKILL);
             }
@@ -289,24 +285,14 @@ impl ProcessBackend {
     }
 }
 
+/// Whether `pid` has exited and waits to be reaped.
 fn is_zombie(pid: i32) -> bool {
-    fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| s.rsplit_once(") ").map(|(_, rest)| rest.starts_with('Z')))
-        .unwrap_or(false)
+    u32::try_from(pid).is_ok_and(|p| crate::agent::store::process_state(p) == Some('Z'))
 }
 
-fn wait_gone(mut gone: impl FnMut() -> bool, timeout: Duration) -> bool {
-    let deadline = std::time::Instant::now() + timeout;
-    loop {
-        if gone() {
-            return true;
-        }
-        if std::time::Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+/// Whether `gone` turns true within `timeout`.
+fn gone_within(mut gone: impl FnMut() -> bool, timeout: Duration) -> bool {
+    crate::agent::daemons::poll_until(timeout, || gone().then_some(())).is_some()
 }
 
 /// A TOML basic string.
