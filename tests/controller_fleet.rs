@@ -318,6 +318,16 @@ async fn scenario(db_url: &str, net: u8) {
         404
     );
     assert_eq!(c.call(&member, "GET", &location, "").await.status, 404);
+    let r = c.call(&member, "POST", "/v1/ping", &targets).await;
+    assert_eq!(
+        r.status, 422,
+        "pinging appliances one cannot see: {}",
+        r.body
+    );
+    let r = c
+        .call(&root, "POST", "/v1/ping", r#"{"targets": ["no-such-id"]}"#)
+        .await;
+    assert_eq!(r.status, 422, "{}", r.body);
     assert_eq!(
         c.call(&member, "GET", "/v1/appliances", "").await.json(),
         serde_json::json!([])

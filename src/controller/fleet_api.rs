@@ -302,26 +302,31 @@ pub async fn dispatch(
             } else {
                 json(&body)?
             };
+            // One read of the fleet, whether targets are named or not.
+            let mine: Vec<Appliance> = fleet
+                .store
+                .appliances(false)
+                .await?
+                .into_iter()
+                .filter(|a| sees(&user, a))
+                .collect();
             let targets = match ping.targets {
                 Some(targets) => {
                     if targets.is_empty() || targets.len() > 10_000 {
                         return Err(invalid("targets: 1 to 10000 appliance ids"));
                     }
-                    for id in &targets {
-                        visible(id.clone()).await.map_err(|_| {
-                            ApiError::Fleet(FleetError::Invalid(format!(
-                                "target {id:?} is not an appliance you can see"
-                            )))
-                        })?;
+                    let known: std::collections::HashSet<&str> =
+                        mine.iter().map(|a| a.id.as_str()).collect();
+                    if let Some(id) = targets.iter().find(|id| !known.contains(id.as_str())) {
+                        return Err(invalid(format!(
+                            "target {id:?} is not an appliance you can see"
+                        )));
                     }
                     targets
                 }
-                None => fleet
-                    .store
-                    .appliances(false)
-                    .await?
+                None => mine
                     .into_iter()
-                    .filter(|a| sees(&user, a) && a.state.is_running())
+                    .filter(|a| a.state.is_running())
                     .map(|a| a.id)
                     .collect(),
             };

@@ -110,9 +110,8 @@ fn webhook_secret(path: &Path) -> Result<Vec<u8>, String> {
         Ok(s) if !s.trim().is_empty() => Ok(s.trim().as_bytes().to_vec()),
         Ok(_) => Err(format!("{}: empty", path.display())),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let mut bytes = [0u8; 32];
-            aws_lc_rs::rand::fill(&mut bytes).map_err(|_| "no randomness".to_string())?;
-            let secret = crate::certs::hex(&bytes);
+            // 256 random bits, hex: what a bearer token is made of.
+            let (secret, _) = auth::new_token();
             crate::fsutil::write_atomic(path, format!("{secret}\n").as_bytes(), 0o600)
                 .map_err(|e| format!("{}: {e}", path.display()))?;
             Ok(secret.into_bytes())
