@@ -688,7 +688,7 @@ async fn fleet_on_postgres() {
 }
 
 /// An appliance that never calls back: `launch_timeout` after the configured time, then
-/// destroyed like any other.
+/// destroyed like any other. With one slot only, a second appliance finds no capacity.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_appliance_that_never_launches_times_out() {
     let dir = tempfile::tempdir().unwrap();
@@ -697,7 +697,10 @@ async fn an_appliance_that_never_launches_times_out() {
         &format!("sqlite://{}/controller.db", dir.path().display()),
         "127.0.43.1",
         "[appliances]\nlaunch_timeout = \"2s\"\n",
-        &format!("controller_url = \"https://127.0.0.1:{}\"", free_port()),
+        &format!(
+            "controller_url = \"https://127.0.0.1:{}\"\nmax_appliances = 1",
+            free_port()
+        ),
     );
     let password = c.add_user("root", true);
     let root = c.token("root", &password).await;
@@ -719,6 +722,16 @@ async fn an_appliance_that_never_launches_times_out() {
         1,
         "the agent runs, but never reached us"
     );
+    let (second, location) = create(&c, &root, r#"{"name": "one-too-many"}"#).await;
+    let done = c.wait_task(&root, &location, Duration::from_secs(30)).await;
+    assert_eq!(done["state"], "failed", "{done}");
+    assert_eq!(done["problem"]["status"], 503, "{done}");
+    assert_eq!(
+        done["problem"]["type"],
+        "urn:applianced:problem:no-capacity"
+    );
+    c.wait_state(&root, &id_of(&second), "failed", Duration::from_secs(1))
+        .await;
     let (_, done) = c
         .run_task(&root, "DELETE", &format!("/v1/appliances/{id}"), "")
         .await;
