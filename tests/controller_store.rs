@@ -4,6 +4,8 @@
 mod common;
 
 use applianced::controller::auth;
+use applianced::controller::lifecycle::State;
+use applianced::controller::records::{Appliance, Changes, Moved, NewTask, Record};
 use applianced::controller::store::{Backend, Role, Store, StoreError};
 
 async fn scenario(store: Store) {
@@ -94,11 +96,123 @@ async fn scenario(store: Store) {
     ));
     assert_eq!(store.delete_expired_tokens(now).await.unwrap(), 1);
 
+    moves_and_tasks(&store, &member.id, now).await;
+
     // Deleting a user takes its tokens along.
     assert!(store.delete_user(&admin.id).await.unwrap());
     assert!(!store.delete_user(&admin.id).await.unwrap());
     assert!(store.user_for_token(&hash, now).await.unwrap().is_none());
     assert_eq!(store.users().await.unwrap().len(), 1);
+}
+
+/// A move that queues a task is one transaction: with another task unfinished neither
+/// happens; a move from a state the appliance has left writes nothing.
+async fn moves_and_tasks(store: &Store, owner: &str, now: i64) {
+    let a = Appliance {
+        id: auth::new_id(),
+        name: "m".into(),
+        owner_id: owner.into(),
+        external_id: None,
+        request_hash: String::new(),
+        state: State::Active,
+        state_since: now,
+        ttl_minutes: 60,
+        callback_url: None,
+        slot: None,
+        address: None,
+        agent_port: None,
+        cert_serial: None,
+        cert_not_after: None,
+        launched_at: Some(now),
+        expires_at: Some(now + 3600),
+        last_heartbeat_at: None,
+        last_status: None,
+        created_at: now,
+    };
+    let task = |kind| NewTask {
+        kind,
+        appliance_id: Some(&a.id),
+        owner_id: owner,
+        request: "{}".into(),
+    };
+    let create = store.create_appliance(&a, &task("create")).await.unwrap();
+    let record = || Record {
+        kind: "expired",
+        detail: None,
+    };
+    let stop = task("stop");
+    let moved = store
+        .transition(
+            &a,
+            State::Stopping,
+            &Changes::default(),
+            Some(record()),
+            Some(&stop),
+            now,
+        )
+        .await;
+    assert!(matches!(moved, Err(StoreError::Conflict(_))), "{moved:?}");
+    let unchanged = store.appliance(&a.id).await.unwrap().unwrap();
+    assert_eq!(unchanged.state, State::Active);
+    assert_eq!(event_kinds(store, &a.id).await, ["requested"]);
+
+    let claimed = store
+        .claim_task("c1", now, now + 30)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(claimed.id, create);
+    assert!(
+        store
+            .finish_task(&create, "c1", "succeeded", None, None, now)
+            .await
+            .unwrap()
+    );
+    let Moved::Done {
+        task_id: Some(stop_id),
+    } = store
+        .transition(
+            &a,
+            State::Stopping,
+            &Changes::default(),
+            Some(record()),
+            Some(&stop),
+            now,
+        )
+        .await
+        .unwrap()
+    else {
+        panic!("the move and its task were not written");
+    };
+    let queued = store.task(&stop_id).await.unwrap().unwrap();
+    assert_eq!(
+        (queued.kind.as_str(), queued.state.as_str()),
+        ("stop", "queued")
+    );
+    assert_eq!(
+        store.appliance(&a.id).await.unwrap().unwrap().state,
+        State::Stopping
+    );
+    assert_eq!(event_kinds(store, &a.id).await, ["requested", "expired"]);
+    // `a` still says active: that move was made already, and nothing more is written.
+    let again = store
+        .transition(
+            &a,
+            State::Stopping,
+            &Changes::default(),
+            Some(record()),
+            None,
+            now,
+        )
+        .await
+        .unwrap();
+    assert_eq!(again, Moved::Lost);
+    assert_eq!(event_kinds(store, &a.id).await.len(), 2);
+}
+
+async fn event_kinds(store: &Store, appliance_id: &str) -> Vec<String> {
+    let events = store.events(appliance_id).await.unwrap();
+    events.into_iter().map(|(e, _)| e.kind).collect()
 }
 
 #[tokio::test]

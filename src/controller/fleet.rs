@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 use super::backend::ProcessBackend;
 use super::ca::{self, ControllerCa};
 use super::lifecycle::{self, Due, Event, State, Timers};
-use super::records::{Appliance, Changes, NewTask, Record, Task};
+use super::records::{Appliance, Changes, Moved, NewTask, Record, Task};
 use super::store::{Store, StoreError};
 use crate::config::controller::ControllerConfig;
 use crate::transport::client::{Client, ClientError, Reply, json_headers};
@@ -219,6 +219,43 @@ impl Fleet {
         changes: impl Fn(&Appliance) -> Changes,
         detail: Option<Value>,
     ) -> Result<Appliance, FleetError> {
+        self.move_by(id, event, changes, detail, None)
+            .await
+            .map(|(a, _)| a)
+    }
+
+    /// Moves an appliance by `event` (no other changes) and queues a task `kind` for it
+    /// in the same transaction, so that the task's work (and whatever the appliance
+    /// reports while it runs) always comes after the move's event. A conflict, and
+    /// nothing done, when the appliance already has an unfinished task. The task's id.
+    pub async fn apply_and_queue(
+        &self,
+        id: &str,
+        event: Event,
+        kind: &str,
+        owner_id: &str,
+        request: Value,
+    ) -> Result<String, FleetError> {
+        let task = NewTask {
+            kind,
+            appliance_id: Some(id),
+            owner_id,
+            request: request.to_string(),
+        };
+        let (_, task_id) = self
+            .move_by(id, event, |_| Changes::default(), None, Some(&task))
+            .await?;
+        task_id.ok_or_else(|| FleetError::Internal("the task was not queued".into()))
+    }
+
+    async fn move_by(
+        &self,
+        id: &str,
+        event: Event,
+        changes: impl Fn(&Appliance) -> Changes,
+        detail: Option<Value>,
+        task: Option<&NewTask<'_>>,
+    ) -> Result<(Appliance, Option<String>), FleetError> {
         for _ in 0..5 {
             let a = self.appliance(id).await?;
             let to = lifecycle::next(a.state, event).ok_or_else(|| illegal(&a, event))?;
@@ -229,15 +266,19 @@ impl Fleet {
                 detail: detail.clone(),
             });
             let now = crate::certs::now_unix();
-            if self
+            let moved = self
                 .store
-                .transition(&a, to, &changes(&a), record, now)
-                .await?
-            {
+                .transition(&a, to, &changes(&a), record, task, now)
+                .await
+                .map_err(task_conflict)?;
+            if let Moved::Done { task_id } = moved {
                 if to != a.state {
                     tracing::info!(appliance = %a.id, from = a.state.as_str(), to = to.as_str(), event = event.name(), "appliance state");
                 }
-                return self.appliance(id).await;
+                if task_id.is_some() {
+                    self.task_queued();
+                }
+                return Ok((self.appliance(id).await?, task_id));
             }
         }
         Err(FleetError::Conflict(format!(
@@ -499,12 +540,7 @@ impl Fleet {
                 crate::certs::now_unix(),
             )
             .await
-            .map_err(|e| match e {
-                StoreError::Conflict(_) => FleetError::Conflict(
-                    "another operation on this appliance is still running".into(),
-                ),
-                other => other.into(),
-            })?;
+            .map_err(task_conflict)?;
         self.task_queued();
         Ok(id)
     }
@@ -893,20 +929,18 @@ impl Fleet {
                     .queue("rotate-certificate", Some(&id), &owner, json!({}))
                     .await
                     .map(|_| ()),
-                Some(Due::Event(Event::Expired)) => {
-                    // The stop is queued first: if another operation runs, the next
-                    // tick tries again.
-                    match self
-                        .queue("stop", Some(&id), &owner, json!({"reason": "expired"}))
-                        .await
-                    {
-                        Ok(_) => self
-                            .apply(&id, Event::Expired, |_| Changes::default(), None)
-                            .await
-                            .map(|_| ()),
-                        Err(e) => Err(e),
-                    }
-                }
+                // The stop is queued with the move: if another operation still runs,
+                // neither happens and the next tick tries again.
+                Some(Due::Event(Event::Expired)) => self
+                    .apply_and_queue(
+                        &id,
+                        Event::Expired,
+                        "stop",
+                        &owner,
+                        json!({"reason": "expired"}),
+                    )
+                    .await
+                    .map(|_| ()),
                 Some(Due::Event(event)) => {
                     let detail = match event {
                         Event::ExpiryWarning => clock
@@ -1088,6 +1122,16 @@ async fn blocking<T: Send + 'static>(
         Ok(Ok(v)) => Ok(v),
         Ok(Err(e)) => Err(FleetError::BadGateway(format!("backend: {e}"))),
         Err(e) => Err(FleetError::Internal(e.to_string())),
+    }
+}
+
+/// A second unfinished task for one appliance, in the API's words.
+fn task_conflict(e: StoreError) -> FleetError {
+    match e {
+        StoreError::Conflict(_) => {
+            FleetError::Conflict("another operation on this appliance is still running".into())
+        }
+        other => other.into(),
     }
 }
 

@@ -372,8 +372,12 @@ async fn queue(
         .fleet
         .queue(kind, appliance_id, &user.id, request)
         .await?;
+    queued_task(app, &id).await
+}
+
+async fn queued_task(app: &ControllerApp, id: &str) -> Result<Task, ApiError> {
     app.store
-        .task(&id)
+        .task(id)
         .await?
         .ok_or_else(|| ApiError::Internal(format!("task {id} vanished")))
 }
@@ -395,17 +399,17 @@ async fn queue_action(
             a.state.as_str()
         ))));
     }
-    let task = queue(app, event.name(), Some(&a.id), user, request).await?;
-    if matches!(event, Event::Start | Event::Stop) {
-        let moved = app
+    let task = if matches!(event, Event::Start | Event::Stop) {
+        // Moved and queued in one transaction: the task cannot run (and the appliance
+        // cannot report `launched` or `stopped`) before the move is recorded.
+        let task_id = app
             .fleet
-            .apply(&a.id, event, |_| Default::default(), None)
-            .await;
-        if let Err(e) = moved {
-            // The state changed in between; the task finds out and fails too.
-            return Err(e.into());
-        }
-    }
+            .apply_and_queue(&a.id, event, event.name(), &user.id, request)
+            .await?;
+        queued_task(app, &task_id).await?
+    } else {
+        queue(app, event.name(), Some(&a.id), user, request).await?
+    };
     let view = app.fleet.view(&a.id).await?;
     Ok(accepted(&task, Some(view)))
 }

@@ -176,6 +176,15 @@ pub struct NewTask<'a> {
     pub request: String,
 }
 
+/// What [`Store::transition`] did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Moved {
+    /// Someone else moved the appliance first; nothing was written.
+    Lost,
+    /// Moved, with the id of the task queued along, if one was.
+    Done { task_id: Option<String> },
+}
+
 /// What to record with a state change.
 pub struct Record<'a> {
     pub kind: &'a str,
@@ -356,17 +365,21 @@ impl Store {
             .collect::<Result<_, _>>()?)
     }
 
-    /// Moves an appliance from `from` to `to` and sets `changes`, recording `record` as
-    /// an event (and a webhook delivery when the appliance has a callback URL) if given.
-    /// False when the appliance was no longer in `from` (someone else moved it).
+    /// Moves an appliance from `a.state` to `to` and sets `changes`, recording `record`
+    /// as an event (and a webhook delivery when the appliance has a callback URL) and
+    /// queueing `task`, if given, all in one transaction: a worker can never run the
+    /// task before the move is recorded. [`Moved::Lost`] when the appliance was no
+    /// longer in `a.state` (someone else moved it); a [`StoreError::Conflict`] (nothing
+    /// written) when the appliance already has an unfinished task.
     pub async fn transition(
         &self,
         a: &Appliance,
         to: State,
         changes: &Changes,
         record: Option<Record<'_>>,
+        task: Option<&NewTask<'_>>,
         now: i64,
-    ) -> Result<bool, StoreError> {
+    ) -> Result<Moved, StoreError> {
         let mut tx = self.pool.begin().await?;
         let done = sqlx::query(
             "UPDATE appliances SET state = $1, \
@@ -396,13 +409,17 @@ impl Store {
         .await
         .map_err(|e| unique_to_conflict(e, "this loopback slot".into()))?;
         if done.rows_affected() == 0 {
-            return Ok(false);
+            return Ok(Moved::Lost);
         }
         if let Some(record) = record {
             insert_event(&mut tx, a, Some(a.state), to, &record, now).await?;
         }
+        let task_id = match task {
+            Some(task) => Some(insert_task(&mut tx, task, now).await?),
+            None => None,
+        };
         tx.commit().await?;
-        Ok(true)
+        Ok(Moved::Done { task_id })
     }
 
     /// The events of an appliance, oldest first, each with its deliveries.
