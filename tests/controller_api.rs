@@ -1,5 +1,6 @@
 //! The controller's operator API, black-box: the real binary serving an admin listener
-//! over HTTPS (no client certificate asked), on SQLite and on PostgreSQL.
+//! over HTTPS (no client certificate asked), on SQLite and on PostgreSQL; and admin
+//! listeners that take client certificates naming users.
 
 mod common;
 
@@ -23,6 +24,11 @@ impl Drop for Controller {
 }
 
 fn start(pki: &Pki, url: &str) -> Controller {
+    start_with(pki, url, "")
+}
+
+/// A controller whose configuration ends with `extra` (more listeners).
+fn start_with(pki: &Pki, url: &str, extra: &str) -> Controller {
     let server = pki.server("ctl", "controller.example");
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
@@ -30,7 +36,7 @@ fn start(pki: &Pki, url: &str) -> Controller {
     std::fs::write(
         &config,
         format!(
-            "state_dir = \"{d}\"\n[database]\nurl = \"{url}\"\n[[listeners]]\naddress = \"127.0.0.1:{port}\"\nzone = \"admin\"\ncert = \"{c}\"\nkey = \"{k}\"\n[[listeners]]\naddress = \"127.0.0.1:{p2}\"\nzone = \"appliance\"\ncert = \"{c}\"\nkey = \"{k}\"\nclient_ca = \"{ca}\"\n",
+            "state_dir = \"{d}\"\n[database]\nurl = \"{url}\"\n[[listeners]]\naddress = \"127.0.0.1:{port}\"\nzone = \"admin\"\ncert = \"{c}\"\nkey = \"{k}\"\n[[listeners]]\naddress = \"127.0.0.1:{p2}\"\nzone = \"appliance\"\ncert = \"{c}\"\nkey = \"{k}\"\nclient_ca = \"{ca}\"\n{extra}",
             d = dir.path().display(),
             c = server.cert.display(),
             k = server.key.display(),
@@ -282,4 +288,166 @@ async fn operator_api_on_sqlite() {
 async fn operator_api_on_postgres() {
     let pg = postgres::Postgres::start();
     scenario(&pg.url).await;
+}
+
+/// On an admin listener with a client CA, a verified certificate whose common name is a
+/// user's name authenticates as that user without a token; `optional` also lets clients
+/// in with a token alone, `required` refuses them in the handshake.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_client_certificates_name_users() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new();
+    let server = pki.server("ctl-admin", "controller.example");
+    let (optional, required) = (free_port(), free_port());
+    let listener = |port: u16, auth: &str| {
+        format!(
+            "[[listeners]]\naddress = \"127.0.0.1:{port}\"\nzone = \"admin\"\ncert = \"{c}\"\nkey = \"{k}\"\nclient_ca = \"{ca}\"\nclient_auth = \"{auth}\"\n",
+            c = server.cert.display(),
+            k = server.key.display(),
+            ca = pki.ca_cert().display(),
+        )
+    };
+    let c = start_with(
+        &pki,
+        &format!("sqlite://{}/controller.db", dir.path().display()),
+        &(listener(optional, "optional") + &listener(required, "required")),
+    );
+    let optional: std::net::SocketAddr = format!("127.0.0.1:{optional}").parse().unwrap();
+    let required: std::net::SocketAddr = format!("127.0.0.1:{required}").parse().unwrap();
+    let root_password = add_user(&c, "root", true);
+    add_user(&c, "ops", false);
+    let as_cert = |cn: &str| Client::new(&pki.ca_cert(), Some(&pki.client(cn, cn)));
+    let (root, ops, stranger) = (as_cert("root"), as_cert("ops"), as_cert("stranger"));
+    let anonymous = Client::new(&pki.ca_cert(), None);
+    let token = |who: &str, password: &str| {
+        let (who, password) = (who.to_string(), password.to_string());
+        let anonymous = &anonymous;
+        async move {
+            let r = anonymous
+                .connect(optional)
+                .await
+                .unwrap()
+                .request(
+                    "POST",
+                    "/v1/tokens",
+                    b"",
+                    &[("authorization", &basic(&who, &password))],
+                )
+                .await
+                .unwrap();
+            assert_eq!(r.status, 201, "{}", r.body);
+            format!("Bearer {}", r.json()["token"].as_str().unwrap())
+        }
+    };
+    let root_token = token("root", &root_password).await;
+    let get = |client: &Client, addr, path: &'static str, bearer: Option<String>| {
+        let client = client.clone();
+        async move {
+            let headers: Vec<(&str, &str)> = match &bearer {
+                Some(b) => vec![("authorization", b.as_str())],
+                None => vec![],
+            };
+            client
+                .connect(addr)
+                .await
+                .unwrap()
+                .request("GET", path, b"", &headers)
+                .await
+                .unwrap()
+        }
+    };
+
+    // The certificate alone: its user, with that user's role.
+    let r = get(&root, optional, "/v1/users", None).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json().as_array().unwrap().len(), 2);
+    assert_eq!(get(&ops, optional, "/v1/users", None).await.status, 403);
+    let r = get(&ops, optional, "/v1/appliances", None).await;
+    assert_eq!((r.status, r.json()), (200, serde_json::json!([])));
+    // A certificate naming nobody needs a token; a token of another user is refused.
+    let r = get(&stranger, optional, "/v1/users", None).await;
+    assert_eq!(r.status, 401);
+    assert!(
+        r.json()["detail"]
+            .as_str()
+            .unwrap()
+            .contains("names no user"),
+        "{}",
+        r.body
+    );
+    assert_eq!(
+        get(&stranger, optional, "/v1/users", Some(root_token.clone()))
+            .await
+            .status,
+        200
+    );
+    let r = get(&ops, optional, "/v1/users", Some(root_token.clone())).await;
+    assert_eq!(r.status, 401);
+    assert!(
+        r.json()["detail"]
+            .as_str()
+            .unwrap()
+            .contains("different users"),
+        "{}",
+        r.body
+    );
+    // Optional: no certificate, a token works and nothing else does.
+    assert_eq!(
+        get(&anonymous, optional, "/v1/users", Some(root_token.clone()))
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        get(&anonymous, optional, "/v1/users", None).await.status,
+        401
+    );
+    // A certificate from another CA is refused in the handshake, even where optional.
+    let other = Pki::named("Other CA");
+    let foreign = Client::new(
+        &pki.ca_cert(),
+        Some(&other.client("root-elsewhere", "root")),
+    );
+    assert_refused(&foreign, optional, rustls::AlertDescription::UnknownCA).await;
+
+    // Required: no certificate, no connection; with one, as above.
+    assert_refused(
+        &anonymous,
+        required,
+        rustls::AlertDescription::CertificateRequired,
+    )
+    .await;
+    assert_eq!(get(&root, required, "/v1/users", None).await.status, 200);
+    // The listener without a client CA asks for no certificate: a token is needed.
+    assert_eq!(get(&root, c.addr, "/v1/users", None).await.status, 401);
+    assert_eq!(
+        get(&root, c.addr, "/v1/users", Some(root_token.clone()))
+            .await
+            .status,
+        200
+    );
+
+    // Deleting the user ends what its certificate can do.
+    let users = get(&root, optional, "/v1/users", None).await.json();
+    let ops_id = users
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["name"] == "ops")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let r = root
+        .connect(optional)
+        .await
+        .unwrap()
+        .request("DELETE", &format!("/v1/users/{ops_id}"), b"", &[])
+        .await
+        .unwrap();
+    assert_eq!(r.status, 204, "{}", r.body);
+    assert_eq!(
+        get(&ops, optional, "/v1/appliances", None).await.status,
+        401
+    );
 }

@@ -106,6 +106,19 @@ pub struct Listener {
     /// the default is the controller's own CA, with its CRL.
     #[serde(default)]
     pub client_ca: Option<PathBuf>,
+    /// With a `client_ca`: whether every client must present a certificate
+    /// (`required`, the default) or may instead rely on a bearer token alone
+    /// (`optional`, the `admin` zone only). A presented certificate is always verified.
+    #[serde(default)]
+    pub client_auth: ClientAuth,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientAuth {
+    #[default]
+    Required,
+    Optional,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -263,6 +276,21 @@ impl ControllerConfig {
                     && let Err(e) = std::fs::metadata(p)
                 {
                     problem(key(k), format!("{}: {e}", p.display()));
+                }
+            }
+            if l.client_auth == ClientAuth::Optional {
+                if l.zone != Zone::Admin {
+                    problem(
+                        key("client_auth"),
+                        "\"optional\" is for the admin zone only; the others always require a certificate"
+                            .into(),
+                    );
+                } else if l.client_ca.is_none() {
+                    problem(
+                        key("client_auth"),
+                        "\"optional\" needs a client_ca to verify the certificates presented"
+                            .into(),
+                    );
                 }
             }
             if l.zone == Zone::Api && l.client_ca.is_none() {
@@ -454,5 +482,37 @@ mod tests {
             super::super::parse_toml::<ControllerConfig>("[[listeners]]\nadress = \"x\"\n")
                 .unwrap_err();
         assert!(key.starts_with("listeners"), "{key}");
+    }
+
+    #[test]
+    fn optional_client_certificates_only_on_an_admin_zone_with_a_ca() {
+        let ca = std::env::temp_dir();
+        let config = |zone: &str, client_ca: bool| -> ControllerConfig {
+            let ca_line = if client_ca {
+                format!("client_ca = \"{}\"\n", ca.display())
+            } else {
+                String::new()
+            };
+            super::super::parse_toml(&format!(
+                "[[listeners]]\naddress = \"127.0.0.1:1\"\nzone = \"appliance\"\n\
+                 [[listeners]]\naddress = \"127.0.0.1:2\"\nzone = \"{zone}\"\n{ca_line}\
+                 client_auth = \"optional\"\n"
+            ))
+            .unwrap()
+        };
+        let fine = config("admin", true).validate();
+        assert!(fine.is_ok(), "{fine:?}");
+        for (zone, client_ca) in [("admin", false), ("appliance", true), ("api", true)] {
+            let problems = config(zone, client_ca).validate().unwrap_err();
+            assert!(
+                problems.iter().any(|p| p.key == "listeners[1].client_auth"),
+                "{zone}: {problems:?}"
+            );
+        }
+        let (key, _) = super::super::parse_toml::<ControllerConfig>(
+            "[[listeners]]\naddress = \"127.0.0.1:1\"\nzone = \"admin\"\nclient_auth = \"maybe\"\n",
+        )
+        .unwrap_err();
+        assert!(key.contains("client_auth"), "{key}");
     }
 }

@@ -253,7 +253,7 @@ impl From<(StatusCode, Bytes)> for Answer {
 impl App for ControllerApp {
     async fn handle(
         self: Arc<Self>,
-        req: Request<Incoming>,
+        mut req: Request<Incoming>,
         conn: Arc<ConnInfo>,
     ) -> Response<Full<Bytes>> {
         let started = Instant::now();
@@ -263,6 +263,11 @@ impl App for ControllerApp {
             .path_and_query()
             .map(|p| p.as_str().to_owned())
             .unwrap_or_else(|| path.clone());
+        if self.zone == Zone::Admin
+            && let Some(cn) = conn.identity.as_ref().and_then(|i| i.cn.clone())
+        {
+            req.extensions_mut().insert(CertificateName(cn));
+        }
         let route = match self.zone {
             Zone::Admin => parse(&method, &path_and_query),
             Zone::Appliance => parse_appliance_zone(&method, &path),
@@ -364,12 +369,12 @@ impl ControllerApp {
                 })))
             }
             Route::ListUsers => {
-                self.admin(req.headers(), now).await?;
+                self.admin(&req, now).await?;
                 let users = self.store.users().await?;
                 Ok(ok(&users.iter().map(UserView::from).collect::<Vec<_>>()))
             }
             Route::CreateUser => {
-                self.admin(req.headers(), now).await?;
+                self.admin(&req, now).await?;
                 let new: CreateUser = json(&read_body(req).await?)?;
                 let name = auth::check_user_name(&new.name).map_err(ApiError::BadRequest)?;
                 let role = match new.role.as_deref() {
@@ -402,7 +407,7 @@ impl ControllerApp {
                 Ok(created(&body))
             }
             Route::GetUser(id) => {
-                let caller = self.bearer(req.headers(), now).await?;
+                let caller = self.caller(&req, now).await?;
                 if caller.role != Role::Admin && caller.id != id {
                     return Err(ApiError::Forbidden);
                 }
@@ -410,7 +415,7 @@ impl ControllerApp {
                 Ok(ok(&UserView::from(&user)))
             }
             Route::DeleteUser(id) => {
-                self.admin(req.headers(), now).await?;
+                self.admin(&req, now).await?;
                 if !self.store.delete_user(&id).await? {
                     return Err(ApiError::NotFound);
                 }
@@ -450,21 +455,38 @@ impl ControllerApp {
         }
     }
 
-    pub(super) async fn bearer(
-        &self,
-        headers: &http::HeaderMap,
-        now: i64,
-    ) -> Result<User, ApiError> {
-        let token = credentials(headers, "Bearer ")
-            .ok_or(ApiError::Unauthorized("a bearer token is required"))?;
-        self.store
+    /// The user making a request on the admin zone: the owner of its bearer token, or
+    /// without one, the user its verified client certificate names (CN = user name).
+    /// A token and a certificate naming different users are refused.
+    pub(super) async fn caller(&self, req: &Request<Incoming>, now: i64) -> Result<User, ApiError> {
+        let by_cert = match req.extensions().get::<CertificateName>() {
+            Some(CertificateName(name)) => Some(self.store.user_by_name(name).await?),
+            None => None,
+        };
+        let Some(token) = credentials(req.headers(), "Bearer ") else {
+            return match by_cert {
+                Some(Some(user)) => Ok(user),
+                Some(None) => Err(ApiError::Unauthorized(
+                    "the client certificate names no user; a bearer token is required",
+                )),
+                None => Err(ApiError::Unauthorized("a bearer token is required")),
+            };
+        };
+        let user = self
+            .store
             .user_for_token(&auth::token_hash(token), now)
             .await?
-            .ok_or(ApiError::Unauthorized("the token is unknown or expired"))
+            .ok_or(ApiError::Unauthorized("the token is unknown or expired"))?;
+        match by_cert {
+            Some(Some(named)) if named.id != user.id => Err(ApiError::Unauthorized(
+                "the bearer token and the client certificate name different users",
+            )),
+            _ => Ok(user),
+        }
     }
 
-    async fn admin(&self, headers: &http::HeaderMap, now: i64) -> Result<User, ApiError> {
-        let user = self.bearer(headers, now).await?;
+    async fn admin(&self, req: &Request<Incoming>, now: i64) -> Result<User, ApiError> {
+        let user = self.caller(req, now).await?;
         if user.role == Role::Admin {
             Ok(user)
         } else {
@@ -485,6 +507,10 @@ fn dummy_hash() -> &'static str {
     static HASH: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     HASH.get_or_init(|| auth::hash_password("no such user"))
 }
+
+/// The common name of the verified client certificate of an admin-zone request.
+#[derive(Clone)]
+struct CertificateName(String);
 
 fn credentials<'a>(headers: &'a http::HeaderMap, scheme: &str) -> Option<&'a str> {
     let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;

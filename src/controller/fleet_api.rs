@@ -183,7 +183,7 @@ pub async fn dispatch(
         });
     }
     let now = crate::certs::now_unix();
-    let user = app.bearer(req.headers(), now).await?;
+    let user = app.caller(&req, now).await?;
     let fleet = &app.fleet;
     // The appliance a route names, if the caller may see it.
     let user_ref = &user;

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
-use crate::config::controller::{ControllerConfig, Listener, Zone};
+use crate::config::controller::{ClientAuth, ControllerConfig, Listener, Zone};
 use crate::exit;
 use crate::transport::TlsMaterial;
 use crate::transport::server::{Server, ServerLimits, TransportMetrics, bind, notify_ready};
@@ -36,6 +36,8 @@ struct ListenerTls {
     cert: PathBuf,
     key: PathBuf,
     client_ca: Option<PathBuf>,
+    /// Clients may come without a certificate (an admin zone with tokens).
+    client_optional: bool,
     /// The controller's CRL, when clients are verified against the controller's CA.
     crl: Option<PathBuf>,
 }
@@ -62,13 +64,20 @@ impl ListenerTls {
             cert,
             key,
             client_ca,
+            client_optional: l.client_auth == ClientAuth::Optional,
             crl,
         })
     }
 
     fn load(&self) -> Result<TlsMaterial, String> {
         let crls: Vec<&Path> = self.crl.iter().map(PathBuf::as_path).collect();
-        TlsMaterial::for_listener(&self.cert, &self.key, self.client_ca.as_deref(), &crls)
+        TlsMaterial::for_listener(
+            &self.cert,
+            &self.key,
+            self.client_ca.as_deref(),
+            self.client_optional,
+            &crls,
+        )
     }
 }
 

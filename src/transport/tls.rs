@@ -116,6 +116,8 @@ pub struct TlsMaterial {
     pub server_roots: Vec<CertificateDer<'static>>,
     /// `None`: clients are not asked for a certificate (an operator zone with tokens).
     client_roots: Option<Arc<RootCertStore>>,
+    /// Clients are asked for a certificate but may go without (one presented is verified).
+    client_optional: bool,
     crls: Vec<CertificateRevocationListDer<'static>>,
     settings: TlsSettings,
 }
@@ -137,6 +139,7 @@ impl TlsMaterial {
         TlsMaterial::build(
             certified,
             Some(Arc::new(client_roots)),
+            false,
             server_roots,
             crls,
             settings,
@@ -144,11 +147,13 @@ impl TlsMaterial {
     }
 
     /// TLS for one listener: its certificate chain and key, and the CA bundle client
-    /// certificates must chain to (`None`: no client certificate is asked for).
+    /// certificates must chain to (`None`: no client certificate is asked for);
+    /// `client_optional`: clients may also come without one.
     pub fn for_listener(
         cert: &Path,
         key: &Path,
         client_ca: Option<&Path>,
+        client_optional: bool,
         crl_files: &[&Path],
     ) -> Result<TlsMaterial, String> {
         let chain = certs::load_certs(cert)?;
@@ -170,12 +175,19 @@ impl TlsMaterial {
             tls13_only: false,
             allowed_clients: AllowList::default(),
         };
-        TlsMaterial::build(certified, client_roots, chain, crls, settings)
+        TlsMaterial::build(
+            certified,
+            client_roots,
+            client_optional,
+            chain,
+            crls,
+            settings,
+        )
     }
 
     /// Whether every connection presents a verified client certificate.
     pub fn requires_client_certificate(&self) -> bool {
-        self.client_roots.is_some()
+        self.client_roots.is_some() && !self.client_optional
     }
 
     /// The same material with a new server certificate and key.
@@ -183,6 +195,7 @@ impl TlsMaterial {
         TlsMaterial::build(
             certified,
             self.client_roots.clone(),
+            self.client_optional,
             self.server_roots.clone(),
             self.crls.clone(),
             self.settings.clone(),
@@ -192,6 +205,7 @@ impl TlsMaterial {
     fn build(
         certified: CertifiedKey,
         client_roots: Option<Arc<RootCertStore>>,
+        client_optional: bool,
         server_roots: Vec<CertificateDer<'static>>,
         crls: Vec<CertificateRevocationListDer<'static>>,
         settings: TlsSettings,
@@ -199,11 +213,15 @@ impl TlsMaterial {
         let provider = certs::provider();
         let verifier: Arc<dyn ClientCertVerifier> = match &client_roots {
             Some(roots) => {
-                let inner =
+                let mut builder =
                     WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone())
-                        .with_crls(crls.clone())
-                        .build()
-                        .map_err(|e| format!("client certificate verifier: {e}"))?;
+                        .with_crls(crls.clone());
+                if client_optional {
+                    builder = builder.allow_unauthenticated();
+                }
+                let inner = builder
+                    .build()
+                    .map_err(|e| format!("client certificate verifier: {e}"))?;
                 Arc::new(AllowListVerifier {
                     inner,
                     allow: settings.allowed_clients.clone(),
@@ -231,6 +249,7 @@ impl TlsMaterial {
             server_cert,
             server_roots,
             client_roots,
+            client_optional,
             crls,
             settings,
         })
@@ -334,11 +353,11 @@ struct AllowListVerifier {
 
 impl ClientCertVerifier for AllowListVerifier {
     fn offer_client_auth(&self) -> bool {
-        true
+        self.inner.offer_client_auth()
     }
 
     fn client_auth_mandatory(&self) -> bool {
-        true
+        self.inner.client_auth_mandatory()
     }
 
     fn root_hint_subjects(&self) -> &[DistinguishedName] {
