@@ -696,7 +696,8 @@ async fn an_appliance_that_never_launches_times_out() {
     let c = Controller::start_with(
         &format!("sqlite://{}/controller.db", dir.path().display()),
         "127.0.43.1",
-        "[appliances]\nlaunch_timeout = \"2s\"\n",
+        "[appliances]\nlaunch_timeout = \"2s\"\n\
+         [webhooks]\nallowed_hosts = [\"hooks.example\", \"*.corp.example\"]\n",
         &format!(
             "controller_url = \"https://127.0.0.1:{}\"\nmax_appliances = 1",
             free_port()
@@ -704,7 +705,25 @@ async fn an_appliance_that_never_launches_times_out() {
     );
     let password = c.add_user("root", true);
     let root = c.token("root", &password).await;
-    let (task, location) = create(&c, &root, r#"{"name": "silent"}"#).await;
+    // Callbacks only to the hosts the operator allowed.
+    for url in ["http://127.0.0.1:1/hook", "https://corp.example/hook"] {
+        let r = c
+            .call(
+                &root,
+                "POST",
+                "/v1/appliances",
+                &serde_json::json!({"name": "hooked", "callback_url": url}).to_string(),
+            )
+            .await;
+        assert_eq!(r.status, 422, "{url}: {}", r.body);
+        assert!(r.body.contains("allowed_hosts"), "{}", r.body);
+    }
+    let (task, location) = create(
+        &c,
+        &root,
+        r#"{"name": "silent", "callback_url": "https://a.corp.example/hook"}"#,
+    )
+    .await;
     assert_eq!(
         c.wait_task(&root, &location, Duration::from_secs(30)).await["state"],
         "succeeded"

@@ -68,6 +68,9 @@ pub struct Webhooks {
     pub max_attempts: u32,
     /// Time one delivery attempt may take.
     pub timeout: HumanDuration,
+    /// Hosts a `callback_url` may name: a host name or address, or `*.domain` for the
+    /// names under a domain. Empty: any host.
+    pub allowed_hosts: Vec<String>,
 }
 
 impl Default for Webhooks {
@@ -76,7 +79,31 @@ impl Default for Webhooks {
             secret_file: None,
             max_attempts: 10,
             timeout: HumanDuration::secs(10),
+            allowed_hosts: Vec::new(),
         }
+    }
+}
+
+impl Webhooks {
+    /// Whether deliveries may go to `host` (as a URL gives it: IPv6 in brackets).
+    pub fn allows(&self, host: &str) -> bool {
+        if self.allowed_hosts.is_empty() {
+            return true;
+        }
+        let host = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .trim_end_matches('.')
+            .to_ascii_lowercase();
+        self.allowed_hosts.iter().any(|allowed| {
+            let allowed = allowed.to_ascii_lowercase();
+            match allowed.strip_prefix("*.") {
+                Some(domain) => host
+                    .strip_suffix(domain)
+                    .is_some_and(|sub| sub.len() > 1 && sub.ends_with('.')),
+                None => host == allowed,
+            }
+        })
     }
 }
 
@@ -346,6 +373,20 @@ impl ControllerConfig {
                 "workers and agent_attempts must be at least 1".into(),
             );
         }
+        for (i, h) in self.webhooks.allowed_hosts.iter().enumerate() {
+            let name = h.strip_prefix("*.").unwrap_or(h);
+            if name.is_empty()
+                || name.contains('*')
+                || name
+                    .chars()
+                    .any(|c| c.is_whitespace() || "/@?#".contains(c))
+            {
+                problem(
+                    format!("webhooks.allowed_hosts[{i}]"),
+                    format!("{h:?}: a host name or address, or *.domain"),
+                );
+            }
+        }
         if self.webhooks.max_attempts == 0 {
             problem("webhooks.max_attempts".into(), "must be at least 1".into());
         }
@@ -482,6 +523,40 @@ mod tests {
             super::super::parse_toml::<ControllerConfig>("[[listeners]]\nadress = \"x\"\n")
                 .unwrap_err();
         assert!(key.starts_with("listeners"), "{key}");
+    }
+
+    #[test]
+    fn callback_hosts_match_exactly_or_under_a_domain() {
+        let any = Webhooks::default();
+        assert!(any.allows("anything.example") && any.allows("127.0.0.1"));
+        let some = Webhooks {
+            allowed_hosts: vec![
+                "hooks.example".into(),
+                "*.Corp.Example".into(),
+                "::1".into(),
+            ],
+            ..Webhooks::default()
+        };
+        for host in [
+            "hooks.example",
+            "HOOKS.example.",
+            "a.corp.example",
+            "b.a.corp.example",
+            "[::1]",
+        ] {
+            assert!(some.allows(host), "{host}");
+        }
+        for host in [
+            "corp.example",
+            "xcorp.example",
+            "hooks.example.evil",
+            "evilhooks.example",
+            "127.0.0.1",
+            "[::2]",
+            "",
+        ] {
+            assert!(!some.allows(host), "{host}");
+        }
     }
 
     #[test]

@@ -200,6 +200,10 @@ impl Fleet {
         (a.ttl_min_minutes, a.ttl_max_minutes)
     }
 
+    pub fn webhooks(&self) -> &crate::config::controller::Webhooks {
+        &self.config.webhooks
+    }
+
     /// Wakes a worker: a task was queued.
     pub fn task_queued(&self) {
         self.queued.notify_one();
@@ -1055,22 +1059,36 @@ impl Fleet {
             "x-applianced-signature",
             Self::signature(&self.secret, now, d.body.as_bytes()),
         );
-        let outcome = self
-            .hooks
-            .send(Method::POST, &d.url, headers, Bytes::from(d.body.clone()))
-            .await;
-        let (status, error) = match &outcome {
-            Ok(r) if r.status.is_success() => (Some(i64::from(r.status.as_u16())), None),
-            Ok(r) => (
-                Some(i64::from(r.status.as_u16())),
-                Some(format!("answered {}", r.status)),
-            ),
-            Err(e) => (None, Some(e.to_string())),
+        // The allowed hosts may have changed since the appliance was created.
+        let allowed = d
+            .url
+            .parse::<http::Uri>()
+            .ok()
+            .and_then(|u| u.host().map(|h| self.config.webhooks.allows(h)))
+            .unwrap_or(false);
+        let (status, error) = if !allowed {
+            (
+                None,
+                Some("the callback host is not in webhooks.allowed_hosts".to_string()),
+            )
+        } else {
+            let outcome = self
+                .hooks
+                .send(Method::POST, &d.url, headers, Bytes::from(d.body.clone()))
+                .await;
+            match &outcome {
+                Ok(r) if r.status.is_success() => (Some(i64::from(r.status.as_u16())), None),
+                Ok(r) => (
+                    Some(i64::from(r.status.as_u16())),
+                    Some(format!("answered {}", r.status)),
+                ),
+                Err(e) => (None, Some(e.to_string())),
+            }
         };
         let attempts = d.attempts + 1;
         let state = if error.is_none() {
             "delivered"
-        } else if attempts >= i64::from(self.config.webhooks.max_attempts) {
+        } else if !allowed || attempts >= i64::from(self.config.webhooks.max_attempts) {
             "failed"
         } else {
             "pending"

@@ -31,6 +31,7 @@ use super::fleet::{Check, FleetError, appliance_view};
 use super::lifecycle::{self, Event, State};
 use super::records::{Appliance, NewTask, Task};
 use super::store::{Role, StoreError, User};
+use crate::config::controller::Webhooks;
 
 /// Largest body passed through to an agent (its own default limit).
 const MAX_AGENT_BODY: u64 = 1024 * 1024;
@@ -159,13 +160,20 @@ fn check_appliance_name(name: &str) -> Result<(), ApiError> {
     }
 }
 
-fn check_callback_url(url: &str) -> Result<(), ApiError> {
+fn check_callback_url(url: &str, hooks: &Webhooks) -> Result<(), ApiError> {
     let parsed: Result<http::Uri, _> = url.parse();
-    match parsed {
-        Ok(u) if matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some() => Ok(()),
-        _ => Err(invalid(format!(
+    let host = match &parsed {
+        Ok(u) if matches!(u.scheme_str(), Some("http" | "https")) => u.host(),
+        _ => None,
+    };
+    match host {
+        None => Err(invalid(format!(
             "callback_url {url:?}: an absolute http or https URL"
         ))),
+        Some(host) if !hooks.allows(host) => Err(invalid(format!(
+            "callback_url {url:?}: host {host} is not in webhooks.allowed_hosts"
+        ))),
+        Some(_) => Ok(()),
     }
 }
 
@@ -486,7 +494,7 @@ async fn create(
         return Err(invalid("external_id: 1 to 128 printable characters"));
     }
     if let Some(url) = &body.callback_url {
-        check_callback_url(url)?;
+        check_callback_url(url, app.fleet.webhooks())?;
     }
     match body.template.as_deref() {
         None | Some("process") => body.template = Some("process".into()),
