@@ -693,11 +693,11 @@ async fn fleet_on_postgres() {
 async fn an_appliance_that_never_launches_times_out() {
     let dir = tempfile::tempdir().unwrap();
     // Callbacks go to a port where nothing listens.
-    let c = Controller::start_with(
+    let mut c = Controller::start_with(
         &format!("sqlite://{}/controller.db", dir.path().display()),
         "127.0.43.1",
         "[appliances]\nlaunch_timeout = \"2s\"\n\
-         [webhooks]\nallowed_hosts = [\"hooks.example\", \"*.corp.example\"]\n",
+         [webhooks]\nallowed_hosts = [\"127.0.0.1\", \"hooks.example\", \"*.corp.example\"]\n",
         &format!(
             "controller_url = \"https://127.0.0.1:{}\"\nmax_appliances = 1",
             free_port()
@@ -706,7 +706,7 @@ async fn an_appliance_that_never_launches_times_out() {
     let password = c.add_user("root", true);
     let root = c.token("root", &password).await;
     // Callbacks only to the hosts the operator allowed.
-    for url in ["http://127.0.0.1:1/hook", "https://corp.example/hook"] {
+    for url in ["http://127.0.0.2:1/hook", "https://corp.example/hook"] {
         let r = c
             .call(
                 &root,
@@ -718,10 +718,14 @@ async fn an_appliance_that_never_launches_times_out() {
         assert_eq!(r.status, 422, "{url}: {}", r.body);
         assert!(r.body.contains("allowed_hosts"), "{}", r.body);
     }
+    // Webhooks for this one are refused (nothing listens) and retried.
     let (task, location) = create(
         &c,
         &root,
-        r#"{"name": "silent", "callback_url": "https://a.corp.example/hook"}"#,
+        &format!(
+            r#"{{"name": "silent", "callback_url": "http://127.0.0.1:{}/hook"}}"#,
+            free_port()
+        ),
     )
     .await;
     assert_eq!(
@@ -741,6 +745,39 @@ async fn an_appliance_that_never_launches_times_out() {
         1,
         "the agent runs, but never reached us"
     );
+    // The operator drops that host: its pending deliveries fail without being sent.
+    let config = std::fs::read_to_string(&c.config).unwrap();
+    std::fs::write(&c.config, config.replace("\"127.0.0.1\", ", "")).unwrap();
+    c.restart();
+    // The next attempts are due within the backoff so far (a few seconds).
+    let deadline = Instant::now() + Duration::from_secs(40);
+    loop {
+        let events = c
+            .call(&root, "GET", &format!("/v1/appliances/{id}/events"), "")
+            .await
+            .json();
+        let deliveries: Vec<&Value> = events
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|e| e["deliveries"].as_array().unwrap())
+            .collect();
+        assert!(!deliveries.is_empty(), "{events}");
+        assert!(
+            deliveries.iter().all(|d| d["state"] != "delivered"),
+            "{events}"
+        );
+        if deliveries.iter().all(|d| {
+            d["state"] == "failed"
+                && d["last_error"]
+                    .as_str()
+                    .is_some_and(|e| e.contains("allowed_hosts"))
+        }) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "still pending: {events}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
     let (second, location) = create(&c, &root, r#"{"name": "one-too-many"}"#).await;
     let done = c.wait_task(&root, &location, Duration::from_secs(30)).await;
     assert_eq!(done["state"], "failed", "{done}");

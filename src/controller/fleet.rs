@@ -274,7 +274,10 @@ impl Fleet {
                 .store
                 .transition(&a, to, &changes(&a), record, task, now)
                 .await
-                .map_err(task_conflict)?;
+                .map_err(|e| match task {
+                    Some(_) => task_conflict(e),
+                    None => e.into(),
+                })?;
             if let Moved::Done { task_id } = moved {
                 if to != a.state {
                     tracing::info!(appliance = %a.id, from = a.state.as_str(), to = to.as_str(), event = event.name(), "appliance state");
