@@ -1,13 +1,23 @@
 //! Logging: to journald (structured fields) when systemd started us, to stderr otherwise.
 //! The level comes from `RUST_LOG` when set, else from the configuration, else `info`.
 
+use std::cell::RefCell;
+use std::io::Write;
+
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::fmt::writer::{EitherWriter, MakeWriter};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
-/// Keeps the background log writer alive; dropping it flushes what is queued.
+/// Held for the life of the process; dropping it writes what this thread collected.
 pub struct LogGuard {
-    _worker: Option<tracing_appender::non_blocking::WorkerGuard>,
+    _private: (),
+}
+
+impl Drop for LogGuard {
+    fn drop(&mut self) {
+        flush_worker();
+    }
 }
 
 /// Installs the global subscriber. Safe to call more than once (later calls do nothing).
@@ -26,26 +36,110 @@ pub fn init(config_level: Option<&str>) -> LogGuard {
             .with(filter)
             .with(journald)
             .try_init();
-        return LogGuard { _worker: None };
+        return LogGuard { _private: () };
     }
-    // One log line per request: written by a background thread, so that no request
-    // waits on a contended stderr. Lines are never dropped (a full queue applies
-    // back-pressure). The thread flushes whenever its queue drains, so buffering only
-    // batches the writes of a burst into fewer system calls; it never delays a line.
-    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-        .lossy(false)
-        .buffered_lines_limit(16 * 1024)
-        .finish(std::io::BufWriter::with_capacity(
-            64 * 1024,
-            std::io::stderr(),
-        ));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(writer)
+        .with_writer(Stderr)
         .with_target(false)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();
-    LogGuard {
-        _worker: Some(guard),
+    LogGuard { _private: () }
+}
+
+// One log line per request, and no thread of its own: a separate writer thread had to be
+// woken for nearly every line, which cost more than the write. Instead each runtime
+// worker thread collects its lines and writes them with one system call whenever it runs
+// out of work (`flush_worker`, from the runtime's park hook) or has collected
+// `WORKER_BUFFER` bytes: an idle agent writes each line at once, a busy one in batches,
+// never holding a line longer than it takes to fill the buffer. Other threads, and
+// warnings and errors from any thread, are written at once.
+
+const WORKER_BUFFER: usize = 32 * 1024;
+
+thread_local! {
+    /// `Some` on runtime worker threads (set when they first park).
+    static PENDING: RefCell<Option<Vec<u8>>> = const { RefCell::new(None) };
+}
+
+/// Writes what this worker thread has collected; makes it collect from now on. Called
+/// by the runtime when a worker parks or stops.
+pub fn flush_worker() {
+    PENDING.with(|p| {
+        let mut p = p.borrow_mut();
+        let buf = p.get_or_insert_with(|| Vec::with_capacity(WORKER_BUFFER));
+        if !buf.is_empty() {
+            let _ = std::io::stderr().lock().write_all(buf);
+            buf.clear();
+        }
+    });
+}
+
+/// The writer of the fmt layer: each event arrives as one `write` of a whole line.
+struct Stderr;
+
+/// Writes to stderr now, after whatever this thread collected (keeping the order).
+struct Direct;
+
+/// Collects into this thread's buffer when it is a worker, else writes now.
+struct Collect;
+
+impl Write for Direct {
+    fn write(&mut self, line: &[u8]) -> std::io::Result<usize> {
+        PENDING.with(|p| {
+            let mut p = p.borrow_mut();
+            let mut err = std::io::stderr().lock();
+            if let Some(buf) = p.as_mut().filter(|b| !b.is_empty()) {
+                err.write_all(buf)?;
+                buf.clear();
+            }
+            err.write_all(line)?;
+            Ok(line.len())
+        })
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Write for Collect {
+    fn write(&mut self, line: &[u8]) -> std::io::Result<usize> {
+        let collected = PENDING.with(|p| {
+            let mut p = p.borrow_mut();
+            let Some(buf) = p.as_mut() else {
+                return Ok(false);
+            };
+            buf.extend_from_slice(line);
+            if buf.len() >= WORKER_BUFFER {
+                std::io::stderr().lock().write_all(buf)?;
+                buf.clear();
+            }
+            Ok::<_, std::io::Error>(true)
+        })?;
+        if !collected {
+            std::io::stderr().lock().write_all(line)?;
+        }
+        Ok(line.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> MakeWriter<'a> for Stderr {
+    type Writer = EitherWriter<Collect, Direct>;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        EitherWriter::B(Direct)
+    }
+
+    fn make_writer_for(&'a self, meta: &tracing::Metadata<'_>) -> Self::Writer {
+        if *meta.level() >= tracing::Level::INFO {
+            EitherWriter::A(Collect)
+        } else {
+            EitherWriter::B(Direct)
+        }
     }
 }

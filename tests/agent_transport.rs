@@ -83,6 +83,29 @@ async fn allowed_client_gets_status_with_the_seed_fields() {
         log.contains("path=/status") && log.contains("status=200"),
         "{log}"
     );
+    // A burst is logged whole, line by line, as soon as the agent is idle again.
+    let mut conn = client.connect(agent.addr).await.unwrap();
+    for _ in 0..500 {
+        assert_eq!(conn.get("/status").await.unwrap().status, 200);
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let log = agent.log_text();
+        let lines = log.lines().filter(|l| l.contains("path=/status")).count();
+        if lines == 501 {
+            assert!(
+                log.lines().all(|l| l.starts_with("20")),
+                "a torn line: {log}"
+            );
+            break;
+        }
+        assert!(lines < 501, "{lines} lines for 501 requests");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{lines} of 501 lines logged"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
