@@ -16,7 +16,7 @@ pub struct LogGuard {
 
 impl Drop for LogGuard {
     fn drop(&mut self) {
-        flush_worker();
+        thread_stops();
     }
 }
 
@@ -50,7 +50,7 @@ pub fn init(config_level: Option<&str>) -> LogGuard {
 // One log line per request, and no thread of its own: a separate writer thread had to be
 // woken for nearly every line, which cost more than the write. Instead each runtime
 // worker thread collects its lines and writes them with one system call whenever it runs
-// out of work (`flush_worker`, from the runtime's park hook) or has collected
+// out of work ([`worker_parks`], the runtime's park hook) or has collected
 // `WORKER_BUFFER` bytes: an idle agent writes each line at once, a busy one in batches,
 // never holding a line longer than it takes to fill the buffer. Other threads, and
 // warnings and errors from any thread, are written at once.
@@ -58,19 +58,42 @@ pub fn init(config_level: Option<&str>) -> LogGuard {
 const WORKER_BUFFER: usize = 32 * 1024;
 
 thread_local! {
-    /// `Some` on runtime worker threads (set when they first park).
+    /// `Some` on runtime worker threads (from when they first park).
     static PENDING: RefCell<Option<Vec<u8>>> = const { RefCell::new(None) };
 }
 
-/// Writes what this worker thread has collected; makes it collect from now on. Called
-/// by the runtime when a worker parks or stops.
-pub fn flush_worker() {
-    PENDING.with(|p| {
-        let mut p = p.borrow_mut();
+/// Writes `bytes` to stderr (one system call for a short buffer) and empties it.
+fn write_out(bytes: &mut Vec<u8>) -> std::io::Result<()> {
+    let result = std::io::stderr().lock().write_all(bytes);
+    bytes.clear();
+    result
+}
+
+/// Runs `f` on this thread's collected lines, `None` on threads that do not collect
+/// (or whose thread-locals are already gone).
+fn with_pending<T>(f: impl FnOnce(&mut Option<Vec<u8>>) -> T) -> Option<T> {
+    PENDING
+        .try_with(|p| p.try_borrow_mut().ok().map(|mut p| f(&mut p)))
+        .ok()
+        .flatten()
+}
+
+/// The runtime's park hook: writes what this worker collected, and makes it collect
+/// from now on.
+pub fn worker_parks() {
+    with_pending(|p| {
         let buf = p.get_or_insert_with(|| Vec::with_capacity(WORKER_BUFFER));
         if !buf.is_empty() {
-            let _ = std::io::stderr().lock().write_all(buf);
-            buf.clear();
+            let _ = write_out(buf);
+        }
+    });
+}
+
+/// The runtime's thread-stop hook: writes what this thread collected, if anything.
+pub fn thread_stops() {
+    with_pending(|p| {
+        if let Some(mut buf) = p.take() {
+            let _ = write_out(&mut buf);
         }
     });
 }
@@ -86,16 +109,13 @@ struct Collect;
 
 impl Write for Direct {
     fn write(&mut self, line: &[u8]) -> std::io::Result<usize> {
-        PENDING.with(|p| {
-            let mut p = p.borrow_mut();
-            let mut err = std::io::stderr().lock();
-            if let Some(buf) = p.as_mut().filter(|b| !b.is_empty()) {
-                err.write_all(buf)?;
-                buf.clear();
-            }
-            err.write_all(line)?;
-            Ok(line.len())
+        with_pending(|p| match p.as_mut() {
+            Some(buf) if !buf.is_empty() => write_out(buf),
+            _ => Ok(()),
         })
+        .transpose()?;
+        std::io::stderr().lock().write_all(line)?;
+        Ok(line.len())
     }
 
     fn flush(&mut self) -> std::io::Result<()> {
@@ -105,20 +125,19 @@ impl Write for Direct {
 
 impl Write for Collect {
     fn write(&mut self, line: &[u8]) -> std::io::Result<usize> {
-        let collected = PENDING.with(|p| {
-            let mut p = p.borrow_mut();
-            let Some(buf) = p.as_mut() else {
-                return Ok(false);
-            };
+        let collected = with_pending(|p| {
+            let buf = p.as_mut()?;
             buf.extend_from_slice(line);
-            if buf.len() >= WORKER_BUFFER {
-                std::io::stderr().lock().write_all(buf)?;
-                buf.clear();
-            }
-            Ok::<_, std::io::Error>(true)
-        })?;
-        if !collected {
-            std::io::stderr().lock().write_all(line)?;
+            Some(if buf.len() >= WORKER_BUFFER {
+                write_out(buf)
+            } else {
+                Ok(())
+            })
+        })
+        .flatten();
+        match collected {
+            Some(result) => result?,
+            None => std::io::stderr().lock().write_all(line)?,
         }
         Ok(line.len())
     }

@@ -481,8 +481,8 @@ pub fn run_to_exit(worker_threads: usize, main: impl Future<Output = i32>) -> i3
     }
     // Workers write the log lines they collected whenever they run out of work.
     builder
-        .on_thread_park(crate::logging::flush_worker)
-        .on_thread_stop(crate::logging::flush_worker);
+        .on_thread_park(crate::logging::worker_parks)
+        .on_thread_stop(crate::logging::thread_stops);
     match builder.enable_all().build() {
         Ok(runtime) => runtime.block_on(main),
         Err(e) => {
