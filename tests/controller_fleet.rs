@@ -194,10 +194,7 @@ async fn scenario(db_url: &str, net: u8) {
         );
         assert!(a["launched_at"].is_string() && a["expires_at"].is_string());
         assert!(a["certificate"]["serial"].is_string());
-        let events = c
-            .call(&root, "GET", &format!("/v1/appliances/{id}/events"), "")
-            .await
-            .json();
+        let events = c.events(&root, id).await;
         let kinds: Vec<&str> = events
             .as_array()
             .unwrap()
@@ -592,10 +589,7 @@ async fn scenario(db_url: &str, net: u8) {
         "succeeded"
     );
     assert!(c.agents_of(&short).is_empty());
-    let events = c
-        .call(&root, "GET", &format!("/v1/appliances/{short}/events"), "")
-        .await
-        .json();
+    let events = c.events(&root, &short).await;
     let kinds: Vec<&str> = events
         .as_array()
         .unwrap()
@@ -608,10 +602,7 @@ async fn scenario(db_url: &str, net: u8) {
     // Every event was delivered as a signed webhook; the first after a retry.
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
-        let events = c
-            .call(&root, "GET", &format!("/v1/appliances/{short}/events"), "")
-            .await
-            .json();
+        let events = c.events(&root, &short).await;
         let all_delivered = events.as_array().unwrap().iter().all(|e| {
             e["deliveries"].as_array().unwrap().len() == 1
                 && e["deliveries"][0]["state"] == "delivered"
@@ -752,10 +743,7 @@ async fn an_appliance_that_never_launches_times_out() {
     // The next attempts are due within the backoff so far (a few seconds).
     let deadline = Instant::now() + Duration::from_secs(40);
     loop {
-        let events = c
-            .call(&root, "GET", &format!("/v1/appliances/{id}/events"), "")
-            .await
-            .json();
+        let events = c.events(&root, &id).await;
         let deliveries: Vec<&Value> = events
             .as_array()
             .unwrap()
@@ -819,10 +807,7 @@ async fn two_controllers_share_the_work_on_postgres() {
             .wait_state(&token, id, "active", Duration::from_secs(60))
             .await;
         assert_eq!(a.agents_of(id).len(), 1, "one agent for {id}");
-        let events = other
-            .call(&token, "GET", &format!("/v1/appliances/{id}/events"), "")
-            .await
-            .json();
+        let events = other.events(&token, id).await;
         let spawned = events
             .as_array()
             .unwrap()

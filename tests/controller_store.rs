@@ -141,16 +141,19 @@ async fn moves_and_tasks(store: &Store, owner: &str, now: i64) {
         detail: None,
     };
     let stop = task("stop");
-    let moved = store
-        .transition(
+    // Expiry: to `stopping`, with its event and the stop task.
+    let no_changes = Changes::default();
+    let expire = || {
+        store.transition(
             &a,
             State::Stopping,
-            &Changes::default(),
+            &no_changes,
             Some(record()),
             Some(&stop),
             now,
         )
-        .await;
+    };
+    let moved = expire().await;
     assert!(matches!(moved, Err(StoreError::Conflict(_))), "{moved:?}");
     let unchanged = store.appliance(&a.id).await.unwrap().unwrap();
     assert_eq!(unchanged.state, State::Active);
@@ -170,17 +173,7 @@ async fn moves_and_tasks(store: &Store, owner: &str, now: i64) {
     );
     let Moved::Done {
         task_id: Some(stop_id),
-    } = store
-        .transition(
-            &a,
-            State::Stopping,
-            &Changes::default(),
-            Some(record()),
-            Some(&stop),
-            now,
-        )
-        .await
-        .unwrap()
+    } = expire().await.unwrap()
     else {
         panic!("the move and its task were not written");
     };

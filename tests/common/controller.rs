@@ -175,6 +175,15 @@ impl Controller {
     }
 
     /// One API call with a bearer token.
+    /// The events of an appliance, each with its webhook deliveries.
+    pub async fn events(&self, token: &str, id: &str) -> serde_json::Value {
+        let r = self
+            .call(token, "GET", &format!("/v1/appliances/{id}/events"), "")
+            .await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        r.json()
+    }
+
     pub async fn call(&self, token: &str, method: &str, path: &str, body: &str) -> Resp {
         let bearer = format!("Bearer {token}");
         let mut conn = self.client().connect(self.admin).await.unwrap();
