@@ -319,43 +319,21 @@ async fn admin_client_certificates_name_users() {
     let as_cert = |cn: &str| Client::new(&pki.ca_cert(), Some(&pki.client(cn, cn)));
     let (root, ops, stranger) = (as_cert("root"), as_cert("ops"), as_cert("stranger"));
     let anonymous = Client::new(&pki.ca_cert(), None);
-    let token = |who: &str, password: &str| {
-        let (who, password) = (who.to_string(), password.to_string());
-        let anonymous = &anonymous;
-        async move {
-            let r = anonymous
-                .connect(optional)
-                .await
-                .unwrap()
-                .request(
-                    "POST",
-                    "/v1/tokens",
-                    b"",
-                    &[("authorization", &basic(&who, &password))],
-                )
-                .await
-                .unwrap();
-            assert_eq!(r.status, 201, "{}", r.body);
-            format!("Bearer {}", r.json()["token"].as_str().unwrap())
-        }
-    };
-    let root_token = token("root", &root_password).await;
-    let get = |client: &Client, addr, path: &'static str, bearer: Option<String>| {
-        let client = client.clone();
-        async move {
-            let headers: Vec<(&str, &str)> = match &bearer {
-                Some(b) => vec![("authorization", b.as_str())],
-                None => vec![],
-            };
-            client
-                .connect(addr)
-                .await
-                .unwrap()
-                .request("GET", path, b"", &headers)
-                .await
-                .unwrap()
-        }
-    };
+    let r = anonymous
+        .connect(optional)
+        .await
+        .unwrap()
+        .request(
+            "POST",
+            "/v1/tokens",
+            b"",
+            &[("authorization", &basic("root", &root_password))],
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 201, "{}", r.body);
+    let root_token = format!("Bearer {}", r.json()["token"].as_str().unwrap());
+    let root_token = Some(root_token.as_str());
 
     // The certificate alone: its user, with that user's role.
     let r = get(&root, optional, "/v1/users", None).await;
@@ -366,34 +344,18 @@ async fn admin_client_certificates_name_users() {
     assert_eq!((r.status, r.json()), (200, serde_json::json!([])));
     // A certificate naming nobody needs a token; a token of another user is refused.
     let r = get(&stranger, optional, "/v1/users", None).await;
-    assert_eq!(r.status, 401);
-    assert!(
-        r.json()["detail"]
-            .as_str()
-            .unwrap()
-            .contains("names no user"),
-        "{}",
-        r.body
-    );
+    assert_unauthorized(&r, "names no user");
     assert_eq!(
-        get(&stranger, optional, "/v1/users", Some(root_token.clone()))
+        get(&stranger, optional, "/v1/users", root_token)
             .await
             .status,
         200
     );
-    let r = get(&ops, optional, "/v1/users", Some(root_token.clone())).await;
-    assert_eq!(r.status, 401);
-    assert!(
-        r.json()["detail"]
-            .as_str()
-            .unwrap()
-            .contains("different users"),
-        "{}",
-        r.body
-    );
+    let r = get(&ops, optional, "/v1/users", root_token).await;
+    assert_unauthorized(&r, "different users");
     // Optional: no certificate, a token works and nothing else does.
     assert_eq!(
-        get(&anonymous, optional, "/v1/users", Some(root_token.clone()))
+        get(&anonymous, optional, "/v1/users", root_token)
             .await
             .status,
         200
@@ -421,9 +383,7 @@ async fn admin_client_certificates_name_users() {
     // The listener without a client CA asks for no certificate: a token is needed.
     assert_eq!(get(&root, c.addr, "/v1/users", None).await.status, 401);
     assert_eq!(
-        get(&root, c.addr, "/v1/users", Some(root_token.clone()))
-            .await
-            .status,
+        get(&root, c.addr, "/v1/users", root_token).await.status,
         200
     );
 
@@ -450,4 +410,28 @@ async fn admin_client_certificates_name_users() {
         get(&ops, optional, "/v1/appliances", None).await.status,
         401
     );
+}
+
+/// A GET on a connection of its own, with a bearer token if given.
+async fn get(
+    client: &Client,
+    addr: std::net::SocketAddr,
+    path: &str,
+    bearer: Option<&str>,
+) -> Resp {
+    let headers: Vec<(&str, &str)> = bearer.map(|b| ("authorization", b)).into_iter().collect();
+    client
+        .connect(addr)
+        .await
+        .unwrap()
+        .request("GET", path, b"", &headers)
+        .await
+        .unwrap()
+}
+
+/// A 401 whose detail says `why`.
+fn assert_unauthorized(r: &Resp, why: &str) {
+    assert_eq!(r.status, 401, "{}", r.body);
+    let detail = r.json()["detail"].as_str().unwrap_or_default().to_string();
+    assert!(detail.contains(why), "{}", r.body);
 }

@@ -126,6 +126,27 @@ async fn act_done(c: &Controller, token: &str, id: &str, action: &str) -> (Value
     .await
 }
 
+/// `POST /v1/appliances/ID/ping` with `query` (`""` or `"?async=true"`).
+async fn ping_one(c: &Controller, token: &str, id: &str, query: &str) -> Resp {
+    c.call(
+        token,
+        "POST",
+        &format!("/v1/appliances/{id}/ping{query}"),
+        "",
+    )
+    .await
+}
+
+/// The kinds of an appliance's events, oldest first.
+fn event_kinds(events: &Value) -> Vec<&str> {
+    events
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["event"].as_str().unwrap())
+        .collect()
+}
+
 fn id_of(task: &Value) -> String {
     task["appliance_id"].as_str().unwrap().to_string()
 }
@@ -195,12 +216,7 @@ async fn scenario(db_url: &str, net: u8) {
         assert!(a["launched_at"].is_string() && a["expires_at"].is_string());
         assert!(a["certificate"]["serial"].is_string());
         let events = c.events(&root, id).await;
-        let kinds: Vec<&str> = events
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|e| e["event"].as_str().unwrap())
-            .collect();
+        let kinds = event_kinds(&events);
         assert_eq!(kinds, ["requested", "provisioning", "spawned", "launched"]);
         assert_eq!(c.agents_of(id).len(), 1);
     }
@@ -238,14 +254,7 @@ async fn scenario(db_url: &str, net: u8) {
     let done = c.wait_task(&root, &location, Duration::from_secs(30)).await;
     assert_eq!(done["state"], "succeeded", "{done}");
     assert_eq!(done["result"]["reachable"], 3);
-    let r = c
-        .call(
-            &root,
-            "POST",
-            &format!("/v1/appliances/{}/ping", ids[2]),
-            "",
-        )
-        .await;
+    let r = ping_one(&c, &root, &ids[2], "").await;
     assert_eq!(
         (r.status, r.json()["reachable"].clone()),
         (200, Value::Bool(true))
@@ -366,22 +375,9 @@ async fn scenario(db_url: &str, net: u8) {
 
     // Watchdog: an agent that stops answering becomes unhealthy, and recovers.
     let frozen = c.agents_of(&ids[1]);
-    for pid in &frozen {
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(*pid),
-            nix::sys::signal::Signal::SIGSTOP,
-        )
-        .unwrap();
-    }
+    signal_all(&frozen, nix::sys::signal::Signal::SIGSTOP);
     // A ping of it fails after bounded retries with a 502 problem; the controller is fine.
-    let r = c
-        .call(
-            &root,
-            "POST",
-            &format!("/v1/appliances/{}/ping?async=true", ids[1]),
-            "",
-        )
-        .await;
+    let r = ping_one(&c, &root, &ids[1], "?async=true").await;
     assert_eq!(r.status, 202, "{}", r.body);
     let loc = r.headers["location"].to_str().unwrap().to_string();
     let done = c.wait_task(&root, &loc, Duration::from_secs(30)).await;
@@ -395,13 +391,7 @@ async fn scenario(db_url: &str, net: u8) {
         .await;
     let r = c.call(&root, "POST", "/v1/ping", &targets).await;
     assert_eq!(r.json()["reachable"], 2, "{}", r.body);
-    for pid in &frozen {
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(*pid),
-            nix::sys::signal::Signal::SIGCONT,
-        )
-        .unwrap();
-    }
+    signal_all(&frozen, nix::sys::signal::Signal::SIGCONT);
     c.wait_state(&root, &ids[1], "active", Duration::from_secs(15))
         .await;
 
@@ -425,14 +415,7 @@ async fn scenario(db_url: &str, net: u8) {
     c.wait_state(&root, &ids[1], "stopped", Duration::from_secs(5))
         .await;
     assert!(c.agents_of(&ids[1]).is_empty());
-    let r = c
-        .call(
-            &root,
-            "POST",
-            &format!("/v1/appliances/{}/ping", ids[1]),
-            "",
-        )
-        .await;
+    let r = ping_one(&c, &root, &ids[1], "").await;
     assert_eq!(r.status, 409, "nothing to ping: {}", r.body);
     let r = act(&c, &root, &ids[1], "start").await;
     assert_eq!(r.status, 202, "{}", r.body);
@@ -590,12 +573,7 @@ async fn scenario(db_url: &str, net: u8) {
     );
     assert!(c.agents_of(&short).is_empty());
     let events = c.events(&root, &short).await;
-    let kinds: Vec<&str> = events
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["event"].as_str().unwrap())
-        .collect();
+    let kinds = event_kinds(&events);
     for k in ["requested", "launched", "expiring", "expired", "stopped"] {
         assert!(kinds.contains(&k), "{k} missing from {kinds:?} ({a})");
     }
@@ -820,4 +798,11 @@ async fn two_controllers_share_the_work_on_postgres() {
     assert_eq!(finished(&a) + finished(&b), 8, "every task ran once");
     let p = b.call(&token, "POST", "/v1/ping", "").await.json();
     assert_eq!(p["reachable"], 8, "{p}");
+}
+
+/// Sends `sig` to each of `pids`.
+fn signal_all(pids: &[i32], sig: nix::sys::signal::Signal) {
+    for pid in pids {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(*pid), sig).unwrap();
+    }
 }
