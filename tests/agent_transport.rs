@@ -46,7 +46,11 @@ impl Setup {
 fn setup() -> Setup {
     let pki = Pki::new();
     let server = pki.server("server", "agent-1");
-    let client = pki.client("client", "controller-1");
+    let client = pki.issue(
+        "client",
+        "controller-1",
+        &["--client", "--san", "controller-1.example"],
+    );
     Setup {
         pki,
         server,
@@ -80,7 +84,10 @@ async fn allowed_client_gets_status_with_the_seed_fields() {
     agent.wait_log("controller-1", Duration::from_secs(5));
     let log = agent.log_text();
     assert!(
-        log.contains("path=/status") && log.contains("status=200"),
+        log.contains("path=/status")
+            && log.contains("status=200")
+            && log.contains("client_sans=controller-1.example")
+            && log.contains("client_serial="),
         "{log}"
     );
     // A burst is logged whole, line by line, as soon as the agent is idle again.

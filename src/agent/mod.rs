@@ -107,6 +107,7 @@ impl App for Agent {
         // written for every request.
         tracing::info!(
             client = %client_name(&conn),
+            client_sans = %crate::transport::tls::Sans(conn.identity.as_ref().map(|i| i.dns_names.as_slice()).unwrap_or_default()),
             client_serial = %conn.identity.as_ref().map(|i| i.serial.as_str()).unwrap_or("-"),
             peer = %conn.peer,
             method = %method,

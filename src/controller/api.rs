@@ -459,30 +459,37 @@ impl ControllerApp {
     /// without one, the user its verified client certificate names (CN = user name).
     /// A token and a certificate naming different users are refused.
     pub(super) async fn caller(&self, req: &Request<Incoming>, now: i64) -> Result<User, ApiError> {
-        let by_cert = match req.extensions().get::<CertificateName>() {
-            Some(CertificateName(name)) => Some(self.store.user_by_name(name).await?),
-            None => None,
-        };
+        let cert_name = req
+            .extensions()
+            .get::<CertificateName>()
+            .map(|c| c.0.as_str());
         let Some(token) = credentials(req.headers(), "Bearer ") else {
-            return match by_cert {
-                Some(Some(user)) => Ok(user),
-                Some(None) => Err(ApiError::Unauthorized(
-                    "the client certificate names no user; a bearer token is required",
-                )),
-                None => Err(ApiError::Unauthorized("a bearer token is required")),
+            let Some(name) = cert_name else {
+                return Err(ApiError::Unauthorized("a bearer token is required"));
             };
+            return self
+                .store
+                .user_by_name(name)
+                .await?
+                .ok_or(ApiError::Unauthorized(
+                    "the client certificate names no user; a bearer token is required",
+                ));
         };
         let user = self
             .store
             .user_for_token(&auth::token_hash(token), now)
             .await?
             .ok_or(ApiError::Unauthorized("the token is unknown or expired"))?;
-        match by_cert {
-            Some(Some(named)) if named.id != user.id => Err(ApiError::Unauthorized(
+        // Only a certificate naming another existing user contradicts the token.
+        if let Some(name) = cert_name
+            && name != user.name
+            && self.store.user_by_name(name).await?.is_some()
+        {
+            return Err(ApiError::Unauthorized(
                 "the bearer token and the client certificate name different users",
-            )),
-            _ => Ok(user),
+            ));
         }
+        Ok(user)
     }
 
     async fn admin(&self, req: &Request<Incoming>, now: i64) -> Result<User, ApiError> {

@@ -49,6 +49,22 @@ impl ClientIdentity {
     }
 }
 
+/// The DNS names of a client certificate for a log line: comma-separated, `-` if none.
+pub struct Sans<'a>(pub &'a [String]);
+
+impl fmt::Display for Sans<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut names = self.0.iter();
+        match names.next() {
+            None => f.write_str("-"),
+            Some(first) => {
+                f.write_str(first)?;
+                names.try_for_each(|n| write!(f, ",{n}"))
+            }
+        }
+    }
+}
+
 impl fmt::Display for ClientIdentity {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "cn={} serial={}", self.name(), self.serial)
