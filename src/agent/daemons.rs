@@ -75,6 +75,36 @@ impl DirectManager {
         }
     }
 
+    /// The command that runs `argv` for an instance: as the instance's own user when its
+    /// run directory belongs to one (the agent, as root, isolates daemons), through
+    /// `setpriv` with no supplementary group and only the capability to bind privileged
+    /// ports; else as the agent.
+    fn command(&self, id: &InstanceId, argv: &[std::ffi::OsString]) -> Command {
+        use std::os::unix::fs::MetadataExt;
+        let owner = std::fs::metadata(self.store.run_dir(id))
+            .map(|m| m.uid())
+            .ok()
+            .filter(|uid| *uid != 0 && nix::unistd::geteuid().is_root());
+        match owner {
+            Some(uid) => {
+                let mut cmd = Command::new("setpriv");
+                cmd.arg(format!("--reuid={uid}"))
+                    .arg(format!("--regid={uid}"))
+                    .arg("--clear-groups")
+                    .arg("--inh-caps=-all,+net_bind_service")
+                    .arg("--ambient-caps=+net_bind_service")
+                    .arg("--")
+                    .args(argv);
+                cmd
+            }
+            None => {
+                let mut cmd = Command::new(&argv[0]);
+                cmd.args(&argv[1..]);
+                cmd
+            }
+        }
+    }
+
     fn wait_until(&self, mut done: impl FnMut() -> bool) -> bool {
         poll_until(self.timeout, || done().then_some(())).is_some()
     }
@@ -92,36 +122,32 @@ impl DirectManager {
             .open(&out_path)
             .map_err(|e| format!("{}: {e}", out_path.display()))?;
         let offset = out.seek(SeekFrom::End(0)).unwrap_or(0);
-        let mut cmd = Command::new(self.bin(daemon));
+        let mut argv: Vec<std::ffi::OsString> = vec![self.bin(daemon).into()];
         match daemon {
             Daemon::Haproxy => {
-                cmd.arg("-W")
-                    .arg("-D")
-                    .arg("-f")
-                    .arg(&config)
-                    .arg("-p")
-                    .arg(&pid_file)
-                    .arg("-S")
-                    .arg(master_socket(store, id));
+                argv.extend(["-W".into(), "-D".into(), "-f".into(), config.into()]);
+                argv.extend(["-p".into(), pid_file.clone().into(), "-S".into()]);
+                argv.push(master_socket(store, id).into());
             }
             Daemon::Stunnel => {
                 let rendered = std::fs::read_to_string(&config).unwrap_or_default();
                 match super::render::stunnel_listen_sockets(&rendered) {
                     // Through the socket hand-off, so that reloads keep the listeners.
                     Some(addrs) if !addrs.is_empty() => {
-                        cmd = Command::new(&self.self_exe);
-                        cmd.arg("exec-listening");
+                        let mut handoff: Vec<std::ffi::OsString> =
+                            vec![self.self_exe.clone().into(), "exec-listening".into()];
                         for a in addrs {
-                            cmd.arg("--listen").arg(a.to_string());
+                            handoff.extend(["--listen".into(), a.to_string().into()]);
                         }
-                        cmd.arg("--").arg(self.bin(daemon)).arg(&config);
+                        handoff.push("--".into());
+                        argv.splice(0..0, handoff);
+                        argv.push(config.into());
                     }
-                    _ => {
-                        cmd.arg(&config);
-                    }
+                    _ => argv.push(config.into()),
                 }
             }
         }
+        let mut cmd = self.command(id, &argv);
         let status = cmd
             .stdin(Stdio::null())
             .stdout(out.try_clone().map_err(|e| e.to_string())?)

@@ -15,6 +15,7 @@ use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::io;
 use std::net::IpAddr;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -25,6 +26,7 @@ use super::addresses::AddressManager;
 use super::bundle;
 use super::daemons::{ServiceManager, rendered_config, run_captured};
 use super::ids::{InstanceFile, InstanceId};
+use super::policy::{self, Policy, Scope, Violation};
 use super::render::{self, Placeholders};
 use super::store::{Daemon, InstanceStore};
 use crate::certs::{self, CertError};
@@ -39,6 +41,8 @@ pub enum InstanceError {
     NotFound,
     #[error("Invalid configuration")]
     InvalidConfig { output: String },
+    #[error("Forbidden directive: {}", .0[0])]
+    ForbiddenDirective(Vec<Violation>),
     #[error("Apply failed; the previous state was restored")]
     ApplyFailed { output: String },
     #[error("Certificate is used by the instance's configuration")]
@@ -67,6 +71,36 @@ pub struct InstanceSettings {
     /// Interface that missing bind addresses are added to; `None`: not managed.
     pub vip_interface: Option<String>,
     pub ip_bin: PathBuf,
+    /// What uploaded configurations may name and do.
+    pub policy: Policy,
+    /// Who instances' daemons run as, and so who their files are made readable by.
+    pub isolation: Isolation,
+}
+
+/// Who instances' daemons run as.
+#[derive(Debug, Clone, Copy)]
+pub enum Isolation {
+    /// As the agent: nothing to arrange.
+    None,
+    /// Each instance as its own user and group (a root agent's direct service manager).
+    PerInstance(DaemonIds),
+    /// As a user of this group, which the agent is a member of (the systemd units):
+    /// instances' files are made readable by the group, the agent's own are not.
+    Group(u32),
+}
+
+/// A range of user and group ids, one of each per instance (uid = gid), none with a name:
+/// no instance's daemons can read another's files or the agent's.
+#[derive(Debug, Clone, Copy)]
+pub struct DaemonIds {
+    pub first: u32,
+    pub count: u32,
+}
+
+impl DaemonIds {
+    fn contains(&self, id: u32) -> bool {
+        id >= self.first && id - self.first < self.count
+    }
 }
 
 type Labels = Vec<(String, String)>;
@@ -77,6 +111,8 @@ pub struct InstanceManager {
     addresses: Option<AddressManager>,
     settings: InstanceSettings,
     locks: Mutex<HashMap<InstanceId, Arc<Mutex<()>>>>,
+    /// Serialises the choice of a new instance's daemon id.
+    allocation: Mutex<()>,
     operations: Family<Labels, Counter>,
 }
 
@@ -104,6 +140,7 @@ impl InstanceManager {
             addresses,
             settings,
             locks: Mutex::new(HashMap::new()),
+            allocation: Mutex::new(()),
             operations,
         }
     }
@@ -180,7 +217,11 @@ impl InstanceManager {
         let _guard = lock.lock().unwrap_or_else(|e| e.into_inner());
         self.ensure_dirs(id, file)?;
         let result = match file {
-            InstanceFile::Haproxy => self.check_haproxy_candidate(id, body).map(Some),
+            InstanceFile::Haproxy => self
+                .check_policy(id, Daemon::Haproxy, body)
+                .and_then(|()| self.check_haproxy_candidate(id, body))
+                .map(Some),
+            InstanceFile::Stunnel => self.check_policy(id, Daemon::Stunnel, body).map(|()| None),
             _ => Ok(None),
         }
         .and_then(|checked| {
@@ -299,6 +340,14 @@ impl InstanceManager {
     pub fn recover(&self) -> Vec<String> {
         let mut report = Vec::new();
         for id in self.store.list().unwrap_or_default() {
+            // After a reboot the run directory is gone; a crash may have left a file
+            // without its owner.
+            let prepared = ensure_dir(&self.store.run_dir(&id), 0o750)
+                .and_then(|()| self.settle_ownership(&id));
+            if let Err(e) = prepared {
+                report.push(format!("{id}: cannot prepare its directories: {e}"));
+                continue;
+            }
             for daemon in [Daemon::Stunnel, Daemon::Haproxy] {
                 if !self.store.has_config(&id, daemon) {
                     continue;
@@ -330,6 +379,75 @@ impl InstanceManager {
         ensure_dir(&self.store.run_dir(id), 0o750)?;
         if matches!(file, InstanceFile::Certificate(_)) {
             ensure_dir(&self.certs_dir(id), 0o700)?;
+        }
+        self.settle_ownership(id)
+    }
+
+    /// The instance's daemon id (uid = gid), chosen at its first upload and recorded as
+    /// the group of its directory; `None` when daemons are not isolated.
+    fn daemon_id(&self, id: &InstanceId, ids: DaemonIds) -> io::Result<u32> {
+        let dir = self.store.dir(id);
+        let recorded = |dir: &Path| {
+            std::fs::metadata(dir)
+                .map(|m| m.gid())
+                .ok()
+                .filter(|g| ids.contains(*g))
+        };
+        if let Some(n) = recorded(&dir) {
+            return Ok(n);
+        }
+        let _one_at_a_time = self.allocation.lock().unwrap_or_else(|e| e.into_inner());
+        let mut used = std::collections::HashSet::new();
+        for entry in std::fs::read_dir(self.store.instances_dir())? {
+            if let Some(n) = recorded(&entry?.path()) {
+                used.insert(n);
+            }
+        }
+        let n = (ids.first..ids.first.saturating_add(ids.count))
+            .find(|n| !used.contains(n))
+            .ok_or_else(|| {
+                io::Error::other("no daemon id left: raise instances.daemon_id_count")
+            })?;
+        std::os::unix::fs::chown(&dir, Some(0), Some(n))?;
+        Ok(n)
+    }
+
+    /// Gives an instance's daemons what they need and nothing more. Per instance: its
+    /// directory and certificate directory searchable by its group (root-owned), its
+    /// certificates owned by its user (0600), its run directory its own (set-group-id, so
+    /// the rendered configurations the agent writes there are readable by the group).
+    /// By group: the same directories in the daemons' group, certificates 0640.
+    fn settle_ownership(&self, id: &InstanceId) -> io::Result<()> {
+        use std::os::unix::fs::{PermissionsExt, chown};
+        let (user, group, cert_mode) = match self.settings.isolation {
+            Isolation::None => return Ok(()),
+            Isolation::PerInstance(ids) => {
+                let n = self.daemon_id(id, ids)?;
+                (Some(n), n, 0o600)
+            }
+            Isolation::Group(g) => (None, g, 0o640),
+        };
+        let root = user.map(|_| 0);
+        let set_mode = |p: &Path, mode: u32| {
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode))
+        };
+        chown(self.store.dir(id), root, Some(group))?;
+        let run = self.store.run_dir(id);
+        if run.is_dir() {
+            chown(&run, user, Some(group))?;
+            set_mode(&run, if user.is_some() { 0o2750 } else { 0o2770 })?;
+        }
+        let certs = self.certs_dir(id);
+        if certs.is_dir() {
+            chown(&certs, root, Some(group))?;
+            set_mode(&certs, 0o2750)?;
+            for entry in std::fs::read_dir(&certs)? {
+                let path = entry?.path();
+                if path.is_file() {
+                    chown(&path, user, Some(group))?;
+                    set_mode(&path, cert_mode)?;
+                }
+            }
         }
         Ok(())
     }
@@ -376,8 +494,10 @@ impl InstanceManager {
         let written = changes
             .iter()
             .try_for_each(|(path, content, mode)| write_or_remove(path, content.as_deref(), *mode));
+        let written = written.and_then(|()| self.settle_ownership(id));
         if let Err(e) = written {
             restore(&snapshots);
+            let _ = self.settle_ownership(id);
             return Err(e.into());
         }
         let mut outputs = Vec::new();
@@ -386,6 +506,9 @@ impl InstanceManager {
                 Ok(o) => outputs.push(o),
                 Err(err) => {
                     restore(&snapshots);
+                    if let Err(e) = self.settle_ownership(id) {
+                        tracing::error!(instance = %id, error = %e, "cannot restore file ownership");
+                    }
                     let mut rollback = Vec::new();
                     for (d, how) in affected {
                         match self.sync(id, *d, *how, None) {
@@ -500,6 +623,42 @@ impl InstanceManager {
         }
     }
 
+    /// The directive policy on an uploaded configuration, before anything runs or is
+    /// written: `ForbiddenDirective` with every refused line.
+    fn check_policy(
+        &self,
+        id: &InstanceId,
+        daemon: Daemon,
+        body: &[u8],
+    ) -> Result<(), InstanceError> {
+        let raw = utf8(body)?;
+        let certs_dir = self.certs_dir(id);
+        let custom503 = self.path(id, &InstanceFile::Custom503);
+        let expanded = render::substitute(raw, &self.placeholders(&certs_dir, &custom503))
+            .map_err(|e| InstanceError::InvalidConfig { output: e.0 })?;
+        self.judge(id, daemon, &expanded)
+            .map_err(InstanceError::ForbiddenDirective)
+    }
+
+    fn judge(&self, id: &InstanceId, daemon: Daemon, expanded: &str) -> Result<(), Vec<Violation>> {
+        let (dir, run) = (self.store.dir(id), self.store.run_dir(id));
+        let scope = Scope::new(&[&dir, &run], &policy::FileSystem);
+        match daemon {
+            Daemon::Haproxy => self.settings.policy.check_haproxy(expanded, &scope),
+            Daemon::Stunnel => self.settings.policy.check_stunnel(expanded, &scope),
+        }
+    }
+
+    fn placeholders<'a>(&self, certs_dir: &'a Path, custom503: &'a Path) -> Placeholders<'a> {
+        Placeholders {
+            my_ip: self.settings.management_ip,
+            certs_dir,
+            custom503,
+        }
+    }
+
+    /// Renders a stored configuration, which must still pass the policy (an operator may
+    /// have narrowed it since the upload).
     fn render(
         &self,
         id: &InstanceId,
@@ -508,11 +667,17 @@ impl InstanceManager {
     ) -> Result<String, render::RenderError> {
         let certs_dir = self.certs_dir(id);
         let custom503 = self.path(id, &InstanceFile::Custom503);
-        let p = Placeholders {
-            my_ip: self.settings.management_ip,
-            certs_dir: &certs_dir,
-            custom503: &custom503,
-        };
+        let p = self.placeholders(&certs_dir, &custom503);
+        let expanded = render::substitute(raw, &p)?;
+        self.judge(id, daemon, &expanded).map_err(|v| {
+            render::RenderError(format!(
+                "forbidden by the directive policy:\n{}",
+                v.iter()
+                    .map(|v| v.to_string())
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            ))
+        })?;
         match daemon {
             Daemon::Haproxy => render::render_haproxy(raw, &p, custom503.is_file()),
             Daemon::Stunnel => {

@@ -30,6 +30,7 @@ pub mod handoff;
 pub mod ids;
 pub mod instances;
 pub mod metrics;
+pub mod policy;
 pub mod render;
 pub mod reporter;
 pub mod response;
@@ -72,7 +73,12 @@ pub struct Agent {
     max_body_bytes: u64,
     body_timeout: Duration,
     certificate_lock: tokio::sync::Mutex<()>,
+    /// Who may name an actor in `X-Applianced-Actor`.
+    actor_clients: AllowList,
 }
+
+/// The header through which the controller names the user a request acts for.
+pub const ACTOR_HEADER: &str = "x-applianced-actor";
 
 impl App for Agent {
     async fn handle(
@@ -84,6 +90,7 @@ impl App for Agent {
         let method = req.method().clone();
         let path = req.uri().path().to_owned();
         let wants_json = accepts_json(req.headers());
+        let actor = actor(req.headers(), &conn, &self.actor_clients).map(str::to_owned);
         let route = routes::parse(&method, &path);
         let label = route.as_ref().map(Route::label).unwrap_or("(unknown)");
         let result = match route {
@@ -110,6 +117,7 @@ impl App for Agent {
             client_sans = %crate::transport::tls::Sans(conn.identity.as_ref().map(|i| i.dns_names.as_slice()).unwrap_or_default()),
             client_serial = %conn.identity.as_ref().map(|i| i.serial.as_str()).unwrap_or("-"),
             peer = %conn.peer,
+            actor = %actor.as_deref().unwrap_or("-"),
             method = %method,
             path = %path,
             route = %label,
@@ -120,6 +128,16 @@ impl App for Agent {
         );
         response
     }
+}
+
+/// The user a request acts for, as named by a client allowed to name one: printable
+/// ASCII without blanks, at most 128 bytes (it goes into the log line as is).
+fn actor<'a>(headers: &'a HeaderMap, conn: &ConnInfo, allowed: &AllowList) -> Option<&'a str> {
+    let value = headers.get(ACTOR_HEADER)?.to_str().ok()?;
+    let trusted = !allowed.is_empty() && conn.identity.as_ref().is_some_and(|i| allowed.allows(i));
+    let clean =
+        !value.is_empty() && value.len() <= 128 && value.bytes().all(|b| b.is_ascii_graphic());
+    (trusted && clean).then_some(value)
 }
 
 /// The client's name for logs (the agent's listeners always verify a certificate).
@@ -436,6 +454,74 @@ fn finish_pending_swap(paths: &TlsPaths) {
     }
 }
 
+/// Who instances' daemons run as. A root agent's direct service manager runs each
+/// instance's as its own user; the systemd units run them as `daemon_group`'s user, which
+/// the agent must share the group of. Their directories must be reachable by those users:
+/// the agent's own directories are made searchable (not listable) by others, and every
+/// directory above them must already be.
+fn daemon_isolation(config: &AgentConfig) -> Result<instances::Isolation, String> {
+    use std::os::unix::fs::PermissionsExt;
+    let i = &config.instances;
+    if i.service_manager == ServiceManagerKind::Systemd {
+        let Some(name) = i.daemon_group.as_deref() else {
+            return Ok(instances::Isolation::None);
+        };
+        let group = nix::unistd::Group::from_name(name)
+            .ok()
+            .flatten()
+            .ok_or_else(|| format!("instances.daemon_group: no group {name:?}"))?;
+        let member = nix::unistd::getegid() == group.gid
+            || nix::unistd::getgroups().is_ok_and(|g| g.contains(&group.gid))
+            || nix::unistd::geteuid().is_root();
+        if !member {
+            return Err(format!(
+                "instances.daemon_group: the agent is not a member of {name:?}, so it cannot \
+                 give instances' files to it"
+            ));
+        }
+        return Ok(instances::Isolation::Group(group.gid.as_raw()));
+    }
+    if !i.isolate_daemons {
+        return Ok(instances::Isolation::None);
+    }
+    if !nix::unistd::geteuid().is_root() {
+        tracing::warn!(
+            "the agent does not run as root: haproxy and stunnel run with the agent's own user \
+             and could read whatever it can if a configuration were allowed to name it \
+             (run the agent as root to give each instance's daemons their own user)"
+        );
+        return Ok(instances::Isolation::None);
+    }
+    let instances_dir = config.state_dir.join("instances");
+    for dir in [&config.state_dir, &instances_dir, &config.run_dir] {
+        let meta = std::fs::metadata(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let mode = meta.permissions().mode();
+        if mode & 0o001 == 0 {
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode | 0o001))
+                .map_err(|e| format!("{}: {e}", dir.display()))?;
+        }
+    }
+    for dir in [&instances_dir, &config.run_dir] {
+        for ancestor in dir.ancestors().skip(1) {
+            let searchable = std::fs::metadata(ancestor)
+                .map(|m| m.permissions().mode() & 0o001 != 0)
+                .unwrap_or(false);
+            if !searchable {
+                return Err(format!(
+                    "instances.isolate_daemons: {} is not searchable by other users, so \
+                     instances' daemons could not reach their files; make it searchable \
+                     (chmod o+x) or set instances.isolate_daemons = false",
+                    ancestor.display()
+                ));
+            }
+        }
+    }
+    Ok(instances::Isolation::PerInstance(instances::DaemonIds {
+        first: i.daemon_id_first,
+        count: i.daemon_id_count,
+    }))
+}
+
 /// Runs the agent until SIGTERM; returns the exit code.
 pub fn run(config: AgentConfig) -> i32 {
     let workers = config.limits.worker_threads;
@@ -482,6 +568,13 @@ async fn run_async(config: AgentConfig) -> i32 {
                 .unwrap_or_default()
         });
     let tls = Arc::new(ArcSwap::from_pointee(material));
+    let isolation = match daemon_isolation(&config) {
+        Ok(isolation) => isolation,
+        Err(e) => {
+            tracing::error!("{e}");
+            return exit::CONFIG;
+        }
+    };
     let store = InstanceStore::new(&config.state_dir, &config.run_dir);
     let services: Arc<dyn ServiceManager> = match config.instances.service_manager {
         ServiceManagerKind::Direct => Arc::new(DirectManager {
@@ -506,6 +599,11 @@ async fn run_async(config: AgentConfig) -> i32 {
             haproxy_bin: config.instances.haproxy.clone(),
             vip_interface: config.instances.vip_interface.clone(),
             ip_bin: config.instances.ip.clone(),
+            policy: policy::Policy::new(
+                &config.instances.policy.allow_directives,
+                &config.instances.policy.allow_paths,
+            ),
+            isolation,
         },
         metrics.reloads.clone(),
     ));
@@ -547,6 +645,13 @@ async fn run_async(config: AgentConfig) -> i32 {
         max_body_bytes: config.limits.max_body_bytes,
         body_timeout: config.limits.body_timeout.0,
         certificate_lock: tokio::sync::Mutex::new(()),
+        actor_clients: AllowList::new(
+            config
+                .server
+                .actor_clients
+                .as_deref()
+                .unwrap_or(&[crate::controller::ca::CONTROLLER_CN.to_string()]),
+        ),
     });
     let limits = ServerLimits {
         handshake_timeout: config.limits.handshake_timeout.0,

@@ -131,6 +131,15 @@ impl From<InstanceError> for AgentError {
             InstanceError::InvalidConfig { ref output } => {
                 refused("invalid_config", &e, output.clone())
             }
+            InstanceError::ForbiddenDirective(ref violations) => refused(
+                "forbidden_directive",
+                &e,
+                violations
+                    .iter()
+                    .map(|v| v.to_string())
+                    .collect::<Vec<_>>()
+                    .join("\n"),
+            ),
             InstanceError::ApplyFailed { ref output } => {
                 refused("apply_failed", &e, output.clone())
             }

@@ -88,6 +88,34 @@ pub struct InstancesSection {
     pub allow_expired_certificates: bool,
     /// Time a daemon start, reload or stop may take before it counts as failed.
     pub operation_timeout: HumanDuration,
+    /// When the agent runs as root (direct service manager): each instance's haproxy and
+    /// stunnel run as that instance's own unprivileged user and group, taken from
+    /// `daemon_id_first`.. (`daemon_id_count` of them).
+    pub isolate_daemons: bool,
+    pub daemon_id_first: u32,
+    pub daemon_id_count: u32,
+    /// With the systemd service manager: the group of the user the template units run
+    /// the daemons as (the agent must be a member); instances' files are made readable
+    /// by it. Unset: files are left as the agent writes them.
+    pub daemon_group: Option<String>,
+    /// What uploaded configurations may do beyond their own instance's files.
+    pub policy: PolicySection,
+}
+
+/// The first id of the daemons' users and groups: 0x70000000, above the ranges Debian,
+/// systemd (dynamic users, homed, nspawn) and container engines allocate.
+pub const DAEMON_ID_FIRST: u32 = 0x7000_0000;
+
+/// `[instances.policy]`: the directive policy's allowances. Empty by default: uploaded
+/// configurations may name only their own instance's files and may not load code, run
+/// programs or change user.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct PolicySection {
+    /// haproxy directives or stunnel options accepted whatever their arguments.
+    pub allow_directives: Vec<String>,
+    /// Absolute path prefixes any directive may name.
+    pub allow_paths: Vec<PathBuf>,
 }
 
 impl Default for InstancesSection {
@@ -101,6 +129,11 @@ impl Default for InstancesSection {
             ip: PathBuf::from("ip"),
             allow_expired_certificates: true,
             operation_timeout: HumanDuration::secs(10),
+            isolate_daemons: true,
+            daemon_id_first: DAEMON_ID_FIRST,
+            daemon_id_count: 65536,
+            daemon_group: None,
+            policy: PolicySection::default(),
         }
     }
 }
@@ -131,6 +164,11 @@ pub struct ServerSection {
     /// these patterns (`*` matches any run of characters) may connect.
     #[serde(default)]
     pub allowed_clients: Vec<String>,
+    /// Clients (CN / DNS SAN patterns) whose requests may name the user they act for in
+    /// `X-Applianced-Actor`, logged with the request. Default: the controller
+    /// (`applianced-controller`). From anyone else the header is ignored.
+    #[serde(default)]
+    pub actor_clients: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -283,6 +321,46 @@ impl AgentConfig {
                         problem(key, format!("{}: {e}", p.display()));
                     }
                 }
+            }
+        }
+        if let Some(g) = &self.instances.daemon_group
+            && self.instances.service_manager == ServiceManagerKind::Systemd
+            && !matches!(nix::unistd::Group::from_name(g), Ok(Some(_)))
+        {
+            problem(
+                "instances.daemon_group",
+                format!("no group {g:?} on this system"),
+            );
+        }
+        let known = crate::agent::policy::known_directives();
+        for d in &self.instances.policy.allow_directives {
+            if !known.iter().any(|k| k.eq_ignore_ascii_case(d)) {
+                problem(
+                    "instances.policy.allow_directives",
+                    format!("{d:?} is not a directive the policy judges"),
+                );
+            }
+        }
+        let ids =
+            u64::from(self.instances.daemon_id_first) + u64::from(self.instances.daemon_id_count);
+        if self.instances.daemon_id_first < 1000
+            || self.instances.daemon_id_count == 0
+            || ids > 0x8000_0000
+        {
+            problem(
+                "instances.daemon_id_first",
+                format!(
+                    "{}+{}: the range must start at 1000 or above, hold at least one id and end by 2147483648",
+                    self.instances.daemon_id_first, self.instances.daemon_id_count
+                ),
+            );
+        }
+        for p in &self.instances.policy.allow_paths {
+            if !p.is_absolute() || p == std::path::Path::new("/") {
+                problem(
+                    "instances.policy.allow_paths",
+                    format!("{}: an absolute path other than / is required", p.display()),
+                );
             }
         }
         if let Some(c) = &self.controller {

@@ -111,7 +111,10 @@ impl ProcessBackend {
              [controller]\n\
              url = {url}\n\
              ca = {controller_ca}\n\
-             heartbeat_interval = \"{hb}ms\"\n",
+             heartbeat_interval = \"{hb}ms\"\n\n\
+             [instances]\n\
+             # The appliance's directories live in the controller's state directory.\n\
+             isolate_daemons = false\n",
             id_q = toml_string(id),
             state = q(&dir.join("state")),
             run = q(&run),

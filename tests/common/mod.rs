@@ -7,6 +7,7 @@ pub mod postgres;
 
 use std::error::Error as StdError;
 use std::net::{SocketAddr, TcpListener as StdListener};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::Arc;
@@ -191,6 +192,8 @@ impl<'a> AgentOptions<'a> {
 impl Agent {
     pub fn start(opts: AgentOptions<'_>) -> Agent {
         let dir = tempfile::tempdir().unwrap();
+        // Searchable by others: instances' daemons run as their own users.
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
         let port = free_port();
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
         let config = dir.path().join("agent.toml");
