@@ -178,3 +178,296 @@ fn heartbeats_decode_with_octavias_own_code() {
     );
     drive(&setup, "heartbeat");
 }
+
+const LB: &str = "6f6c36b1-0a4b-4b6a-9d42-1f0c5ad1c7e9";
+const LISTENER: &str = "1f0c5ad1-0000-4b6a-9d42-6f6c36b10a4b";
+
+/// A configuration in the shape Octavia's templater renders, with Octavia's paths.
+fn octavia_config(binds: &[u16], body: &str, extra: &str) -> String {
+    let binds: String = binds
+        .iter()
+        .map(|p| format!("    bind 127.0.0.1:{p}\n"))
+        .collect();
+    format!(
+        "# Configuration for loadbalancer {LB}\nglobal\n    daemon\n    user nobody\n    log /run/rsyslog/octavia/log local0\n    stats socket /var/lib/octavia/{LB}.sock mode 0666 level user\n    server-state-file /var/lib/octavia/{LB}/servers-state\n    maxconn 50000\n\ndefaults\n    log global\n    retries 3\n    timeout connect 1s\n    timeout client 5s\n    timeout server 5s\n\nfrontend {LISTENER}\n    maxconn 50000\n{binds}    mode http\n    http-request return status 200 content-type text/plain string \"{body}\"\n{extra}"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_1_0_answers_as_octavias_agent_does() {
+    let pki = Pki::new();
+    let server = pki.issue(
+        "agent",
+        AMPHORA_ID,
+        &["--server", "--san", AMPHORA_ID, "--san", "127.0.0.1"],
+    );
+    let creds = pki.client("controller", "octavia-controller");
+    let agent =
+        Agent::start(AgentOptions::new(&pki, &server).toml("[limits]\nmax_body_bytes = 65536\n"));
+    let client = common::Client::new(&pki.ca_cert(), Some(&creds));
+    let a = agent.addr;
+    let req = |method: &'static str, path: String, body: Vec<u8>| {
+        let client = client.clone();
+        async move { client.request(a, method, &path, &body).await.unwrap() }
+    };
+    let json_of = |r: &common::Resp| {
+        assert_eq!(
+            r.headers["content-type"], "application/json",
+            "{} {}",
+            r.status, r.body
+        );
+        r.json()
+    };
+
+    // Version discovery: the native root and Octavia's agree on api_version.
+    let native = req("GET", "/".into(), vec![]).await;
+    let octavia = req("GET", "//".into(), vec![]).await;
+    assert_eq!(native.json()["api_version"], "1.0");
+    assert_eq!(json_of(&octavia), serde_json::json!({"api_version": "1.0"}));
+
+    // Unknown routes and methods: Octavia's shape under /1.0, the native 403 elsewhere.
+    assert_eq!(req("GET", "/nope".into(), vec![]).await.status, 403);
+    let r = req("GET", "/1.0/nope".into(), vec![]).await;
+    assert_eq!(r.status, 404);
+    assert_eq!(json_of(&r)["http_code"], 404);
+    let r = req("POST", "/1.0/info".into(), vec![]).await;
+    assert_eq!(r.status, 405);
+    assert_eq!(json_of(&r)["http_code"], 405);
+    let r = req("GET", format!("/1.0/loadbalancer/{LB}/haproxy"), vec![]).await;
+    assert_eq!(r.status, 404);
+    assert_eq!(json_of(&r)["message"], "Loadbalancer Not Found");
+    let r = req("PUT", format!("/1.0/loadbalancer/{LB}/reload"), vec![]).await;
+    assert_eq!(
+        (r.status, json_of(&r)["message"].as_str()),
+        (404, Some("Loadbalancer Not Found"))
+    );
+
+    // Upload: translated into the instance, checked, served by the real haproxy.
+    let port = free_port();
+    let put_config = |config: String| {
+        req(
+            "PUT",
+            format!("/1.0/loadbalancer/{AMPHORA_ID}/{LB}/haproxy"),
+            config.into_bytes(),
+        )
+    };
+    let r = put_config(octavia_config(&[port], "v1", "")).await;
+    assert_eq!(
+        (r.status, json_of(&r)["message"].as_str()),
+        (202, Some("OK")),
+        "{}",
+        agent.log_text()
+    );
+    assert!(common::http_get(port).unwrap().contains("v1"));
+    let stored = req("GET", format!("/1.0/loadbalancer/{LB}/haproxy"), vec![]).await;
+    assert_eq!(stored.status, 200);
+    assert!(
+        !stored.body.contains("/var/lib/octavia") && !stored.body.contains("user nobody"),
+        "{}",
+        stored.body
+    );
+    assert!(
+        stored.body.contains(&format!(
+            "{}/{LB}/octavia-stats.sock",
+            agent.run_dir().display()
+        )),
+        "{}",
+        stored.body
+    );
+    assert!(agent.run_dir().join(LB).join("octavia-stats.sock").exists());
+
+    // A configuration haproxy -c accepts but that cannot bind: rolled back, v1 serves.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken_port = taken.local_addr().unwrap().port();
+    let r = put_config(octavia_config(&[port, taken_port], "v2", "")).await;
+    assert_eq!(r.status, 500, "{}", r.body);
+    assert_eq!(json_of(&r)["message"], "Error reloading haproxy");
+    assert!(common::http_get(port).unwrap().contains("v1"));
+    let stored = req("GET", format!("/1.0/loadbalancer/{LB}/haproxy"), vec![]).await;
+    assert!(
+        !stored.body.contains(&taken_port.to_string()),
+        "{}",
+        stored.body
+    );
+    drop(taken);
+
+    // Refused before haproxy sees it: the checker's output, programs, foreign files.
+    let r = put_config(octavia_config(&[port], "v3", "    nonsense-directive\n")).await;
+    assert_eq!(
+        (r.status, json_of(&r)["message"].as_str()),
+        (400, Some("Invalid request"))
+    );
+    assert!(
+        r.json()["details"]
+            .as_str()
+            .unwrap()
+            .contains("nonsense-directive"),
+        "{}",
+        r.body
+    );
+    let r = put_config(octavia_config(
+        &[port],
+        "v3",
+        "backend b\n    option external-check\n",
+    ))
+    .await;
+    assert_eq!(r.status, 400);
+    assert!(
+        r.json()["details"].as_str().unwrap().contains("PING"),
+        "{}",
+        r.body
+    );
+    let other_lb = "6f6c36b1-0a4b-4b6a-9d42-000000000000";
+    let r = put_config(octavia_config(
+        &[port],
+        "v3",
+        &format!("    errorfile 503 /var/lib/octavia/certs/{other_lb}/x.pem\n"),
+    ))
+    .await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(common::http_get(port).unwrap().contains("v1"));
+
+    // Certificate-directory files: names, PEM checks, crt-lists, md5 of what is stored.
+    let cert_path = |name: &str| format!("/1.0/loadbalancer/{LB}/certificates/{name}");
+    let r = req("PUT", cert_path("x.crt"), b"x".to_vec()).await;
+    assert_eq!(
+        (r.status, json_of(&r)["message"].as_str()),
+        (400, Some("Filename has wrong format"))
+    );
+    let leaf = pki.issue("leaf", "www.example.com", &["--server"]);
+    let other = pki.issue("other", "other.example.com", &["--server"]);
+    let mut mismatched = std::fs::read(&leaf.cert).unwrap();
+    mismatched.extend(std::fs::read(&other.key).unwrap());
+    let r = req("PUT", cert_path("aa.pem"), mismatched).await;
+    assert_eq!(r.status, 400);
+    assert!(
+        json_of(&r)["details"]
+            .as_str()
+            .unwrap()
+            .contains("cert_key_mismatch"),
+        "{}",
+        r.body
+    );
+    let r = req("GET", cert_path("aa.pem"), vec![]).await;
+    assert_eq!(
+        (r.status, json_of(&r)["message"].as_str()),
+        (404, Some("Certificate Not Found"))
+    );
+    let bundle = leaf.bundle();
+    let r = req("PUT", cert_path("aa.pem"), bundle.clone()).await;
+    assert_eq!(
+        (r.status, json_of(&r)["message"].as_str()),
+        (200, Some("OK"))
+    );
+    let r = req("GET", cert_path("aa.pem"), vec![]).await;
+    let md5 = json_of(&r)["md5sum"].as_str().unwrap().to_string();
+    let stored = std::fs::read(
+        agent
+            .state_dir()
+            .join(format!("instances/{LB}/certificates/aa.pem")),
+    )
+    .unwrap();
+    assert_eq!(stored, bundle);
+    let expected = Command::new("md5sum")
+        .arg(
+            agent
+                .state_dir()
+                .join(format!("instances/{LB}/certificates/aa.pem")),
+        )
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&expected.stdout).starts_with(&md5));
+    let r = req(
+        "PUT",
+        cert_path("list.pem"),
+        b"/etc/ssl/private/key.pem\n".to_vec(),
+    )
+    .await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    let r = req(
+        "PUT",
+        cert_path("list.pem"),
+        format!("/var/lib/octavia/certs/{LB}/aa.pem [alpn h2]\n").into_bytes(),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let listed = std::fs::read_to_string(
+        agent
+            .state_dir()
+            .join(format!("instances/{LB}/certificates/list.pem")),
+    )
+    .unwrap();
+    assert_eq!(
+        listed,
+        format!(
+            "{}/instances/{LB}/certificates/aa.pem [alpn h2]\n",
+            agent.state_dir().display()
+        )
+    );
+    let r = req("DELETE", cert_path("aa.pem"), vec![]).await;
+    assert_eq!(r.status, 200);
+    let r = req("DELETE", cert_path("aa.pem"), vec![]).await;
+    assert_eq!(
+        r.status, 200,
+        "deleting a missing file is fine, as in Octavia"
+    );
+
+    // Octavia's client reads 413 as success: an oversized body is a 400.
+    let r = req("PUT", cert_path("big.pem"), vec![b'x'; 65537]).await;
+    assert_eq!(r.status, 400);
+    assert!(json_of(&r)["details"].as_str().unwrap().contains("larger"));
+
+    // Actions: stop keeps the files, reload starts a stopped haproxy.
+    let r = req("PUT", format!("/1.0/loadbalancer/{LB}/bogus"), vec![]).await;
+    assert_eq!(
+        (r.status, json_of(&r)["details"].as_str()),
+        (400, Some("Unknown action: bogus"))
+    );
+    let r = req("PUT", format!("/1.0/loadbalancer/{LB}/stop"), vec![]).await;
+    assert_eq!(r.status, 202, "{}", r.body);
+    assert!(common::http_get(port).is_err());
+    let r = req("PUT", format!("/1.0/loadbalancer/{LB}/reload"), vec![]).await;
+    assert_eq!(r.status, 202, "{}", r.body);
+    assert!(common::http_get(port).unwrap().contains("v1"));
+
+    // What Octavia reads about the amphora.
+    let details = json_of(&req("GET", "/1.0/details".into(), vec![]).await);
+    assert_eq!(details["listeners"], serde_json::json!([LISTENER]));
+    assert_eq!(details["haproxy_count"], 1);
+    let listeners = json_of(&req("GET", "/1.0/listeners".into(), vec![]).await);
+    assert_eq!(
+        listeners,
+        serde_json::json!([{"status": "ACTIVE", "uuid": LISTENER, "type": "HTTP"}])
+    );
+
+    // Routes that only make sense inside an amphora VM.
+    for (method, path, status) in [
+        ("POST", "/1.0/plug/vip/10.0.0.5", 500),
+        ("POST", "/1.0/plug/network", 500),
+        ("GET", "/1.0/interface/10.0.0.5", 404),
+        ("PUT", "/1.0/interface/10.0.0.5/rules", 404),
+        ("PUT", "/1.0/vrrp/upload", 500),
+        ("PUT", "/1.0/vrrp/start", 500),
+        ("PUT", "/1.0/listeners/amp/l/udp_listener", 500),
+    ] {
+        let r = req(method, path.into(), vec![]).await;
+        assert_eq!(r.status, status, "{method} {path}");
+        assert!(
+            json_of(&r)["details"]
+                .as_str()
+                .unwrap()
+                .contains("amphora VM")
+        );
+    }
+
+    // Delete: stopped and gone; again, still OK.
+    let r = req("DELETE", format!("/1.0/listeners/{LB}"), vec![]).await;
+    assert_eq!(
+        (r.status, json_of(&r)["message"].as_str()),
+        (200, Some("OK"))
+    );
+    assert!(common::http_get(port).is_err());
+    assert!(!agent.state_dir().join("instances").join(LB).exists());
+    let r = req("DELETE", format!("/1.0/listeners/{LB}"), vec![]).await;
+    assert_eq!(r.status, 200);
+}

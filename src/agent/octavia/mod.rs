@@ -572,7 +572,7 @@ impl Agent {
                     m.put_file(&id, &InstanceFile::Haproxy, translated.as_bytes())
                         .map_err(|e| match e {
                             InstanceError::ApplyFailed { output } => OctaviaError::ActionFailed {
-                                verb: "start",
+                                verb: "reload",
                                 details: output,
                             },
                             other => other.into(),
