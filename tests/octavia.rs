@@ -290,6 +290,9 @@ async fn api_1_0_answers_as_octavias_agent_does() {
         stored.body
     );
     drop(taken);
+    // The servers' state was saved through the stats socket before the reload.
+    let state = std::fs::read_to_string(agent.run_dir().join(LB).join("servers-state")).unwrap();
+    assert!(state.starts_with("1\n# be_id"), "{state}");
 
     // Refused before haproxy sees it: the checker's output, programs, foreign files.
     let r = put_config(octavia_config(&[port], "v3", "    nonsense-directive\n")).await;

@@ -162,12 +162,12 @@ pub fn wrap_envelope(message: &Value, key: &str) -> Vec<u8> {
     payload
 }
 
-/// `show stat` from one stats socket, bounded in size and time.
-fn query_stats(socket: &Path) -> std::io::Result<String> {
+/// One command on an haproxy stats socket, its answer bounded in size and time.
+pub fn query_socket(socket: &Path, command: &str) -> std::io::Result<String> {
     let mut stream = UnixStream::connect(socket)?;
     stream.set_read_timeout(Some(Duration::from_secs(2)))?;
     stream.set_write_timeout(Some(Duration::from_secs(2)))?;
-    stream.write_all(b"show stat\n")?;
+    stream.write_all(format!("{command}\n").as_bytes())?;
     let mut out = String::new();
     stream.take(MAX_STATS_BYTES).read_to_string(&mut out)?;
     Ok(out)
@@ -205,7 +205,7 @@ impl Sender {
                         .iter()
                         .map(|id| store.run_dir(id).join(STATS_SOCKET))
                         .filter(|sock| sock.exists())
-                        .filter_map(|sock| match query_stats(&sock) {
+                        .filter_map(|sock| match query_socket(&sock, "show stat") {
                             Ok(csv) => Some(parse_stats(&csv)),
                             Err(e) => {
                                 tracing::warn!(socket = %sock.display(), error = %e, "heartbeat: cannot read haproxy stats");

@@ -569,6 +569,7 @@ impl Agent {
                     let translated =
                         translate::haproxy_config(text, &o.layout(&lb_id, &certs_dir, &run_dir))
                             .map_err(|e| OctaviaError::InvalidRequest(e.to_string()))?;
+                    save_server_state(&run_dir);
                     m.put_file(&id, &InstanceFile::Haproxy, translated.as_bytes())
                         .map_err(|e| match e {
                             InstanceError::ApplyFailed { output } => OctaviaError::ActionFailed {
@@ -614,7 +615,10 @@ impl Agent {
                 self.octavia_op(move |m, _| {
                     let result = match verb {
                         "stop" => m.stop_haproxy(&id),
-                        _ => m.reload_haproxy(&id),
+                        _ => {
+                            save_server_state(&m.store().run_dir(&id));
+                            m.reload_haproxy(&id)
+                        }
                     };
                     match result {
                         Ok(_) => {}
@@ -796,6 +800,26 @@ fn max_global_maxconn() -> u64 {
         .map(|(_, hard)| hard)
         .unwrap_or(1024);
     (hard.saturating_mul(2) / 5).saturating_sub(500).max(100)
+}
+
+/// Saves the servers' state of a running haproxy before it reloads (what Octavia's
+/// agent does), for the `load-server-state-from-file` its configurations ask for.
+fn save_server_state(run_dir: &Path) {
+    let socket = run_dir.join(translate::STATS_SOCKET);
+    if !socket.exists() {
+        return;
+    }
+    let saved = heartbeat::query_socket(&socket, "show servers state").and_then(|state| {
+        write_atomic(
+            &run_dir.join(translate::SERVER_STATE),
+            state.as_bytes(),
+            0o640,
+        )
+    });
+    if let Err(e) = saved {
+        // haproxy reloads without it, as with Octavia's agent.
+        tracing::warn!(socket = %socket.display(), error = %e, "cannot save the servers' state");
+    }
 }
 
 fn hostname() -> String {
