@@ -25,7 +25,7 @@ use prometheus_client::metrics::family::Family;
 use super::addresses::AddressManager;
 use super::bundle;
 use super::daemons::{ServiceManager, rendered_config, run_captured};
-use super::ids::{InstanceFile, InstanceId};
+use super::ids::{CertName, InstanceFile, InstanceId};
 use super::policy::{self, Policy, Scope, Violation};
 use super::render::{self, Placeholders};
 use super::store::{Daemon, InstanceStore};
@@ -158,7 +158,8 @@ impl InstanceManager {
         self.store.dir(id).join(file.relative_path())
     }
 
-    fn certs_dir(&self, id: &InstanceId) -> PathBuf {
+    /// The instance's certificate directory (what `{CERTS}` stands for).
+    pub fn certs_dir(&self, id: &InstanceId) -> PathBuf {
         self.store.dir(id).join("certificates")
     }
 
@@ -333,6 +334,89 @@ impl InstanceManager {
         Ok(Applied {
             output: join_lines(&output),
         })
+    }
+
+    /// Writes a file of the instance's certificate directory that the caller has
+    /// validated (Octavia's bundles, CA files, CRLs and crt-lists, whose names are ids,
+    /// not the certificate's names), atomically and serialised with the instance's other
+    /// operations. No daemon is touched: as with Octavia's agent, haproxy takes it at the
+    /// next configuration upload or reload. Returns false when the same bytes were
+    /// already there (nothing written).
+    pub fn put_certificate_file(
+        &self,
+        id: &InstanceId,
+        name: &CertName,
+        body: &[u8],
+    ) -> Result<bool, InstanceError> {
+        let file = InstanceFile::Certificate(name.clone());
+        let lock = self.lock(id);
+        let _guard = lock.lock().unwrap_or_else(|e| e.into_inner());
+        let path = self.path(id, &file);
+        if std::fs::read(&path).is_ok_and(|current| current == body) {
+            return Ok(false);
+        }
+        self.ensure_dirs(id, &file)?;
+        // Owned by the instance's daemons like every certificate of theirs.
+        let written = write_atomic(&path, body, 0o600).and_then(|()| self.settle_ownership(id));
+        if written.is_err() {
+            self.remove_empty_dirs(id);
+        }
+        written?;
+        Ok(true)
+    }
+
+    /// Removes a file of the instance's certificate directory without touching the
+    /// daemons (Octavia removes certificates before it uploads the configuration that
+    /// stops using them; the running haproxy keeps what it loaded). Returns false when
+    /// there was no such file.
+    pub fn remove_certificate_file(
+        &self,
+        id: &InstanceId,
+        name: &CertName,
+    ) -> Result<bool, InstanceError> {
+        let lock = self.lock(id);
+        let _guard = lock.lock().unwrap_or_else(|e| e.into_inner());
+        let path = self.path(id, &InstanceFile::Certificate(name.clone()));
+        if !path.is_file() {
+            return Ok(false);
+        }
+        remove_durable(&path)?;
+        self.remove_empty_dirs(id);
+        Ok(true)
+    }
+
+    /// Brings the instance's haproxy in line with its files: rendered, checked, then
+    /// gracefully reloaded, or started when it is not running. Nothing changes on disk,
+    /// so a failed reload leaves the running workers as they were.
+    pub fn reload_haproxy(&self, id: &InstanceId) -> Result<Applied, InstanceError> {
+        let lock = self.lock(id);
+        let _guard = lock.lock().unwrap_or_else(|e| e.into_inner());
+        if !self.store.has_config(id, Daemon::Haproxy) {
+            return Err(InstanceError::NotFound);
+        }
+        match self.sync(id, Daemon::Haproxy, Apply::Config, None) {
+            Ok(output) => Ok(Applied { output }),
+            Err(SyncError::Invalid(output)) => Err(InstanceError::InvalidConfig { output }),
+            Err(SyncError::Failed(output)) => Err(InstanceError::ApplyFailed { output }),
+        }
+    }
+
+    /// Stops the instance's haproxy and keeps its files (until the next change, reload
+    /// or agent restart starts it again).
+    pub fn stop_haproxy(&self, id: &InstanceId) -> Result<Applied, InstanceError> {
+        let lock = self.lock(id);
+        let _guard = lock.lock().unwrap_or_else(|e| e.into_inner());
+        if !self.store.has_config(id, Daemon::Haproxy) {
+            return Err(InstanceError::NotFound);
+        }
+        let output = self
+            .op(
+                Daemon::Haproxy,
+                "stop",
+                self.services.stop(id, Daemon::Haproxy),
+            )
+            .map_err(|output| InstanceError::ApplyFailed { output })?;
+        Ok(Applied { output })
     }
 
     /// Starts every configured daemon that is not running (after a reboot, or a crash of

@@ -30,6 +30,7 @@ pub mod handoff;
 pub mod ids;
 pub mod instances;
 pub mod metrics;
+pub mod octavia;
 pub mod policy;
 pub mod render;
 pub mod reporter;
@@ -75,6 +76,8 @@ pub struct Agent {
     certificate_lock: tokio::sync::Mutex<()>,
     /// Who may name an actor in `X-Applianced-Actor`.
     actor_clients: AllowList,
+    /// Octavia's amphora API 1.0 (`//` and `/1.0/...`).
+    octavia: Arc<octavia::Octavia>,
 }
 
 /// The header through which the controller names the user a request acts for.
@@ -89,23 +92,12 @@ impl App for Agent {
         let started = Instant::now();
         let method = req.method().clone();
         let path = req.uri().path().to_owned();
-        let wants_json = accepts_json(req.headers());
         let actor = actor(req.headers(), &conn, &self.actor_clients).map(str::to_owned);
-        let route = routes::parse(&method, &path);
-        let label = route.as_ref().map(Route::label).unwrap_or("(unknown)");
-        let result = match route {
-            Ok(route) => self.dispatch(route, req).await,
-            Err(RouteError::Unknown) => Err(AgentError::UnknownRoute),
-            Err(RouteError::BadInstanceId(id)) => Err(AgentError::BadInstanceId(id)),
-            Err(RouteError::BadFileName(name)) => Err(AgentError::BadFileName(name)),
+        let (response, code, label) = if octavia::routes::claims(&path) {
+            self.octavia_request(&method, &path, req).await
+        } else {
+            self.native_request(&method, &path, req, &conn).await
         };
-        if let Err(AgentError::Internal(detail)) = &result {
-            tracing::error!(%method, %path, client = %client_name(&conn), error = %detail, "internal error");
-        }
-        let (mut response, code) = response::build(result, wants_json);
-        if method == Method::HEAD {
-            *response.body_mut() = Full::new(Bytes::new());
-        }
         let elapsed = started.elapsed();
         let status = response.status().as_u16();
         self.metrics
@@ -138,6 +130,36 @@ fn actor<'a>(headers: &'a HeaderMap, conn: &ConnInfo, allowed: &AllowList) -> Op
     let clean =
         !value.is_empty() && value.len() <= 128 && value.bytes().all(|b| b.is_ascii_graphic());
     (trusted && clean).then_some(value)
+}
+
+impl Agent {
+    /// Answers one request of the native API: the response, the stable code and the
+    /// route label for the request log.
+    async fn native_request(
+        &self,
+        method: &Method,
+        path: &str,
+        req: Request<Incoming>,
+        conn: &ConnInfo,
+    ) -> (Response<Full<Bytes>>, &'static str, &'static str) {
+        let wants_json = accepts_json(req.headers());
+        let route = routes::parse(method, path);
+        let label = route.as_ref().map(Route::label).unwrap_or("(unknown)");
+        let result = match route {
+            Ok(route) => self.dispatch(route, req).await,
+            Err(RouteError::Unknown) => Err(AgentError::UnknownRoute),
+            Err(RouteError::BadInstanceId(id)) => Err(AgentError::BadInstanceId(id)),
+            Err(RouteError::BadFileName(name)) => Err(AgentError::BadFileName(name)),
+        };
+        if let Err(AgentError::Internal(detail)) = &result {
+            tracing::error!(%method, %path, client = %client_name(conn), error = %detail, "internal error");
+        }
+        let (mut response, code) = response::build(result, wants_json);
+        if method == Method::HEAD {
+            *response.body_mut() = Full::new(Bytes::new());
+        }
+        (response, code, label)
+    }
 }
 
 /// The client's name for logs (the agent's listeners always verify a certificate).
@@ -546,7 +568,7 @@ async fn run_async(config: AgentConfig) -> i32 {
         }
     }
     let mut listeners = Vec::new();
-    for addr in &config.server.listen {
+    for addr in config.server.listen.iter().chain(&config.octavia.listen) {
         match crate::transport::server::bind(*addr) {
             Ok(l) => listeners.push(l),
             Err(e) => {
@@ -635,6 +657,20 @@ async fn run_async(config: AgentConfig) -> i32 {
             status_cache.clone(),
         ))
     });
+    let octavia = Arc::new(octavia::Octavia::new(
+        &config.octavia,
+        &appliance_id,
+        &config.state_dir,
+        &config.instances.haproxy,
+        config.instances.allow_expired_certificates,
+    ));
+    let heartbeat = tokio::spawn(
+        octavia::heartbeat::Sender {
+            store: store.clone(),
+            settings: octavia.heartbeat.clone(),
+        }
+        .run(),
+    );
     let agent = Arc::new(Agent {
         tls: tls.clone(),
         tls_paths: config.tls_paths(),
@@ -652,6 +688,7 @@ async fn run_async(config: AgentConfig) -> i32 {
                 .as_deref()
                 .unwrap_or(&[crate::controller::ca::CONTROLLER_CN.to_string()]),
         ),
+        octavia,
     });
     let limits = ServerLimits {
         handshake_timeout: config.limits.handshake_timeout.0,
@@ -690,6 +727,7 @@ async fn run_async(config: AgentConfig) -> i32 {
         tracing::error!(error = %e, "cannot install signal handlers");
         return exit::FAILURE;
     }
+    heartbeat.abort();
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
     if let (Some(task), Some(reporter)) = (reporting, reporter) {
         task.abort();

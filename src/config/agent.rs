@@ -38,6 +38,48 @@ pub struct AgentConfig {
     /// The controller this appliance reports to; unset: the agent reports to nobody.
     #[serde(default)]
     pub controller: Option<ControllerSection>,
+    /// OpenStack Octavia's amphora API 1.0 and its health heartbeat.
+    #[serde(default)]
+    pub octavia: OctaviaSection,
+}
+
+/// Running as Octavia's amphora agent: its API 1.0 (always served), the extra listeners
+/// its controller expects (port 9443), the paths its rendered haproxy configurations
+/// name, and the signed UDP heartbeat to its health managers.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OctaviaSection {
+    /// The amphora id reported in heartbeats (Octavia's `[amphora_agent] amphora_id`).
+    /// Default: the appliance id.
+    pub amphora_id: Option<String>,
+    /// Extra addresses the agent API also listens on (Octavia's `bind_host:bind_port`,
+    /// usually port 9443); same TLS and API as `server.listen`.
+    pub listen: Vec<SocketAddr>,
+    /// Octavia's `[haproxy_amphora] base_path`, as its templates name it.
+    pub base_path: PathBuf,
+    /// Octavia's `[haproxy_amphora] base_cert_dir`, as its templates name it.
+    pub base_cert_dir: PathBuf,
+    /// Octavia's `[health_manager] heartbeat_key` (HMAC key of the heartbeats).
+    pub heartbeat_key: Option<String>,
+    /// Octavia's `[health_manager] heartbeat_interval`.
+    pub heartbeat_interval: HumanDuration,
+    /// Octavia's `[health_manager] controller_ip_port_list`, `IP:PORT` each; empty: no
+    /// heartbeat is sent.
+    pub controller_ip_port_list: Vec<SocketAddr>,
+}
+
+impl Default for OctaviaSection {
+    fn default() -> Self {
+        OctaviaSection {
+            amphora_id: None,
+            listen: Vec::new(),
+            base_path: PathBuf::from("/var/lib/octavia"),
+            base_cert_dir: PathBuf::from("/var/lib/octavia/certs"),
+            heartbeat_key: None,
+            heartbeat_interval: HumanDuration::secs(10),
+            controller_ip_port_list: Vec::new(),
+        }
+    }
 }
 
 /// Callbacks to the controller: `launched` once serving, `heartbeat` periodically,
@@ -382,6 +424,32 @@ impl AgentConfig {
                 );
             }
         }
+        let o = &self.octavia;
+        for (key, dir) in [
+            ("octavia.base_path", &o.base_path),
+            ("octavia.base_cert_dir", &o.base_cert_dir),
+        ] {
+            if !dir.is_absolute() || dir == Path::new("/") {
+                problem(
+                    key,
+                    format!("{}: must be an absolute path below /", dir.display()),
+                );
+            }
+        }
+        if o.heartbeat_interval.0.is_zero() {
+            problem(
+                "octavia.heartbeat_interval",
+                "must be greater than zero".into(),
+            );
+        }
+        if !o.controller_ip_port_list.is_empty()
+            && o.heartbeat_key.as_deref().unwrap_or("").is_empty()
+        {
+            problem(
+                "octavia.heartbeat_key",
+                "required when octavia.controller_ip_port_list is set".into(),
+            );
+        }
         if let Some(p) = &self.server.server_ca
             && let Err(e) = std::fs::metadata(p)
         {
@@ -563,6 +631,35 @@ mod tests {
                 "controller.url",
                 "controller.ca",
                 "controller.heartbeat_interval"
+            ]
+        );
+    }
+
+    #[test]
+    fn octavia_section() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.toml");
+        std::fs::write(&path, base(dir.path())).unwrap();
+        let c = AgentConfig::load(&path, true, AgentOverrides::default()).unwrap();
+        assert_eq!(c.octavia.base_path, Path::new("/var/lib/octavia"));
+        assert_eq!(c.octavia.heartbeat_interval.0.as_secs(), 10);
+        assert!(c.octavia.listen.is_empty() && c.octavia.controller_ip_port_list.is_empty());
+
+        std::fs::write(
+            &path,
+            base(dir.path())
+                + "[octavia]\nbase_path = \"relative\"\nbase_cert_dir = \"/\"\nheartbeat_interval = \"0s\"\ncontroller_ip_port_list = [\"127.0.0.1:5555\"]\n",
+        )
+        .unwrap();
+        let err = AgentConfig::load(&path, true, AgentOverrides::default()).unwrap_err();
+        let keys: Vec<_> = err.problems.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "octavia.base_path",
+                "octavia.base_cert_dir",
+                "octavia.heartbeat_interval",
+                "octavia.heartbeat_key"
             ]
         );
     }
