@@ -322,6 +322,14 @@ impl From<InstanceError> for OctaviaError {
             // Callers that know the load balancer id map this themselves.
             InstanceError::NotFound => OctaviaError::LoadBalancerNotFound(String::new()),
             InstanceError::InvalidConfig { output } => OctaviaError::InvalidRequest(output),
+            // Refused like an invalid configuration, which Octavia's client knows.
+            InstanceError::ForbiddenDirective(violations) => OctaviaError::InvalidRequest(
+                violations
+                    .iter()
+                    .map(|v| format!("forbidden directive: {v}"))
+                    .collect::<Vec<_>>()
+                    .join("\n"),
+            ),
             InstanceError::ApplyFailed { output } => OctaviaError::ActionFailed {
                 verb: "reload",
                 details: output,
