@@ -11,7 +11,6 @@
 //! Operations on one instance are serialised; different instances proceed in parallel.
 //! Everything here is blocking; the HTTP layer runs it on the blocking pool.
 
-use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::io;
 use std::net::IpAddr;
@@ -76,7 +75,7 @@ pub struct InstanceManager {
     services: Arc<dyn ServiceManager>,
     addresses: Option<AddressManager>,
     settings: InstanceSettings,
-    locks: Mutex<HashMap<InstanceId, Arc<Mutex<()>>>>,
+    locks: super::store::KeyedLocks<InstanceId>,
     operations: Family<Labels, Counter>,
 }
 
@@ -103,7 +102,7 @@ impl InstanceManager {
             services,
             addresses,
             settings,
-            locks: Mutex::new(HashMap::new()),
+            locks: Default::default(),
             operations,
         }
     }
@@ -113,8 +112,7 @@ impl InstanceManager {
     }
 
     fn lock(&self, id: &InstanceId) -> Arc<Mutex<()>> {
-        let mut locks = self.locks.lock().unwrap_or_else(|e| e.into_inner());
-        locks.entry(id.clone()).or_default().clone()
+        self.locks.get(id)
     }
 
     fn path(&self, id: &InstanceId, file: &InstanceFile) -> PathBuf {
@@ -285,10 +283,6 @@ impl InstanceManager {
         }
         remove_tree(&self.store.dir(id))?;
         remove_tree(&self.store.run_dir(id))?;
-        self.locks
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(id);
         Ok(Applied {
             output: join_lines(&output),
         })
@@ -373,12 +367,13 @@ impl InstanceManager {
                 mode: *mode,
             });
         }
-        let written = changes
-            .iter()
-            .try_for_each(|(path, content, mode)| write_or_remove(path, content.as_deref(), *mode));
-        if let Err(e) = written {
-            restore(&snapshots);
-            return Err(e.into());
+        // A failed write leaves its file as it was: only the ones before it are restored
+        // (a full disk must not turn into "cannot restore" for files never changed).
+        for (done, (path, content, mode)) in changes.iter().enumerate() {
+            if let Err(e) = write_or_remove(path, content.as_deref(), *mode) {
+                restore(&snapshots[..done]);
+                return Err(e.into());
+            }
         }
         let mut outputs = Vec::new();
         for (daemon, how) in affected {

@@ -92,7 +92,12 @@ impl App for Agent {
             Err(RouteError::BadInstanceId(id)) => Err(AgentError::BadInstanceId(id)),
             Err(RouteError::BadFileName(name)) => Err(AgentError::BadFileName(name)),
         };
-        if let Err(AgentError::Internal(detail)) = &result {
+        if let Err(
+            AgentError::Internal(detail)
+            | AgentError::InsufficientStorage(detail)
+            | AgentError::OutOfDescriptors(detail),
+        ) = &result
+        {
             tracing::error!(%method, %path, client = %client_name(&conn), error = %detail, "internal error");
         }
         let (mut response, code) = response::build(result, wants_json);
