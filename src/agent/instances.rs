@@ -298,8 +298,25 @@ impl InstanceManager {
                     continue;
                 }
                 match self.services.pid(&id, daemon) {
-                    Some(pid) => {
+                    Some(pid) if self.runs_what_is_on_disk(&id, daemon) => {
                         report.push(format!("{id} {}: adopted (pid {pid})", daemon.name()))
+                    }
+                    Some(pid) => {
+                        // Killed between writing the files and applying them (or
+                        // between applying and recording it): make the daemon match.
+                        let lock = self.lock(&id);
+                        let _guard = lock.lock().unwrap_or_else(|e| e.into_inner());
+                        match self.sync(&id, daemon, Apply::Config, None) {
+                            Ok(_) => report.push(format!(
+                                "{id} {}: adopted (pid {pid}) and brought in line with the files on disk",
+                                daemon.name()
+                            )),
+                            Err(e) => report.push(format!(
+                                "{id} {}: adopted (pid {pid}); cannot bring it in line with the files on disk: {}",
+                                daemon.name(),
+                                e.output()
+                            )),
+                        }
                     }
                     None => {
                         let lock = self.lock(&id);
@@ -430,6 +447,7 @@ impl InstanceManager {
                         .map_err(SyncError::Failed)?,
                 };
                 let released = self.sync_addresses(id, daemon, None)?;
+                self.record_applied(id, daemon, None);
                 return Ok(join_lines(&[stopped, released]));
             }
             Err(e) => return Err(SyncError::Failed(e.to_string())),
@@ -479,7 +497,72 @@ impl InstanceManager {
             (Some(_), ..) => ("reload", self.services.reload(id, daemon)),
         };
         let output = self.op(daemon, verb, result).map_err(SyncError::Failed)?;
+        self.record_applied(id, daemon, Some(&rendered));
         Ok(join_lines(&[added, output]))
+    }
+
+    /// `RUN/<id>/<daemon>.applied`: the digest of what the running daemon was last
+    /// brought in line with (rendered configuration, certificates, custom 503).
+    fn applied_marker(&self, id: &InstanceId, daemon: Daemon) -> PathBuf {
+        self.store
+            .run_dir(id)
+            .join(format!("{}.applied", daemon.name()))
+    }
+
+    /// The digest of everything `daemon` reads for this instance, with `rendered` as its
+    /// configuration.
+    fn applied_digest(&self, id: &InstanceId, rendered: &str) -> String {
+        use aws_lc_rs::digest;
+        let mut ctx = digest::Context::new(&digest::SHA256);
+        let mut add = |label: &[u8], data: &[u8]| {
+            ctx.update(&(label.len() as u64).to_le_bytes());
+            ctx.update(label);
+            ctx.update(&(data.len() as u64).to_le_bytes());
+            ctx.update(data);
+        };
+        add(b"config", rendered.as_bytes());
+        add(
+            b"custom503",
+            &std::fs::read(self.path(id, &InstanceFile::Custom503)).unwrap_or_default(),
+        );
+        let mut certs: Vec<_> = std::fs::read_dir(self.certs_dir(id))
+            .map(|d| d.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default();
+        certs.sort();
+        for cert in certs {
+            if let Some(name) = cert.file_name().and_then(|n| n.to_str())
+                && !crate::fsutil::is_temporary(name)
+            {
+                add(name.as_bytes(), &std::fs::read(&cert).unwrap_or_default());
+            }
+        }
+        crate::certs::hex(ctx.finish().as_ref())
+    }
+
+    /// Records what the daemon now runs with (`None`: it is stopped). Best effort: a
+    /// missing record only costs one extra reload at the next start.
+    fn record_applied(&self, id: &InstanceId, daemon: Daemon, rendered: Option<&str>) {
+        let marker = self.applied_marker(id, daemon);
+        let result = match rendered {
+            Some(r) => write_atomic(&marker, self.applied_digest(id, r).as_bytes(), 0o640),
+            None => remove_durable(&marker).map(|_| ()),
+        };
+        if let Err(e) = result {
+            tracing::warn!(instance = %id, daemon = daemon.name(), error = %e, "cannot record the applied state");
+        }
+    }
+
+    /// Whether the running daemon was last brought in line with the files on disk as
+    /// they are now.
+    fn runs_what_is_on_disk(&self, id: &InstanceId, daemon: Daemon) -> bool {
+        let Ok(raw) = std::fs::read_to_string(self.store.config_path(id, daemon)) else {
+            return false;
+        };
+        let Ok(rendered) = self.render(id, daemon, &raw) else {
+            return false;
+        };
+        std::fs::read_to_string(self.applied_marker(id, daemon))
+            .is_ok_and(|recorded| recorded == self.applied_digest(id, &rendered))
     }
 
     /// Address management for haproxy's bind addresses, when configured.

@@ -128,6 +128,13 @@ impl Server {
         metrics: TransportMetrics,
         app: Arc<A>,
     ) -> Server {
+        let mut limits = limits;
+        // The soft descriptor limit is raised to the hard one, and the cap clamped to
+        // what it allows with a reserve (see `descriptors`).
+        limits.max_connections = super::descriptors::clamp_connections(
+            limits.max_connections,
+            super::descriptors::raise_limit(),
+        );
         let (shutdown, _) = watch::channel(false);
         let permits = Arc::new(Semaphore::new(limits.max_connections));
         let http = Arc::new(http_builder(&limits));
