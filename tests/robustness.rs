@@ -830,3 +830,151 @@ async fn descriptor_exhaustion_clamps_the_cap_and_uploads_still_apply() {
     drop(idle);
     drop(guard);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_adopted_haproxy_is_brought_in_line_with_the_files_on_disk() {
+    let s = setup();
+    let mut agent = Agent::start(AgentOptions::new(&s.pki, &s.server));
+    let client = Client::new(&s.pki.ca_cert(), Some(&s.client));
+    let port = free_port();
+    let r = client
+        .request(
+            agent.addr,
+            "PUT",
+            &format!("/instances/{ID}/haproxy"),
+            versioned_haproxy(port, 1).as_bytes(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 201, "{}", r.body);
+    assert!(http_get(port).unwrap().ends_with("v1"));
+    // Killed after the new file reached the disk, before haproxy reloaded: the moment
+    // a crash trial hits once in a while, made certain here.
+    agent.kill9();
+    std::fs::write(
+        agent
+            .state_dir()
+            .join(format!("instances/{ID}/haproxy.cfg")),
+        versioned_haproxy(port, 2),
+    )
+    .unwrap();
+    agent.start_again();
+    assert!(
+        eventually(10, async || http_get(port).is_ok_and(|r| r.ends_with("v2"))).await,
+        "haproxy still serves {:?}: {}",
+        http_get(port),
+        agent.log_text()
+    );
+    agent.wait_log(
+        "brought in line with the files on disk",
+        Duration::from_secs(10),
+    );
+    // An unchanged instance is adopted as it is, without a reload.
+    agent.kill9();
+    agent.start_again();
+    agent.wait_log("haproxy: adopted (pid", Duration::from_secs(10));
+    assert!(http_get(port).unwrap().ends_with("v2"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_lines_of_a_busy_agent_reach_the_log_before_a_kill_9() {
+    let s = setup();
+    let mut agent =
+        Agent::start(AgentOptions::new(&s.pki, &s.server).toml("[limits]\nworker_threads = 1"));
+    let client = Client::new(&s.pki.ca_cert(), Some(&s.client));
+    let started = Instant::now();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut load = Vec::new();
+    for _ in 0..8 {
+        let (client, addr, stop) = (client.clone(), agent.addr, stop.clone());
+        load.push(tokio::spawn(async move {
+            // When each request was answered, since `started`.
+            let mut done = Vec::new();
+            let mut conn = client.connect(addr).await.unwrap();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                match conn.get("/status").await {
+                    Ok(r) if r.status == 200 => done.push(started.elapsed()),
+                    _ => break,
+                }
+            }
+            done
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    // Killed under load, while workers hold lines they have not written yet.
+    let killed_at = started.elapsed();
+    agent.kill9();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut answered_before = 0;
+    let mut total = 0;
+    for task in load {
+        let done = task.await.unwrap();
+        total += done.len();
+        answered_before += done
+            .iter()
+            .filter(|t| **t + Duration::from_millis(500) < killed_at)
+            .count();
+    }
+    let logged = agent
+        .log_text()
+        .lines()
+        .filter(|l| l.contains("path=/status"))
+        .count();
+    assert!(
+        answered_before > 50,
+        "too little load: {answered_before} of {total}"
+    );
+    // Every request answered more than 500 ms (FLUSH_EVERY is 100 ms) before the kill
+    // is in the log.
+    assert!(
+        logged >= answered_before,
+        "{logged} lines logged, {answered_before} requests answered 500 ms before the kill ({total} in all)"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_daemon_that_stays_in_the_foreground_fails_within_the_operation_timeout() {
+    let s = setup();
+    let agent = Agent::start(
+        AgentOptions::new(&s.pki, &s.server).toml("[instances]\noperation_timeout = \"2s\""),
+    );
+    let client = Client::new(&s.pki.ca_cert(), Some(&s.client));
+    let included = tempfile::tempdir().unwrap();
+    std::fs::write(included.path().join("fg.conf"), "foreground = yes\n").unwrap();
+    let (accept, connect) = (free_port(), free_port());
+    let service =
+        format!("[x]\nclient = yes\naccept = 127.0.0.1:{accept}\nconnect = 127.0.0.1:{connect}\n");
+    let sneaky = format!("include = {}\n{service}", included.path().display());
+    let put = |body: String| {
+        let client = client.clone();
+        let addr = agent.addr;
+        async move {
+            let mut conn = client.connect(addr).await.unwrap();
+            conn.request(
+                "PUT",
+                &format!("/instances/{ID}/stunnel"),
+                body.as_bytes(),
+                &[("accept", "application/json")],
+            )
+            .await
+            .unwrap()
+        }
+    };
+    let started = Instant::now();
+    let r = tokio::time::timeout(Duration::from_secs(20), put(sneaky))
+        .await
+        .expect("the request hangs");
+    assert_eq!(r.status, 409, "{}", r.body);
+    assert_eq!(r.json()["code"], "apply_failed", "{}", r.body);
+    assert!(r.body.contains("did not detach"), "{}", r.body);
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "{:?}",
+        started.elapsed()
+    );
+    // The instance is not left locked: the next operation on it goes through.
+    let r = tokio::time::timeout(Duration::from_secs(20), put(service))
+        .await
+        .expect("the instance stays locked");
+    assert_eq!(r.status, 201, "{}", r.body);
+}
