@@ -294,6 +294,10 @@ fn check_agent(path: &std::path::Path) -> i32 {
             return exit::CONFIG;
         }
     };
+    if let Err(why) = crate::transport::descriptors::check_budget(config.limits.max_connections) {
+        eprintln!("{}: limits.max_connections: {why}", path.display());
+        return exit::CONFIG;
+    }
     match crate::agent::load_tls(&config) {
         Ok(material) => {
             println!(

@@ -15,12 +15,7 @@ pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> io::Result<()> {
     let name = path
         .file_name()
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no file name"))?;
-    let tmp = dir.join(format!(
-        ".{}.tmp.{}.{}",
-        name.to_string_lossy(),
-        std::process::id(),
-        unique_suffix()
-    ));
+    let tmp = dir.join(temporary_name(&name.to_string_lossy()));
     let result = (|| {
         let mut file = OpenOptions::new()
             .write(true)
@@ -81,6 +76,82 @@ fn parent_dir(path: &Path) -> io::Result<&Path> {
     }
 }
 
+/// Longest part of the target's name a temporary name repeats: the rest of the temporary
+/// name (dot, `.tmp.`, pid, counter) fits in the 255 bytes of `NAME_MAX` beside it.
+const TEMPORARY_NAME_PREFIX: usize = 200;
+
+/// `.NAME.tmp.PID.N`, with NAME cut to [`TEMPORARY_NAME_PREFIX`] bytes.
+fn temporary_name(target: &str) -> String {
+    let mut end = target.len().min(TEMPORARY_NAME_PREFIX);
+    while !target.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!(
+        ".{}.tmp.{}.{}",
+        &target[..end],
+        std::process::id(),
+        unique_suffix()
+    )
+}
+
+/// Whether `name` is a temporary file [`write_atomic`] makes (left behind only by a
+/// crash between its creation and its rename).
+pub fn is_temporary(name: &str) -> bool {
+    let Some(rest) = name.strip_prefix('.') else {
+        return false;
+    };
+    let mut parts = rest.rsplitn(4, '.');
+    let (Some(counter), Some(pid), Some(tmp), Some(target)) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return false;
+    };
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    tmp == "tmp" && digits(pid) && digits(counter) && !target.is_empty()
+}
+
+/// Removes, under `dir` and its subdirectories, the temporary files of writes a crash
+/// interrupted; returns the paths removed. Run at start, before anything writes.
+pub fn remove_leftovers(dir: &Path) -> io::Result<Vec<std::path::PathBuf>> {
+    let mut removed = Vec::new();
+    let entries = match fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(removed),
+        Err(e) => return Err(e),
+    };
+    for entry in entries {
+        let entry = entry?;
+        let kind = entry.file_type()?;
+        if kind.is_dir() {
+            removed.extend(remove_leftovers(&entry.path())?);
+        } else if entry.file_name().to_str().is_some_and(is_temporary) {
+            fs::remove_file(entry.path())?;
+            removed.push(entry.path());
+        }
+    }
+    if !removed.is_empty() {
+        sync_dir(dir)?;
+    }
+    Ok(removed)
+}
+
+/// [`remove_leftovers`] in `dir` only, not its subdirectories (a directory shared with
+/// files that are not ours).
+pub fn remove_leftovers_here(dir: &Path) -> io::Result<Vec<std::path::PathBuf>> {
+    let mut removed = Vec::new();
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        if entry.file_type()?.is_file() && entry.file_name().to_str().is_some_and(is_temporary) {
+            fs::remove_file(entry.path())?;
+            removed.push(entry.path());
+        }
+    }
+    if !removed.is_empty() {
+        sync_dir(dir)?;
+    }
+    Ok(removed)
+}
+
 fn unique_suffix() -> u64 {
     use std::sync::atomic::{AtomicU64, Ordering};
     static COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -127,6 +198,52 @@ mod tests {
         let path = dir.path().join("missing-dir").join("f");
         assert!(write_atomic(&path, b"x", 0o644).is_err());
         assert!(!path.exists());
+    }
+
+    #[test]
+    fn temporary_names_stay_within_name_max_and_are_recognised() {
+        let dir = tempfile::tempdir().unwrap();
+        let long = format!("{}.pem", "a".repeat(251));
+        assert_eq!(long.len(), 255);
+        let path = dir.path().join(&long);
+        write_atomic(&path, b"x", 0o600).unwrap();
+        assert_eq!(fs::read(&path).unwrap(), b"x");
+        let tmp = temporary_name(&long);
+        assert!(tmp.len() <= 255, "{}", tmp.len());
+        assert!(is_temporary(&tmp));
+        assert!(is_temporary(&temporary_name("haproxy.cfg")));
+        for name in [
+            "haproxy.cfg",
+            ".hidden",
+            ".x.tmp.1",
+            ".tmp.1.2",
+            ".x.tmp.a.1",
+            "x.tmp.1.2",
+        ] {
+            assert!(!is_temporary(name), "{name}");
+        }
+        // A multi-byte name is cut on a character boundary.
+        assert!(temporary_name(&"é".repeat(150)).len() <= 255);
+    }
+
+    #[test]
+    fn leftovers_are_removed_and_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let sub = dir.path().join("i/certificates");
+        fs::create_dir_all(&sub).unwrap();
+        fs::write(dir.path().join("i/haproxy.cfg"), "keep").unwrap();
+        fs::write(dir.path().join("i/.haproxy.cfg.tmp.12.3"), "gone").unwrap();
+        fs::write(sub.join(".a.pem.tmp.4.5"), "gone").unwrap();
+        fs::write(sub.join("a.pem"), "keep").unwrap();
+        let removed = remove_leftovers(dir.path()).unwrap();
+        assert_eq!(removed.len(), 2, "{removed:?}");
+        assert!(dir.path().join("i/haproxy.cfg").exists() && sub.join("a.pem").exists());
+        assert_eq!(fs::read_dir(&sub).unwrap().count(), 1);
+        assert!(
+            remove_leftovers(&dir.path().join("missing"))
+                .unwrap()
+                .is_empty()
+        );
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 use std::cell::RefCell;
 use std::io::Write;
+use std::sync::{Arc, Mutex, Weak};
 
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::writer::{EitherWriter, MakeWriter};
@@ -17,6 +18,7 @@ pub struct LogGuard {
 impl Drop for LogGuard {
     fn drop(&mut self) {
         thread_stops();
+        flush_all();
     }
 }
 
@@ -47,20 +49,30 @@ pub fn init(config_level: Option<&str>) -> LogGuard {
     LogGuard { _private: () }
 }
 
-// One log line per request, and no thread of its own: a separate writer thread had to be
-// woken for nearly every line, which cost more than the write. Instead each runtime
-// worker thread collects its lines and writes them with one system call whenever it runs
-// out of work ([`worker_parks`], the runtime's park hook) or has collected
-// `WORKER_BUFFER` bytes: an idle agent writes each line at once, a busy one in batches,
-// never holding a line longer than it takes to fill the buffer. Other threads, and
-// warnings and errors from any thread, are written at once.
+// One log line per request, and no writer thread in the request path: a separate writer
+// thread had to be woken for nearly every line, which cost more than the write. Instead
+// each runtime worker thread collects its lines and writes them with one system call
+// whenever it runs out of work ([`worker_parks`], the runtime's park hook) or has
+// collected `WORKER_BUFFER` bytes: an idle agent writes each line at once, a busy one in
+// batches. A flusher thread also writes whatever every worker holds each `FLUSH_EVERY`,
+// so no line waits longer than that for a worker that never runs out of work, and a
+// `kill -9` loses at most the lines of that last moment. Exits (the guard) and panics
+// (a hook) write everything collected. Other threads, and warnings and errors from any
+// thread, are written at once.
 
 const WORKER_BUFFER: usize = 32 * 1024;
+/// Longest a collected line waits before it is written.
+pub const FLUSH_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
+
+type Buffer = Arc<Mutex<Vec<u8>>>;
 
 thread_local! {
     /// `Some` on runtime worker threads (from when they first park).
-    static PENDING: RefCell<Option<Vec<u8>>> = const { RefCell::new(None) };
+    static PENDING: RefCell<Option<Buffer>> = const { RefCell::new(None) };
 }
+
+/// Every worker's buffer, for the flusher and the fatal paths.
+static BUFFERS: Mutex<Vec<Weak<Mutex<Vec<u8>>>>> = Mutex::new(Vec::new());
 
 /// Writes `bytes` to stderr (one system call for a short buffer) and empties it.
 fn write_out(bytes: &mut Vec<u8>) -> std::io::Result<()> {
@@ -71,31 +83,98 @@ fn write_out(bytes: &mut Vec<u8>) -> std::io::Result<()> {
 
 /// Runs `f` on this thread's collected lines, `None` on threads that do not collect
 /// (or whose thread-locals are already gone).
-fn with_pending<T>(f: impl FnOnce(&mut Option<Vec<u8>>) -> T) -> Option<T> {
-    PENDING
-        .try_with(|p| p.try_borrow_mut().ok().map(|mut p| f(&mut p)))
+fn with_pending<T>(f: impl FnOnce(&mut Vec<u8>) -> T) -> Option<T> {
+    let buffer = PENDING
+        .try_with(|p| p.try_borrow().ok().and_then(|p| p.clone()))
         .ok()
-        .flatten()
+        .flatten()?;
+    let mut bytes = buffer.lock().unwrap_or_else(|e| e.into_inner());
+    Some(f(&mut bytes))
+}
+
+/// Writes what every worker has collected into `out` (stderr, or a test's buffer).
+fn flush_all_into(out: &mut impl FnMut(&mut Vec<u8>)) {
+    let buffers: Vec<Buffer> = {
+        let mut all = BUFFERS.lock().unwrap_or_else(|e| e.into_inner());
+        all.retain(|b| b.strong_count() > 0);
+        all.iter().filter_map(Weak::upgrade).collect()
+    };
+    for buffer in buffers {
+        let mut bytes = buffer.lock().unwrap_or_else(|e| e.into_inner());
+        if !bytes.is_empty() {
+            out(&mut bytes);
+        }
+    }
+}
+
+/// Writes what every worker has collected, now (exits, panics).
+pub fn flush_all() {
+    flush_all_into(&mut |bytes| {
+        let _ = write_out(bytes);
+    });
+}
+
+/// Starts the flusher thread and the panic hook, once.
+fn start_flusher() {
+    static STARTED: std::sync::Once = std::sync::Once::new();
+    // Unit tests drive `flush_all_into` themselves; a flusher would race them.
+    if cfg!(test) {
+        return;
+    }
+    STARTED.call_once(|| {
+        let _ = std::thread::Builder::new()
+            .name("log-flush".into())
+            .spawn(|| {
+                loop {
+                    std::thread::sleep(FLUSH_EVERY);
+                    flush_all();
+                }
+            });
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            flush_all();
+            previous(info);
+        }));
+    });
 }
 
 /// The runtime's park hook: writes what this worker collected, and makes it collect
 /// from now on.
 pub fn worker_parks() {
-    with_pending(|p| {
-        let buf = p.get_or_insert_with(|| Vec::with_capacity(WORKER_BUFFER));
+    let written = with_pending(|buf| {
         if !buf.is_empty() {
             let _ = write_out(buf);
         }
     });
+    if written.is_none() {
+        let buffer: Buffer = Arc::new(Mutex::new(Vec::with_capacity(WORKER_BUFFER)));
+        let registered = PENDING
+            .try_with(|p| {
+                p.try_borrow_mut()
+                    .map(|mut p| *p = Some(buffer.clone()))
+                    .is_ok()
+            })
+            .unwrap_or(false);
+        if registered {
+            BUFFERS
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(Arc::downgrade(&buffer));
+            start_flusher();
+        }
+    }
 }
 
 /// The runtime's thread-stop hook: writes what this thread collected, if anything.
 pub fn thread_stops() {
-    with_pending(|p| {
-        if let Some(mut buf) = p.take() {
-            let _ = write_out(&mut buf);
-        }
-    });
+    let taken = PENDING
+        .try_with(|p| p.try_borrow_mut().ok().and_then(|mut p| p.take()))
+        .ok()
+        .flatten();
+    if let Some(buffer) = taken {
+        let mut bytes = buffer.lock().unwrap_or_else(|e| e.into_inner());
+        let _ = write_out(&mut bytes);
+    }
 }
 
 /// The writer of the fmt layer: each event arrives as one `write` of a whole line.
@@ -109,9 +188,9 @@ struct Collect;
 
 impl Write for Direct {
     fn write(&mut self, line: &[u8]) -> std::io::Result<usize> {
-        with_pending(|p| match p.as_mut() {
-            Some(buf) if !buf.is_empty() => write_out(buf),
-            _ => Ok(()),
+        with_pending(|buf| match buf.is_empty() {
+            false => write_out(buf),
+            true => Ok(()),
         })
         .transpose()?;
         std::io::stderr().lock().write_all(line)?;
@@ -125,16 +204,14 @@ impl Write for Direct {
 
 impl Write for Collect {
     fn write(&mut self, line: &[u8]) -> std::io::Result<usize> {
-        let collected = with_pending(|p| {
-            let buf = p.as_mut()?;
+        let collected = with_pending(|buf| {
             buf.extend_from_slice(line);
-            Some(if buf.len() >= WORKER_BUFFER {
+            if buf.len() >= WORKER_BUFFER {
                 write_out(buf)
             } else {
                 Ok(())
-            })
-        })
-        .flatten();
+            }
+        });
         match collected {
             Some(result) => result?,
             None => std::io::stderr().lock().write_all(line)?,
@@ -160,5 +237,37 @@ impl<'a> MakeWriter<'a> for Stderr {
         } else {
             EitherWriter::B(Direct)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_held_by_a_busy_worker_are_reached_by_the_flusher() {
+        // A worker that collected a line and never parks again (busy).
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
+        let worker = std::thread::spawn(move || {
+            worker_parks();
+            Collect.write_all(b"busy worker line\n").unwrap();
+            tx.send(()).unwrap();
+            let _ = stop_rx.recv();
+        });
+        rx.recv().unwrap();
+        let mut seen = Vec::new();
+        flush_all_into(&mut |bytes| {
+            seen.extend_from_slice(bytes);
+            bytes.clear();
+        });
+        let seen = String::from_utf8_lossy(&seen).into_owned();
+        assert!(seen.contains("busy worker line"), "{seen:?}");
+        // Written once: the buffer is empty afterwards.
+        let mut again = Vec::new();
+        flush_all_into(&mut |bytes| again.extend_from_slice(bytes));
+        assert!(!String::from_utf8_lossy(&again).contains("busy worker line"));
+        stop_tx.send(()).unwrap();
+        worker.join().unwrap();
     }
 }

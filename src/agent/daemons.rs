@@ -148,14 +148,27 @@ impl DirectManager {
             }
         }
         let mut cmd = self.command(id, &argv);
-        let status = cmd
+        let child = cmd
             .stdin(Stdio::null())
             .stdout(out.try_clone().map_err(|e| e.to_string())?)
             .stderr(out.try_clone().map_err(|e| e.to_string())?)
-            .status()
+            .spawn()
             .map_err(|e| format!("cannot run {}: {e}", self.bin(daemon).display()))?;
+        // It detaches and exits; one that stays in the foreground (an included
+        // `foreground = yes`) is killed at the operation timeout, never waited for.
+        let status = wait_within(child, self.timeout);
         let _ = out.flush();
         let output = read_from(&out_path, offset, daemon);
+        let status = match status {
+            Some(status) => status,
+            None => {
+                return Err(format!(
+                    "{} did not detach within instances.operation_timeout ({} ms); stopped\n{output}",
+                    daemon.name(),
+                    self.timeout.as_millis()
+                ));
+            }
+        };
         if !status.success() {
             return Err(format!("{} exited with {status}\n{output}", daemon.name()));
         }
@@ -217,6 +230,20 @@ pub fn confirm_haproxy_reload(
         }
     })
     .unwrap_or_else(|| Err("haproxy reload not confirmed in time".into()))
+}
+
+/// Waits for `child` to exit for up to `timeout`; past it kills the child and returns
+/// `None`.
+fn wait_within(
+    mut child: std::process::Child,
+    timeout: Duration,
+) -> Option<std::process::ExitStatus> {
+    let status = poll_until(timeout, || child.try_wait().ok().flatten());
+    if status.is_none() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    status
 }
 
 /// Calls `probe` every 10 ms until it gives an answer or `timeout` passes.

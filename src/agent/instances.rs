@@ -11,7 +11,6 @@
 //! Operations on one instance are serialised; different instances proceed in parallel.
 //! Everything here is blocking; the HTTP layer runs it on the blocking pool.
 
-use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::io;
 use std::net::IpAddr;
@@ -110,7 +109,7 @@ pub struct InstanceManager {
     services: Arc<dyn ServiceManager>,
     addresses: Option<AddressManager>,
     settings: InstanceSettings,
-    locks: Mutex<HashMap<InstanceId, Arc<Mutex<()>>>>,
+    locks: super::store::KeyedLocks<InstanceId>,
     /// Serialises the choice of a new instance's daemon id.
     allocation: Mutex<()>,
     operations: Family<Labels, Counter>,
@@ -139,7 +138,7 @@ impl InstanceManager {
             services,
             addresses,
             settings,
-            locks: Mutex::new(HashMap::new()),
+            locks: Default::default(),
             allocation: Mutex::new(()),
             operations,
         }
@@ -150,8 +149,7 @@ impl InstanceManager {
     }
 
     fn lock(&self, id: &InstanceId) -> Arc<Mutex<()>> {
-        let mut locks = self.locks.lock().unwrap_or_else(|e| e.into_inner());
-        locks.entry(id.clone()).or_default().clone()
+        self.locks.get(id)
     }
 
     fn path(&self, id: &InstanceId, file: &InstanceFile) -> PathBuf {
@@ -327,10 +325,6 @@ impl InstanceManager {
         }
         remove_tree(&self.store.dir(id))?;
         remove_tree(&self.store.run_dir(id))?;
-        self.locks
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(id);
         Ok(Applied {
             output: join_lines(&output),
         })
@@ -437,8 +431,25 @@ impl InstanceManager {
                     continue;
                 }
                 match self.services.pid(&id, daemon) {
-                    Some(pid) => {
+                    Some(pid) if self.runs_what_is_on_disk(&id, daemon) => {
                         report.push(format!("{id} {}: adopted (pid {pid})", daemon.name()))
+                    }
+                    Some(pid) => {
+                        // Killed between writing the files and applying them (or
+                        // between applying and recording it): make the daemon match.
+                        let lock = self.lock(&id);
+                        let _guard = lock.lock().unwrap_or_else(|e| e.into_inner());
+                        match self.sync(&id, daemon, Apply::Config, None) {
+                            Ok(_) => report.push(format!(
+                                "{id} {}: adopted (pid {pid}) and brought in line with the files on disk",
+                                daemon.name()
+                            )),
+                            Err(e) => report.push(format!(
+                                "{id} {}: adopted (pid {pid}); cannot bring it in line with the files on disk: {}",
+                                daemon.name(),
+                                e.output()
+                            )),
+                        }
                     }
                     None => {
                         let lock = self.lock(&id);
@@ -575,11 +586,15 @@ impl InstanceManager {
                 mode: *mode,
             });
         }
-        let written = changes
-            .iter()
-            .try_for_each(|(path, content, mode)| write_or_remove(path, content.as_deref(), *mode));
-        let written = written.and_then(|()| self.settle_ownership(id));
-        if let Err(e) = written {
+        // A failed write leaves its file as it was: only the ones before it are restored
+        // (a full disk must not turn into "cannot restore" for files never changed).
+        for (done, (path, content, mode)) in changes.iter().enumerate() {
+            if let Err(e) = write_or_remove(path, content.as_deref(), *mode) {
+                restore(&snapshots[..done]);
+                return Err(e.into());
+            }
+        }
+        if let Err(e) = self.settle_ownership(id) {
             restore(&snapshots);
             let _ = self.settle_ownership(id);
             return Err(e.into());
@@ -642,6 +657,7 @@ impl InstanceManager {
                         .map_err(SyncError::Failed)?,
                 };
                 let released = self.sync_addresses(id, daemon, None)?;
+                self.record_applied(id, daemon, None);
                 return Ok(join_lines(&[stopped, released]));
             }
             Err(e) => return Err(SyncError::Failed(e.to_string())),
@@ -691,7 +707,72 @@ impl InstanceManager {
             (Some(_), ..) => ("reload", self.services.reload(id, daemon)),
         };
         let output = self.op(daemon, verb, result).map_err(SyncError::Failed)?;
+        self.record_applied(id, daemon, Some(&rendered));
         Ok(join_lines(&[added, output]))
+    }
+
+    /// `RUN/<id>/<daemon>.applied`: the digest of what the running daemon was last
+    /// brought in line with (rendered configuration, certificates, custom 503).
+    fn applied_marker(&self, id: &InstanceId, daemon: Daemon) -> PathBuf {
+        self.store
+            .run_dir(id)
+            .join(format!("{}.applied", daemon.name()))
+    }
+
+    /// The digest of everything `daemon` reads for this instance, with `rendered` as its
+    /// configuration.
+    fn applied_digest(&self, id: &InstanceId, rendered: &str) -> String {
+        use aws_lc_rs::digest;
+        let mut ctx = digest::Context::new(&digest::SHA256);
+        let mut add = |label: &[u8], data: &[u8]| {
+            ctx.update(&(label.len() as u64).to_le_bytes());
+            ctx.update(label);
+            ctx.update(&(data.len() as u64).to_le_bytes());
+            ctx.update(data);
+        };
+        add(b"config", rendered.as_bytes());
+        add(
+            b"custom503",
+            &std::fs::read(self.path(id, &InstanceFile::Custom503)).unwrap_or_default(),
+        );
+        let mut certs: Vec<_> = std::fs::read_dir(self.certs_dir(id))
+            .map(|d| d.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default();
+        certs.sort();
+        for cert in certs {
+            if let Some(name) = cert.file_name().and_then(|n| n.to_str())
+                && !crate::fsutil::is_temporary(name)
+            {
+                add(name.as_bytes(), &std::fs::read(&cert).unwrap_or_default());
+            }
+        }
+        crate::certs::hex(ctx.finish().as_ref())
+    }
+
+    /// Records what the daemon now runs with (`None`: it is stopped). Best effort: a
+    /// missing record only costs one extra reload at the next start.
+    fn record_applied(&self, id: &InstanceId, daemon: Daemon, rendered: Option<&str>) {
+        let marker = self.applied_marker(id, daemon);
+        let result = match rendered {
+            Some(r) => write_atomic(&marker, self.applied_digest(id, r).as_bytes(), 0o640),
+            None => remove_durable(&marker).map(|_| ()),
+        };
+        if let Err(e) = result {
+            tracing::warn!(instance = %id, daemon = daemon.name(), error = %e, "cannot record the applied state");
+        }
+    }
+
+    /// Whether the running daemon was last brought in line with the files on disk as
+    /// they are now.
+    fn runs_what_is_on_disk(&self, id: &InstanceId, daemon: Daemon) -> bool {
+        let Ok(raw) = std::fs::read_to_string(self.store.config_path(id, daemon)) else {
+            return false;
+        };
+        let Ok(rendered) = self.render(id, daemon, &raw) else {
+            return false;
+        };
+        std::fs::read_to_string(self.applied_marker(id, daemon))
+            .is_ok_and(|recorded| recorded == self.applied_digest(id, &rendered))
     }
 
     /// Address management for haproxy's bind addresses, when configured.

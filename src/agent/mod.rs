@@ -151,7 +151,12 @@ impl Agent {
             Err(RouteError::BadInstanceId(id)) => Err(AgentError::BadInstanceId(id)),
             Err(RouteError::BadFileName(name)) => Err(AgentError::BadFileName(name)),
         };
-        if let Err(AgentError::Internal(detail)) = &result {
+        if let Err(
+            AgentError::Internal(detail)
+            | AgentError::InsufficientStorage(detail)
+            | AgentError::OutOfDescriptors(detail),
+        ) = &result
+        {
             tracing::error!(%method, %path, client = %client_name(conn), error = %detail, "internal error");
         }
         let (mut response, code) = response::build(result, wants_json);
@@ -432,45 +437,128 @@ fn listener_type(store: &InstanceStore, id: &InstanceId) -> &'static str {
     }
 }
 
-/// Writes a new certificate and key durably. Both are staged as `*.next` first and then
-/// renamed, key first; [`finish_pending_swap`] completes an interrupted swap at start-up.
+/// Writes a new certificate and key durably, switching both together. The pair is first
+/// staged as one file beside the certificate (`<cert>.pair`: key then chain, written
+/// atomically, 0600): its rename is the commit point. Then the key and the certificate
+/// are each replaced atomically and the staged file removed. A crash before the commit
+/// leaves the old pair; after it, [`finish_pending_swap`] installs the staged pair at the
+/// next start, so the files on disk never hold a key and a certificate of two pairs.
 fn write_certificate_pair(
     paths: &TlsPaths,
     cert_pem: &str,
     key_pem: &str,
 ) -> Result<(), AgentError> {
-    let (cert_next, key_next) = (next_path(&paths.cert), next_path(&paths.key));
-    write_atomic(&key_next, key_pem.as_bytes(), 0o600)?;
-    write_atomic(&cert_next, cert_pem.as_bytes(), 0o644)?;
-    std::fs::rename(&key_next, &paths.key)?;
-    std::fs::rename(&cert_next, &paths.cert)?;
-    for p in [&paths.key, &paths.cert] {
-        if let Some(dir) = p.parent() {
-            crate::fsutil::sync_dir(dir)?;
-        }
-    }
+    let staged = staged_pair_path(&paths.cert);
+    write_atomic(&staged, format!("{key_pem}{cert_pem}").as_bytes(), 0o600)?;
+    install_pair(paths, cert_pem, key_pem)?;
+    crate::fsutil::remove_durable(&staged)?;
     Ok(())
 }
 
-fn next_path(p: &Path) -> std::path::PathBuf {
+fn install_pair(paths: &TlsPaths, cert_pem: &str, key_pem: &str) -> std::io::Result<()> {
+    write_atomic(&paths.key, key_pem.as_bytes(), 0o600)?;
+    write_atomic(&paths.cert, cert_pem.as_bytes(), 0o644)
+}
+
+fn staged_pair_path(cert: &Path) -> std::path::PathBuf {
+    suffixed(cert, ".pair")
+}
+
+fn suffixed(p: &Path, suffix: &str) -> std::path::PathBuf {
     let mut s = p.as_os_str().to_owned();
-    s.push(".next");
+    s.push(suffix);
     s.into()
 }
 
-/// Rolls an interrupted certificate swap forward: a staged `*.next` file is complete
-/// (written atomically) and was validated before staging.
+/// The key and chain of a staged pair when it is complete and the key matches the
+/// certificate, `None` otherwise.
+fn complete_pair(pem: &[u8]) -> Option<(String, String)> {
+    let mut bundle = crate::certs::parse_pem(pem).ok()?;
+    if bundle.keys.len() != 1 || bundle.certs.is_empty() {
+        return None;
+    }
+    let key = bundle.keys.remove(0);
+    let key_pem = crate::transport::tls::pem_encode_key(&key);
+    let cert_pem = crate::transport::tls::pem_encode_certs(&bundle.certs);
+    crate::certs::certified_key(bundle.certs, key).ok()?;
+    Some((cert_pem, key_pem))
+}
+
+/// At start: installs a staged pair left by an interrupted [`write_certificate_pair`]
+/// when it is complete and matching, discards it otherwise (the files in place are then
+/// the previous pair, untouched). Staged `*.next` files of earlier releases, which were
+/// renamed one at a time, are discarded the same way unless they form a matching pair.
 fn finish_pending_swap(paths: &TlsPaths) {
-    for p in [&paths.key, &paths.cert] {
-        let next = next_path(p);
-        if next.is_file() {
-            match std::fs::rename(&next, p) {
-                Ok(()) => {
-                    tracing::warn!(file = %p.display(), "completed an interrupted certificate swap")
-                }
+    let staged = staged_pair_path(&paths.cert);
+    let (legacy_key, legacy_cert) = (
+        suffixed(&paths.key, ".next"),
+        suffixed(&paths.cert, ".next"),
+    );
+    let pair = match std::fs::read(&staged) {
+        Ok(pem) => Some(pem),
+        Err(_) if legacy_cert.is_file() => {
+            // An earlier release renamed the key first: the matching key is the staged
+            // one, or the one already renamed into place.
+            let key = std::fs::read(&legacy_key)
+                .or_else(|_| std::fs::read(&paths.key))
+                .unwrap_or_default();
+            let cert = std::fs::read(&legacy_cert).unwrap_or_default();
+            Some([key, cert].concat())
+        }
+        Err(_) => None,
+    };
+    if let Some(pem) = pair {
+        match complete_pair(&pem) {
+            Some((cert_pem, key_pem)) => match install_pair(paths, &cert_pem, &key_pem) {
+                Ok(()) => tracing::warn!(
+                    cert = %paths.cert.display(),
+                    "completed an interrupted certificate swap"
+                ),
                 Err(e) => {
-                    tracing::error!(file = %p.display(), error = %e, "cannot complete an interrupted certificate swap")
+                    // Keep the staged pair for the next start.
+                    tracing::error!(cert = %paths.cert.display(), error = %e, "cannot complete an interrupted certificate swap");
+                    return;
                 }
+            },
+            None => tracing::warn!(
+                cert = %paths.cert.display(),
+                "discarded an incomplete certificate swap; the previous certificate stays"
+            ),
+        }
+    }
+    for p in [&staged, &legacy_key, &legacy_cert] {
+        if let Err(e) = crate::fsutil::remove_durable(p) {
+            tracing::error!(file = %p.display(), error = %e, "cannot remove a staged certificate file");
+        }
+    }
+}
+
+/// Removes the temporary files of writes a crash interrupted (instance files, rendered
+/// configurations, the agent's own certificate and key), before anything is written.
+fn remove_leftovers(config: &AgentConfig) {
+    let paths = config.tls_paths();
+    let mut dirs = vec![config.state_dir.join("instances"), config.run_dir.clone()];
+    for p in [&paths.cert, &paths.key] {
+        if let Some(dir) = p.parent() {
+            dirs.push(dir.to_path_buf());
+        }
+    }
+    dirs.dedup();
+    for dir in dirs {
+        // The certificate's directory is not ours to walk: only its own level.
+        let result = if dir.starts_with(&config.state_dir) || dir.starts_with(&config.run_dir) {
+            crate::fsutil::remove_leftovers(&dir)
+        } else {
+            crate::fsutil::remove_leftovers_here(&dir)
+        };
+        match result {
+            Ok(removed) => {
+                for p in removed {
+                    tracing::info!(file = %p.display(), "removed a temporary file left by an interrupted write");
+                }
+            }
+            Err(e) => {
+                tracing::warn!(dir = %dir.display(), error = %e, "cannot look for leftover temporary files")
             }
         }
     }
@@ -551,6 +639,7 @@ pub fn run(config: AgentConfig) -> i32 {
 }
 
 async fn run_async(config: AgentConfig) -> i32 {
+    remove_leftovers(&config);
     finish_pending_swap(&config.tls_paths());
     let material = match load_tls(&config) {
         Ok(m) => m,
@@ -770,28 +859,97 @@ async fn wait_for_signals(
 mod tests {
     use super::*;
 
+    fn pair(cn: &str) -> (String, String) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec![cn.into()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+
+    fn paths(dir: &Path) -> TlsPaths {
+        TlsPaths {
+            cert: dir.join("agent.crt"),
+            key: dir.join("agent.key"),
+            client_ca: dir.join("ca.crt"),
+            server_ca: dir.join("ca.crt"),
+            crls: vec![],
+        }
+    }
+
+    fn installed(paths: &TlsPaths) -> (String, String) {
+        (
+            std::fs::read_to_string(&paths.cert).unwrap(),
+            std::fs::read_to_string(&paths.key).unwrap(),
+        )
+    }
+
     #[test]
     fn an_interrupted_certificate_swap_is_completed() {
         let dir = tempfile::tempdir().unwrap();
-        let paths = TlsPaths {
-            cert: dir.path().join("agent.crt"),
-            key: dir.path().join("agent.key"),
-            client_ca: dir.path().join("ca.crt"),
-            server_ca: dir.path().join("ca.crt"),
-            crls: vec![],
-        };
-        std::fs::write(&paths.cert, "old cert").unwrap();
-        std::fs::write(&paths.key, "new key").unwrap();
-        // Crashed after the key was renamed, before the certificate was.
-        std::fs::write(next_path(&paths.cert), "new cert").unwrap();
+        let paths = paths(dir.path());
+        let (old_cert, old_key) = pair("old");
+        let (new_cert, new_key) = pair("new");
+        std::fs::write(&paths.cert, &old_cert).unwrap();
+        std::fs::write(&paths.key, &old_key).unwrap();
+        // Crashed after the staged pair was committed and the key replaced, before the
+        // certificate was.
+        std::fs::write(
+            staged_pair_path(&paths.cert),
+            format!("{new_key}{new_cert}"),
+        )
+        .unwrap();
+        std::fs::write(&paths.key, &new_key).unwrap();
         finish_pending_swap(&paths);
-        assert_eq!(std::fs::read_to_string(&paths.cert).unwrap(), "new cert");
-        assert_eq!(std::fs::read_to_string(&paths.key).unwrap(), "new key");
-        assert!(!next_path(&paths.cert).exists());
+        let (cert, key) = installed(&paths);
+        assert!(complete_pair(format!("{key}{cert}").as_bytes()).is_some());
+        assert_eq!(
+            crate::certs::parse_pem(cert.as_bytes()).unwrap().certs,
+            crate::certs::parse_pem(new_cert.as_bytes()).unwrap().certs
+        );
+        assert!(!staged_pair_path(&paths.cert).exists());
 
-        write_certificate_pair(&paths, "cert 3", "key 3").unwrap();
-        assert_eq!(std::fs::read_to_string(&paths.cert).unwrap(), "cert 3");
-        assert_eq!(std::fs::read_to_string(&paths.key).unwrap(), "key 3");
-        assert!(!next_path(&paths.key).exists() && !next_path(&paths.cert).exists());
+        let (cert3, key3) = pair("third");
+        write_certificate_pair(&paths, &cert3, &key3).unwrap();
+        assert_eq!(installed(&paths), (cert3, key3));
+        assert!(!staged_pair_path(&paths.cert).exists());
+    }
+
+    #[test]
+    fn an_incomplete_or_mismatched_staged_pair_is_discarded() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = paths(dir.path());
+        let (old_cert, old_key) = pair("old");
+        let (new_cert, _) = pair("new");
+        let (_, other_key) = pair("other");
+        for staged in [
+            format!("{other_key}{new_cert}"),
+            new_cert.clone(),
+            String::new(),
+        ] {
+            std::fs::write(&paths.cert, &old_cert).unwrap();
+            std::fs::write(&paths.key, &old_key).unwrap();
+            std::fs::write(staged_pair_path(&paths.cert), staged).unwrap();
+            finish_pending_swap(&paths);
+            assert_eq!(installed(&paths), (old_cert.clone(), old_key.clone()));
+            assert!(!staged_pair_path(&paths.cert).exists());
+        }
+    }
+
+    #[test]
+    fn a_legacy_half_done_swap_is_rolled_forward_when_it_matches() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = paths(dir.path());
+        let (old_cert, _) = pair("old");
+        let (new_cert, new_key) = pair("new");
+        // The earlier release renamed the key, then died before the certificate.
+        std::fs::write(&paths.cert, &old_cert).unwrap();
+        std::fs::write(&paths.key, &new_key).unwrap();
+        std::fs::write(suffixed(&paths.cert, ".next"), &new_cert).unwrap();
+        finish_pending_swap(&paths);
+        let (cert, key) = installed(&paths);
+        assert!(complete_pair(format!("{key}{cert}").as_bytes()).is_some());
+        assert!(!suffixed(&paths.cert, ".next").exists());
     }
 }

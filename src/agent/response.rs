@@ -77,6 +77,12 @@ pub enum AgentError {
     PayloadTooLarge(u64),
     #[error("Request body not received in time")]
     BodyTimeout,
+    /// The disk is full (or over quota): nothing was changed. Details go to the log.
+    #[error("Insufficient storage; nothing was changed")]
+    InsufficientStorage(String),
+    /// Out of file descriptors: nothing was changed; try again. Details go to the log.
+    #[error("Out of resources (file descriptors); nothing was changed, try again")]
+    OutOfDescriptors(String),
     /// Details go to the log, never to the client.
     #[error("Internal error")]
     Internal(String),
@@ -93,6 +99,8 @@ impl AgentError {
             AgentError::Refused { .. } | AgentError::Certificate(_) => StatusCode::CONFLICT,
             AgentError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             AgentError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
+            AgentError::InsufficientStorage(_) => StatusCode::INSUFFICIENT_STORAGE,
+            AgentError::OutOfDescriptors(_) => StatusCode::SERVICE_UNAVAILABLE,
             AgentError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -107,6 +115,8 @@ impl AgentError {
             AgentError::Certificate(e) => e.code(),
             AgentError::PayloadTooLarge(_) => "payload_too_large",
             AgentError::BodyTimeout => "body_timeout",
+            AgentError::InsufficientStorage(_) => "insufficient_storage",
+            AgentError::OutOfDescriptors(_) => "out_of_descriptors",
             AgentError::Internal(_) => "internal_error",
         }
     }
@@ -149,14 +159,22 @@ impl From<InstanceError> for AgentError {
             InstanceError::InvalidCustom503(_) => refused("invalid_custom503", &e, String::new()),
             InstanceError::TooLarge(n) => AgentError::PayloadTooLarge(n as u64),
             InstanceError::Certificate(c) => AgentError::Certificate(c),
-            InstanceError::Io(io) => AgentError::Internal(io.to_string()),
+            InstanceError::Io(io) => AgentError::from(io),
         }
     }
 }
 
 impl From<std::io::Error> for AgentError {
+    /// A full disk and exhausted descriptors are conditions of the machine the client is
+    /// told about (writes fail before any rename, so nothing changed); anything else is
+    /// internal.
     fn from(e: std::io::Error) -> Self {
-        AgentError::Internal(e.to_string())
+        use nix::errno::Errno;
+        match e.raw_os_error().map(Errno::from_raw) {
+            Some(Errno::ENOSPC | Errno::EDQUOT) => AgentError::InsufficientStorage(e.to_string()),
+            Some(Errno::EMFILE | Errno::ENFILE) => AgentError::OutOfDescriptors(e.to_string()),
+            _ => AgentError::Internal(e.to_string()),
+        }
     }
 }
 
@@ -251,6 +269,15 @@ mod tests {
         );
         assert_eq!(r.status(), StatusCode::INTERNAL_SERVER_ERROR);
         assert!(!body(r).await.contains("secret"));
+
+        let full = std::io::Error::from_raw_os_error(nix::libc::ENOSPC);
+        let (r, code) = build(Err(AgentError::from(InstanceError::Io(full))), true);
+        assert_eq!(r.status(), StatusCode::INSUFFICIENT_STORAGE);
+        assert_eq!(code, "insufficient_storage");
+        let out = std::io::Error::from_raw_os_error(nix::libc::EMFILE);
+        let (r, code) = build(Err(AgentError::from(out)), true);
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(code, "out_of_descriptors");
 
         let (r, _) = build(Ok(Reply::created("haproxy reloaded")), false);
         assert_eq!(r.status(), StatusCode::CREATED);

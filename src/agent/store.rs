@@ -128,6 +128,41 @@ fn dir_has_files(dir: &Path) -> io::Result<bool> {
     Ok(false)
 }
 
+/// One mutex per key, made on first use and dropped once nobody holds or waits for it,
+/// so the map holds only the keys in use (not every id ever seen).
+pub struct KeyedLocks<K> {
+    map: std::sync::Mutex<std::collections::HashMap<K, std::sync::Arc<std::sync::Mutex<()>>>>,
+}
+
+impl<K> Default for KeyedLocks<K> {
+    fn default() -> Self {
+        KeyedLocks {
+            map: std::sync::Mutex::new(std::collections::HashMap::new()),
+        }
+    }
+}
+
+impl<K: std::hash::Hash + Eq + Clone> KeyedLocks<K> {
+    /// The mutex of `key`; lock it to serialise work on that key. Entries nobody else
+    /// holds are dropped on the way, so the map never outgrows the keys in use.
+    pub fn get(&self, key: &K) -> std::sync::Arc<std::sync::Mutex<()>> {
+        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        map.retain(|_, lock| std::sync::Arc::strong_count(lock) > 1);
+        map.entry(key.clone()).or_default().clone()
+    }
+
+    /// Keys with a mutex right now.
+    pub fn len(&self) -> usize {
+        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        map.retain(|_, lock| std::sync::Arc::strong_count(lock) > 1);
+        map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 /// The pid in a pid file if that process is alive and is the expected program.
 pub fn running_pid(pid_file: &Path, program: &str) -> Option<u32> {
     let text = std::fs::read_to_string(pid_file).ok()?;
@@ -172,6 +207,23 @@ mod tests {
         std::fs::write(store.dir(&a).join("certificates/x.pem"), "x").unwrap();
         std::fs::write(store.dir(&b).join(".haproxy.cfg.tmp.1.0"), "x").unwrap();
         assert_eq!(store.list().unwrap(), vec![a]);
+    }
+
+    #[test]
+    fn keyed_locks_serialise_one_key_and_forget_unused_ones() {
+        let locks = KeyedLocks::default();
+        for i in 0..1000 {
+            let lock = locks.get(&i);
+            let _held = lock.lock().unwrap();
+        }
+        assert_eq!(locks.len(), 0);
+        let a = locks.get(&1);
+        let again = locks.get(&1);
+        assert!(std::sync::Arc::ptr_eq(&a, &again));
+        let _held = a.lock().unwrap();
+        assert!(again.try_lock().is_err(), "one key, one mutex");
+        assert!(locks.get(&2).try_lock().is_ok(), "other keys are free");
+        assert_eq!(locks.len(), 1);
     }
 
     #[test]

@@ -1,14 +1,31 @@
 //! Reading a request body within a size and a time limit, for every role: refused
 //! before reading when the declared length is already too large, never held beyond
 //! `max` bytes, and a client that trickles its body is cut off at `timeout`.
+//!
+//! A refused body is not simply dropped. Dropping it before the answer is sent makes
+//! HTTP/2 reset the stream with `CANCEL` ahead of the response frames (curl reports a
+//! framing error, httpx hangs) and makes HTTP/1.1 close a socket with unread data (the
+//! client sees a broken pipe, not the answer). Instead the rest of the body is handed to
+//! a background task that reads and discards at most [`DRAIN_MAX_BYTES`] within
+//! [`DRAIN_MAX_TIME`], so the client finishes sending and reads the 413 (or 408); past
+//! that bound the body is released after a short grace, by then after the answer, so
+//! HTTP/2 resets with `NO_ERROR` as RFC 9113 §8.1 allows and HTTP/1.1 closes.
 
 use std::time::Duration;
 
-use bytes::Bytes;
-use http::header;
-use http_body_util::{BodyExt, Limited};
+use bytes::{Bytes, BytesMut};
+use http::{Version, header};
+use http_body_util::BodyExt;
 use hyper::Request;
 use hyper::body::Incoming;
+
+/// Most bytes of a refused body read and discarded so its client sees the answer.
+pub const DRAIN_MAX_BYTES: u64 = 16 * 1024 * 1024;
+/// Longest time spent discarding a refused body.
+pub const DRAIN_MAX_TIME: Duration = Duration::from_secs(10);
+/// How long a refused body that is not drained is held before it is released, so the
+/// answer goes out first.
+const RELEASE_GRACE: Duration = Duration::from_millis(250);
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum BodyError {
@@ -30,19 +47,79 @@ pub async fn read_limited(
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
+    let waits_for_continue = req.version() < Version::HTTP_2
+        && req
+            .headers()
+            .get(header::EXPECT)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.eq_ignore_ascii_case("100-continue"));
+    let mut body = req.into_body();
     if declared.is_some_and(|n| n > max) {
+        // A client waiting for "100 Continue" has sent nothing and will send nothing:
+        // reading would invite the body instead.
+        if waits_for_continue {
+            return Err(BodyError::TooLarge(max));
+        }
+        let drain = declared.is_some_and(|n| n <= DRAIN_MAX_BYTES);
+        discard(body, drain);
         return Err(BodyError::TooLarge(max));
     }
-    let body = Limited::new(req.into_body(), usize::try_from(max).unwrap_or(usize::MAX));
-    match tokio::time::timeout(timeout, body.collect()).await {
+    let mut collected = BytesMut::new();
+    let read = async {
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| BodyError::Read(e.to_string()))?;
+            if let Ok(data) = frame.into_data() {
+                if (collected.len() + data.len()) as u64 > max {
+                    return Err(BodyError::TooLarge(max));
+                }
+                collected.extend_from_slice(&data);
+            }
+        }
+        Ok(())
+    };
+    let outcome = match tokio::time::timeout(timeout, read).await {
         Err(_) => Err(BodyError::Timeout),
-        Ok(Ok(collected)) => Ok(collected.to_bytes()),
-        Ok(Err(e))
-            if e.downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some() =>
-        {
+        Ok(result) => result,
+    };
+    match outcome {
+        Ok(()) => Ok(collected.freeze()),
+        Err(BodyError::TooLarge(max)) => {
+            discard(body, true);
             Err(BodyError::TooLarge(max))
         }
-        Ok(Err(e)) => Err(BodyError::Read(e.to_string())),
+        // A client that trickles would not finish in time anyway: hold, do not read.
+        Err(BodyError::Timeout) => {
+            discard(body, false);
+            Err(BodyError::Timeout)
+        }
+        Err(e) => Err(e),
     }
+}
+
+/// Releases a body the application will not use without losing its answer: reads and
+/// discards it (when `drain`) within the bounds above, else holds it briefly.
+/// Must be called from within the runtime.
+pub fn discard(body: Incoming, drain: bool) {
+    tokio::spawn(async move {
+        let mut body = body;
+        if drain {
+            let mut seen: u64 = 0;
+            let reading = async {
+                while let Some(Ok(frame)) = body.frame().await {
+                    if let Ok(data) = frame.into_data() {
+                        seen += data.len() as u64;
+                        if seen > DRAIN_MAX_BYTES {
+                            return false;
+                        }
+                    }
+                }
+                true
+            };
+            if let Ok(true) = tokio::time::timeout(DRAIN_MAX_TIME, reading).await {
+                return;
+            }
+        }
+        tokio::time::sleep(RELEASE_GRACE).await;
+        drop(body);
+    });
 }

@@ -4,6 +4,7 @@
 
 pub mod body;
 pub mod client;
+pub mod descriptors;
 pub mod server;
 pub mod tls;
 

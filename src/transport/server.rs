@@ -5,12 +5,9 @@
 //! swaps reach new connections at once and never disturb open ones.
 
 use std::future::Future;
-use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
@@ -24,7 +21,6 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 use tokio_rustls::TlsAcceptor;
@@ -82,6 +78,7 @@ pub struct TransportMetrics {
     pub connections_refused: Counter,
     pub connections_active: Gauge,
     pub connections_total: Counter,
+    pub accept_failures: Counter,
 }
 
 impl TransportMetrics {
@@ -106,6 +103,11 @@ impl TransportMetrics {
             "Connections that completed the TLS handshake",
             self.connections_total.clone(),
         );
+        registry.register(
+            "applianced_accept_failures",
+            "accept() calls that failed (out of descriptors: EMFILE, ENFILE), each followed by a back-off",
+            self.accept_failures.clone(),
+        );
     }
 }
 
@@ -126,6 +128,13 @@ impl Server {
         metrics: TransportMetrics,
         app: Arc<A>,
     ) -> Server {
+        let mut limits = limits;
+        // The soft descriptor limit is raised to the hard one, and the cap clamped to
+        // what it allows with a reserve (see `descriptors`).
+        limits.max_connections = super::descriptors::clamp_connections(
+            limits.max_connections,
+            super::descriptors::raise_limit(),
+        );
         let (shutdown, _) = watch::channel(false);
         let permits = Arc::new(Semaphore::new(limits.max_connections));
         let http = Arc::new(http_builder(&limits));
@@ -194,19 +203,32 @@ struct AcceptContext {
 
 async fn accept_loop<A: App>(listener: TcpListener, ctx: AcceptContext, app: Arc<A>) {
     let ctx = Arc::new(ctx);
+    let refusals = Throttle::new(WARN_EVERY);
+    let failures = Throttle::new(WARN_EVERY);
+    let mut backoff = ACCEPT_BACKOFF_MIN;
     loop {
         let (tcp, peer) = match listener.accept().await {
-            Ok(x) => x,
+            Ok(x) => {
+                backoff = ACCEPT_BACKOFF_MIN;
+                x
+            }
             Err(e) => {
-                // EMFILE and friends: back off instead of spinning.
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                // EMFILE and friends: back off (doubling up to a second) instead of
+                // spinning; the pending connection stays in the backlog meanwhile.
+                ctx.metrics.accept_failures.inc();
+                if let Some(suppressed) = failures.allow() {
+                    tracing::warn!(error = %e, suppressed, retry_in_ms = backoff.as_millis() as u64, "accept failed");
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
                 continue;
             }
         };
         let Ok(permit) = ctx.permits.clone().try_acquire_owned() else {
             ctx.metrics.connections_refused.inc();
-            tracing::warn!(%peer, limit = ctx.limits.max_connections, "connection refused: limits.max_connections reached");
+            if let Some(suppressed) = refusals.allow() {
+                tracing::warn!(%peer, limit = ctx.limits.max_connections, suppressed, "connection refused: limits.max_connections reached");
+            }
             drop(tcp);
             continue;
         };
@@ -219,6 +241,40 @@ async fn accept_loop<A: App>(listener: TcpListener, ctx: AcceptContext, app: Arc
             ctx.metrics.connections_active.dec();
             drop(permit);
         });
+    }
+}
+
+/// At most one warning of a kind per this period (the rest are counted in `/metrics`).
+const WARN_EVERY: Duration = Duration::from_secs(10);
+const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(5);
+const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+/// Lets one event through per period and counts the ones it holds back.
+struct Throttle {
+    period: Duration,
+    last: std::sync::Mutex<Option<Instant>>,
+    suppressed: AtomicU64,
+}
+
+impl Throttle {
+    fn new(period: Duration) -> Throttle {
+        Throttle {
+            period,
+            last: std::sync::Mutex::new(None),
+            suppressed: AtomicU64::new(0),
+        }
+    }
+
+    /// `Some(events held back since the last one let through)`, or `None`: stay quiet.
+    fn allow(&self) -> Option<u64> {
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        if last.is_some_and(|t| now.duration_since(t) < self.period) {
+            self.suppressed.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        *last = Some(now);
+        Some(self.suppressed.swap(0, Ordering::Relaxed))
     }
 }
 
@@ -263,10 +319,7 @@ async fn serve_connection<A: App>(
     ctx.metrics.connections_total.inc();
     let conn = Arc::new(ConnInfo { peer, identity });
     let activity = Activity::new();
-    let io = TokioIo::new(ActivityIo {
-        inner: tls,
-        activity: activity.clone(),
-    });
+    let io = TokioIo::new(tls);
     let service = {
         let activity = activity.clone();
         hyper::service::service_fn(move |req| {
@@ -285,6 +338,10 @@ async fn serve_connection<A: App>(
     let mut shutdown = ctx.shutdown.clone();
     let mut tick = tokio::time::interval(ctx.limits.idle_timeout / 4 + Duration::from_millis(1));
     let mut closing = false;
+    // An idle connection asked to close that still has not (a client that does not read
+    // what it is sent) is dropped at this deadline.
+    let forced = tokio::time::sleep(Duration::from_secs(365 * 86_400));
+    tokio::pin!(forced);
     loop {
         tokio::select! {
             result = connection.as_mut() => {
@@ -302,7 +359,12 @@ async fn serve_connection<A: App>(
                     tracing::debug!(%peer, "closing idle connection");
                     closing = true;
                     connection.as_mut().graceful_shutdown();
+                    forced.as_mut().reset(tokio::time::Instant::now() + ctx.limits.header_timeout);
                 }
+            }
+            _ = forced.as_mut(), if closing => {
+                tracing::debug!(%peer, "dropping a connection that did not close");
+                return;
             }
         }
     }
@@ -315,7 +377,10 @@ fn record_handshake_failure(ctx: &AcceptContext, reason: &str) {
         .inc();
 }
 
-/// When the connection last moved a byte, and how many requests are in flight.
+/// When the connection last finished a request, and how many are in flight. Only
+/// requests count: bytes do not, since HTTP/2 keep-alive PINGs and their ACKs would keep
+/// an idle connection open forever (and a client trickling headers or a body has its
+/// own timeouts).
 #[derive(Clone)]
 struct Activity(Arc<ActivityState>);
 
@@ -360,65 +425,6 @@ impl Drop for RequestGuard {
     fn drop(&mut self) {
         self.0.touch();
         self.0.0.in_flight.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-/// An I/O stream that records activity for the idle timeout.
-struct ActivityIo<T> {
-    inner: T,
-    activity: Activity,
-}
-
-impl<T: AsyncRead + Unpin> AsyncRead for ActivityIo<T> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        let result = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if buf.filled().len() > before {
-            self.activity.touch();
-        }
-        result
-    }
-}
-
-impl<T: AsyncWrite + Unpin> AsyncWrite for ActivityIo<T> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let result = Pin::new(&mut self.inner).poll_write(cx, buf);
-        if matches!(result, Poll::Ready(Ok(n)) if n > 0) {
-            self.activity.touch();
-        }
-        result
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        let result = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        if matches!(result, Poll::Ready(Ok(n)) if n > 0) {
-            self.activity.touch();
-        }
-        result
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 
@@ -489,5 +495,21 @@ pub fn run_to_exit(worker_threads: usize, main: impl Future<Output = i32>) -> i3
             tracing::error!(error = %e, "cannot start the async runtime");
             crate::exit::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn throttle_lets_one_through_per_period_and_counts_the_rest() {
+        let t = Throttle::new(Duration::from_millis(200));
+        assert_eq!(t.allow(), Some(0));
+        assert_eq!(t.allow(), None);
+        assert_eq!(t.allow(), None);
+        std::thread::sleep(Duration::from_millis(250));
+        assert_eq!(t.allow(), Some(2));
+        assert_eq!(t.allow(), None);
     }
 }

@@ -293,12 +293,9 @@ impl TlsMaterial {
             return Err(CertError::WrongPurpose("TLS server authentication"));
         }
         certs::check_chains_to(&bundle.certs, &self.server_roots)?;
+        check_deliverable_chain(&bundle.certs, &self.server_roots)?;
         let key_pem = pem_encode_key(&key);
-        let cert_pem: String = bundle
-            .certs
-            .iter()
-            .map(|c| pem_encode("CERTIFICATE", c.as_ref()))
-            .collect();
+        let cert_pem = pem_encode_certs(&bundle.certs);
         let certified = certs::certified_key(bundle.certs, key)?;
         let material = self
             .with_server_key(certified)
@@ -338,6 +335,60 @@ fn pem_encode(label: &str, der: &[u8]) -> String {
     }
     out.push_str(&format!("-----END {label}-----\n"));
     out
+}
+
+/// Most certificates a server chain may hold (leaf, intermediates, root).
+pub const MAX_CHAIN_CERTIFICATES: usize = 8;
+/// Most bytes (DER) a server chain may hold: a TLS handshake message carries at most
+/// 64 KiB, and rustls clients refuse larger ones (`EXCESSIVE_MESSAGE_SIZE`).
+pub const MAX_CHAIN_BYTES: usize = 32 * 1024;
+
+/// A chain every TLS client can receive and follow: a path without repetition from the
+/// leaf towards the configured CA, nothing after the CA itself, within
+/// [`MAX_CHAIN_CERTIFICATES`] and [`MAX_CHAIN_BYTES`]. (Order and trust are checked by
+/// [`certs::check_chains_to`].)
+pub fn check_deliverable_chain(
+    chain: &[CertificateDer<'_>],
+    roots: &[CertificateDer<'_>],
+) -> Result<(), CertError> {
+    if chain.len() > MAX_CHAIN_CERTIFICATES {
+        return Err(CertError::BadChain(format!(
+            "{} certificates; at most {MAX_CHAIN_CERTIFICATES} are accepted",
+            chain.len()
+        )));
+    }
+    let bytes: usize = chain.iter().map(|c| c.as_ref().len()).sum();
+    if bytes > MAX_CHAIN_BYTES {
+        return Err(CertError::BadChain(format!(
+            "{bytes} bytes of certificates; TLS clients accept at most {MAX_CHAIN_BYTES}"
+        )));
+    }
+    for (i, c) in chain.iter().enumerate() {
+        if chain[..i]
+            .iter()
+            .any(|earlier| earlier.as_ref() == c.as_ref())
+        {
+            return Err(CertError::BadChain(format!(
+                "certificate {} repeats an earlier one",
+                i + 1
+            )));
+        }
+        if i + 1 < chain.len() && roots.iter().any(|r| r.as_ref() == c.as_ref()) {
+            return Err(CertError::BadChain(format!(
+                "certificate {} is the CA itself; nothing may follow it",
+                i + 1
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// PEM-encodes certificates, in order.
+pub fn pem_encode_certs(certs: &[CertificateDer<'_>]) -> String {
+    certs
+        .iter()
+        .map(|c| pem_encode("CERTIFICATE", c.as_ref()))
+        .collect()
 }
 
 /// PEM-encodes a private key with the label of its format.
