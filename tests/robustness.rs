@@ -935,12 +935,21 @@ async fn request_lines_of_a_busy_agent_reach_the_log_before_a_kill_9() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_daemon_that_stays_in_the_foreground_fails_within_the_operation_timeout() {
     let s = setup();
-    let agent = Agent::start(
-        AgentOptions::new(&s.pki, &s.server).toml("[instances]\noperation_timeout = \"2s\""),
-    );
+    // `include` is refused by the directive policy unless an operator allows it.
+    let agent = Agent::start(AgentOptions::new(&s.pki, &s.server).toml(
+        "[instances]\noperation_timeout = \"2s\"\n[instances.policy]\nallow_directives = [\"include\"]",
+    ));
     let client = Client::new(&s.pki.ca_cert(), Some(&s.client));
     let included = tempfile::tempdir().unwrap();
     std::fs::write(included.path().join("fg.conf"), "foreground = yes\n").unwrap();
+    // Readable by the instance's own daemon user.
+    for (path, mode) in [
+        (included.path().to_path_buf(), 0o755),
+        (included.path().join("fg.conf"), 0o644),
+    ] {
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(mode))
+            .unwrap();
+    }
     let (accept, connect) = (free_port(), free_port());
     let service =
         format!("[x]\nclient = yes\naccept = 127.0.0.1:{accept}\nconnect = 127.0.0.1:{connect}\n");
