@@ -132,6 +132,8 @@ pub enum ApiError {
     Unauthorized(&'static str),
     #[error("this needs the admin role")]
     Forbidden,
+    #[error("the agent pass-through is read-only for members: writes need the admin role")]
+    PassThroughReadOnly,
     #[error("{0}")]
     Fleet(#[from] FleetError),
     #[error("no such resource")]
@@ -154,6 +156,7 @@ impl ApiError {
         match self {
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden => StatusCode::FORBIDDEN,
+            ApiError::PassThroughReadOnly => StatusCode::FORBIDDEN,
             ApiError::Fleet(e) => e.status(),
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
@@ -169,6 +172,7 @@ impl ApiError {
         match self {
             ApiError::Unauthorized(_) => "unauthorized",
             ApiError::Forbidden => "forbidden",
+            ApiError::PassThroughReadOnly => "pass-through-read-only",
             ApiError::Fleet(e) => e.kind(),
             ApiError::NotFound => "not-found",
             ApiError::BadRequest(_) => "invalid-input",
@@ -263,6 +267,8 @@ impl App for ControllerApp {
             .path_and_query()
             .map(|p| p.as_str().to_owned())
             .unwrap_or_else(|| path.clone());
+        let actor = ActorSlot::default();
+        req.extensions_mut().insert(actor.clone());
         if self.zone == Zone::Admin
             && let Some(cn) = conn.identity.as_ref().and_then(|i| i.cn.clone())
         {
@@ -303,6 +309,7 @@ impl App for ControllerApp {
         tracing::info!(
             peer = %conn.peer,
             client = %conn.identity.as_ref().map(|i| i.name()).unwrap_or("-"),
+            actor = %actor.0.get().map(String::as_str).unwrap_or("-"),
             method = %method,
             path = %path,
             route = %label,
@@ -345,12 +352,9 @@ impl ControllerApp {
         match route {
             Route::CreateToken => {
                 let user = self.basic_auth(req.headers()).await?;
+                ActorSlot::record(&req, &user);
                 let body = read_body(req).await?;
-                let ask: TokenRequest = if body.is_empty() {
-                    TokenRequest::default()
-                } else {
-                    json(&body)?
-                };
+                let ask: TokenRequest = json_or_default(&body)?;
                 let ttl = ask.ttl_seconds.unwrap_or(TOKEN_TTL_DEFAULT);
                 if ttl <= 0 {
                     return Err(ApiError::BadRequest("ttl_seconds must be positive".into()));
@@ -459,6 +463,12 @@ impl ControllerApp {
     /// without one, the user its verified client certificate names (CN = user name).
     /// A token and a certificate naming different users are refused.
     pub(super) async fn caller(&self, req: &Request<Incoming>, now: i64) -> Result<User, ApiError> {
+        let user = self.caller_of(req, now).await?;
+        ActorSlot::record(req, &user);
+        Ok(user)
+    }
+
+    async fn caller_of(&self, req: &Request<Incoming>, now: i64) -> Result<User, ApiError> {
         let cert_name = req
             .extensions()
             .get::<CertificateName>()
@@ -515,6 +525,19 @@ fn dummy_hash() -> &'static str {
     HASH.get_or_init(|| auth::hash_password("no such user"))
 }
 
+/// Where a request's handler leaves the name of the user it acts for, which the request
+/// line then names (attribution).
+#[derive(Clone, Default)]
+struct ActorSlot(Arc<std::sync::OnceLock<String>>);
+
+impl ActorSlot {
+    fn record(req: &Request<Incoming>, user: &User) {
+        if let Some(slot) = req.extensions().get::<ActorSlot>() {
+            let _ = slot.0.set(user.name.clone());
+        }
+    }
+}
+
 /// The common name of the verified client certificate of an admin-zone request.
 #[derive(Clone)]
 struct CertificateName(String);
@@ -543,8 +566,33 @@ pub(super) async fn read_body_limited(req: Request<Incoming>, max: u64) -> Resul
         })
 }
 
+/// A request body: a JSON object (not an array, even of the right length, nor any other
+/// value) with no unknown field.
 pub(super) fn json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
-    serde_json::from_slice(body).map_err(|e| ApiError::BadRequest(format!("invalid JSON: {e}")))
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::BadRequest(
+            "a JSON object is required as the request body".into(),
+        ));
+    }
+    let value: serde_json::Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::BadRequest(format!("invalid JSON: {e}")))?;
+    if !value.is_object() {
+        return Err(ApiError::BadRequest(
+            "the request body must be a JSON object".into(),
+        ));
+    }
+    serde_json::from_value(value).map_err(|e| ApiError::BadRequest(format!("invalid JSON: {e}")))
+}
+
+/// An optional request body: empty means the defaults; otherwise as [`json`].
+pub(super) fn json_or_default<T: serde::de::DeserializeOwned + Default>(
+    body: &[u8],
+) -> Result<T, ApiError> {
+    if body.is_empty() {
+        Ok(T::default())
+    } else {
+        json(body)
+    }
 }
 
 pub(super) fn ok(value: &impl Serialize) -> (StatusCode, Bytes) {

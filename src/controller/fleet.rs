@@ -31,6 +31,30 @@ const MAX_TASK_ATTEMPTS: i64 = 3;
 /// Agents called at the same time by one ping of many.
 pub const PING_CONCURRENCY: usize = 64;
 
+tokio::task_local! {
+    /// The user on whose behalf the current request or task acts, by name.
+    static ACTOR: Option<String>;
+}
+
+/// Runs `f` on behalf of `actor`: the events it records name that user, and the tasks
+/// it queues carry the name to the events their steps record.
+pub async fn acting_as<F: std::future::Future>(actor: Option<String>, f: F) -> F::Output {
+    ACTOR.scope(actor, f).await
+}
+
+/// The user the current request or task acts for, if any.
+pub fn current_actor() -> Option<String> {
+    ACTOR.try_with(Clone::clone).ok().flatten()
+}
+
+/// A task's request with the acting user's name, which its steps' events carry.
+fn with_actor(mut request: Value) -> Value {
+    if let (Some(actor), Value::Object(fields)) = (current_actor(), &mut request) {
+        fields.insert("actor".into(), Value::String(actor));
+    }
+    request
+}
+
 /// What a ping asks an agent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
@@ -244,7 +268,7 @@ impl Fleet {
             kind,
             appliance_id: Some(id),
             owner_id,
-            request: request.to_string(),
+            request: with_actor(request).to_string(),
         };
         let (_, task_id) = self
             .move_by(id, event, |_| Changes::default(), None, Some(&task))
@@ -265,9 +289,11 @@ impl Fleet {
             let to = lifecycle::next(a.state, event).ok_or_else(|| illegal(&a, event))?;
             // Heartbeats and the steps of provisioning are not events of their own.
             let quiet = matches!(event, Event::Heartbeat | Event::Provision);
+            let actor = current_actor();
             let record = (to != a.state || !quiet).then(|| Record {
                 kind: event.name(),
                 detail: detail.clone(),
+                actor: actor.as_deref(),
             });
             let now = crate::certs::now_unix();
             let moved = self
@@ -542,7 +568,7 @@ impl Fleet {
                     kind,
                     appliance_id,
                     owner_id,
-                    request: request.to_string(),
+                    request: with_actor(request).to_string(),
                 },
                 crate::certs::now_unix(),
             )
@@ -585,7 +611,11 @@ impl Fleet {
             if task.attempts > 1 {
                 tracing::info!(task = %task.id, kind = %task.kind, attempt = task.attempts, "resuming an interrupted task");
             }
-            self.run_task(&task).await
+            // The steps' events name the user who asked for the task, if one did.
+            let actor = serde_json::from_str::<Value>(&task.request)
+                .ok()
+                .and_then(|r| r["actor"].as_str().map(String::from));
+            acting_as(actor, self.run_task(&task)).await
         };
         let now = crate::certs::now_unix();
         let (state, result, problem) = match &outcome {

@@ -25,9 +25,11 @@ use hyper::body::Incoming;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use super::api::{Answer, ApiError, ControllerApp, Route, json, ok, read_body, read_body_limited};
+use super::api::{
+    Answer, ApiError, ControllerApp, Route, json, json_or_default, ok, read_body, read_body_limited,
+};
 use super::auth;
-use super::fleet::{Check, FleetError, appliance_view};
+use super::fleet::{Check, FleetError, acting_as, appliance_view};
 use super::lifecycle::{self, Event, State};
 use super::records::{Appliance, NewTask, Task};
 use super::store::{Role, StoreError, User};
@@ -81,8 +83,35 @@ fn query_param<'a>(req: &'a Request<Incoming>, name: &str) -> Option<&'a str> {
         .map(|(_, v)| v)
 }
 
-fn is_async(req: &Request<Incoming>) -> bool {
-    matches!(query_param(req, "async"), Some("true" | "1" | ""))
+/// `?async=true` (or `1`); `false`, `0` or no parameter: synchronous. Anything else,
+/// an empty value included, is refused rather than guessed.
+fn is_async(req: &Request<Incoming>) -> Result<bool, ApiError> {
+    match query_param(req, "async") {
+        None | Some("false" | "0") => Ok(false),
+        Some("true" | "1") => Ok(true),
+        Some(other) => Err(ApiError::BadRequest(format!(
+            "async {other:?}: true or false"
+        ))),
+    }
+}
+
+/// The header that names the acting user on pass-through requests to an agent.
+pub const ACTOR_HEADER: &str = "x-applianced-actor";
+
+/// The headers a pass-through request carries to the agent: the client's content type
+/// and accept, and the acting user.
+fn pass_through_headers(from: &HeaderMap, actor: &str) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    for name in [header::CONTENT_TYPE, header::ACCEPT] {
+        if let Some(v) = from.get(&name) {
+            headers.insert(name, v.clone());
+        }
+    }
+    // User names are checked to be plain ASCII, so this never fails.
+    if let Ok(v) = HeaderValue::from_str(actor) {
+        headers.insert(header::HeaderName::from_static(ACTOR_HEADER), v);
+    }
+    headers
 }
 
 fn invalid(msg: impl Into<String>) -> ApiError {
@@ -192,9 +221,19 @@ pub async fn dispatch(
     }
     let now = crate::certs::now_unix();
     let user = app.caller(&req, now).await?;
+    // Whatever the request changes is recorded as done by this user.
+    acting_as(Some(user.name.clone()), serve(app, route, req, &user, now)).await
+}
+
+async fn serve(
+    app: &ControllerApp,
+    route: Route,
+    req: Request<Incoming>,
+    user: &User,
+    now: i64,
+) -> Result<Answer, ApiError> {
     let fleet = &app.fleet;
-    // The appliance a route names, if the caller may see it.
-    let user_ref = &user;
+    let user_ref = user;
     let visible = |id: String| async move {
         match fleet.store.appliance(&id).await? {
             Some(a) if sees(user_ref, &a) => Ok::<_, ApiError>(a),
@@ -204,7 +243,7 @@ pub async fn dispatch(
     match route {
         Route::CreateAppliance => {
             let body: CreateAppliance = json(&read_body(req).await?)?;
-            create(app, &user, body, now).await
+            create(app, user, body, now).await
         }
         Route::ListAppliances => {
             let state = query_param(&req, "state").map(str::to_string);
@@ -222,7 +261,7 @@ pub async fn dispatch(
                 .appliances(deleted)
                 .await?
                 .iter()
-                .filter(|a| sees(&user, a))
+                .filter(|a| sees(user, a))
                 .filter(|a| state.as_ref().is_none_or(|s| a.state.as_str() == s))
                 .filter(|a| name.as_ref().is_none_or(|n| &a.name == n))
                 .filter(|a| {
@@ -237,7 +276,7 @@ pub async fn dispatch(
         Route::GetAppliance(id) => Ok(ok(&appliance_view(&visible(id).await?)).into()),
         Route::DeleteAppliance(id) => {
             let a = visible(id).await?;
-            queue_action(app, &user, &a, Event::Destroy, json!({"action": "destroy"})).await
+            queue_action(app, user, &a, Event::Destroy, json!({"action": "destroy"})).await
         }
         Route::ApplianceAction(id) => {
             let a = visible(id).await?;
@@ -254,7 +293,7 @@ pub async fn dispatch(
             if action.minutes.is_some() {
                 return Err(invalid("minutes is only for extend"));
             }
-            queue_action(app, &user, &a, event, json!({"action": action.action})).await
+            queue_action(app, user, &a, event, json!({"action": action.action})).await
         }
         Route::ApplianceEvents(id) => {
             let a = visible(id).await?;
@@ -270,6 +309,7 @@ pub async fn dispatch(
                         "from_state": e.from_state,
                         "to_state": e.to_state,
                         "detail": e.detail.as_deref().and_then(|d| serde_json::from_str::<Value>(d).ok()),
+                        "actor": e.actor,
                         "at": crate::certs::format_unix(e.at),
                         "deliveries": deliveries.iter().map(|d| json!({
                             "id": d.id,
@@ -294,29 +334,24 @@ pub async fn dispatch(
                     return Err(invalid(format!("check {other:?}: ping or status")));
                 }
             };
-            if is_async(&req) {
+            if is_async(&req)? {
                 let request =
                     json!({"targets": [a.id], "single": true, "check": check_name(check)});
-                let task = queue(app, "ping", None, &user, request).await?;
+                let task = queue(app, "ping", None, user, request).await?;
                 return Ok(accepted(&task, None));
             }
             Ok(ok(&fleet.ping(&a, check).await?).into())
         }
         Route::PingMany => {
-            let asynchronous = is_async(&req);
-            let body = read_body(req).await?;
-            let ping: Ping = if body.is_empty() {
-                Ping::default()
-            } else {
-                json(&body)?
-            };
+            let asynchronous = is_async(&req)?;
+            let ping: Ping = json_or_default(&read_body(req).await?)?;
             // One read of the fleet, whether targets are named or not.
             let mine: Vec<Appliance> = fleet
                 .store
                 .appliances(false)
                 .await?
                 .into_iter()
-                .filter(|a| sees(&user, a))
+                .filter(|a| sees(user, a))
                 .collect();
             let targets = match ping.targets {
                 Some(targets) => {
@@ -340,14 +375,14 @@ pub async fn dispatch(
             };
             if asynchronous {
                 let request = json!({"targets": targets, "check": check_name(ping.check)});
-                let task = queue(app, "ping", None, &user, request).await?;
+                let task = queue(app, "ping", None, user, request).await?;
                 return Ok(accepted(&task, None));
             }
             Ok(ok(&fleet.ping_many(&targets, ping.check).await).into())
         }
         Route::Agent(id, path) => {
             let a = visible(id).await?;
-            pass_through(app, &a, path, req).await
+            pass_through(app, user, &a, path, req).await
         }
         Route::ListTasks => {
             let owner = (user.role != Role::Admin).then_some(user.id.as_str());
@@ -527,13 +562,19 @@ async fn create(
         last_status: None,
         created_at: now,
     };
+    let mut request: Value = serde_json::from_str(&canonical).unwrap_or_default();
+    request["actor"] = Value::String(user.name.clone());
     let new_task = NewTask {
         kind: "create",
         appliance_id: Some(&appliance.id),
         owner_id: &user.id,
-        request: canonical,
+        request: request.to_string(),
     };
-    match app.store.create_appliance(&appliance, &new_task).await {
+    match app
+        .store
+        .create_appliance(&appliance, &new_task, Some(&user.name))
+        .await
+    {
         Ok(task_id) => {
             app.fleet.task_queued();
             let task = app
@@ -570,17 +611,11 @@ async fn create(
 /// Forwards a request to the appliance's agent and its answer back, as it is.
 async fn pass_through(
     app: &ControllerApp,
+    user: &User,
     a: &Appliance,
     path: String,
     req: Request<Incoming>,
 ) -> Result<Answer, ApiError> {
-    if !a.state.is_running() {
-        return Err(ApiError::Fleet(FleetError::Conflict(format!(
-            "appliance {} is {}: its agent is not running",
-            a.id,
-            a.state.as_str()
-        ))));
-    }
     let method = req.method().clone();
     if !matches!(
         method,
@@ -588,12 +623,18 @@ async fn pass_through(
     ) {
         return Err(ApiError::NotFound);
     }
-    let mut headers = HeaderMap::new();
-    for name in [header::CONTENT_TYPE, header::ACCEPT] {
-        if let Some(v) = req.headers().get(&name) {
-            headers.insert(name, v.clone());
-        }
+    // Configurations are code: members read through the pass-through, only admins write.
+    if method != Method::GET && user.role != Role::Admin {
+        return Err(ApiError::PassThroughReadOnly);
     }
+    if !a.state.is_running() {
+        return Err(ApiError::Fleet(FleetError::Conflict(format!(
+            "appliance {} is {}: its agent is not running",
+            a.id,
+            a.state.as_str()
+        ))));
+    }
+    let headers = pass_through_headers(req.headers(), &user.name);
     let body = read_body_limited(req, MAX_AGENT_BODY).await?;
     let reply = app
         .fleet
@@ -677,6 +718,22 @@ mod tests {
         assert!(m(Method::POST, "/v1/appliances/x/actions").is_some());
         assert!(paths["/v1/appliances/{id}"].get("delete").is_some());
         assert!(m(Method::DELETE, "/v1/appliances/x").is_some());
+    }
+
+    #[test]
+    fn pass_through_requests_name_the_acting_user() {
+        let mut from = HeaderMap::new();
+        from.insert(header::ACCEPT, HeaderValue::from_static("application/json"));
+        from.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer t"));
+        from.insert(ACTOR_HEADER, HeaderValue::from_static("someone-else"));
+        let sent = pass_through_headers(&from, "alice");
+        assert_eq!(sent[ACTOR_HEADER], "alice", "not the client's own claim");
+        assert_eq!(sent[header::ACCEPT], "application/json");
+        assert!(
+            sent.get(header::AUTHORIZATION).is_none(),
+            "the token stays here"
+        );
+        assert_eq!(sent.len(), 2);
     }
 
     #[test]
