@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 pub mod agent;
+pub mod callback;
 pub mod certs;
 pub mod cli;
 pub mod config;

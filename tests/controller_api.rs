@@ -160,6 +160,50 @@ async fn scenario(url: &str) {
         let r = conn.request("POST", "/v1/users", bad, &auth).await.unwrap();
         assert_eq!(r.status, 400, "{}", String::from_utf8_lossy(bad));
     }
+    // Strict bodies: a required body, a JSON object and nothing else.
+    for bad in [&b""[..], b"[]", br#"["x"]"#, b"null", br#""x""#, b"   "] {
+        let r = conn.request("POST", "/v1/users", bad, &auth).await.unwrap();
+        assert_eq!(
+            (r.status, r.json()["type"].as_str()),
+            (400, Some("urn:applianced:problem:invalid-input")),
+            "{}",
+            String::from_utf8_lossy(bad)
+        );
+    }
+    for bad in [
+        &b"[]"[..],
+        b"null",
+        br#"{"ttl": 1}"#,
+        br#"{"ttl_seconds": "x"}"#,
+    ] {
+        let r = conn
+            .request(
+                "POST",
+                "/v1/tokens",
+                bad,
+                &[("authorization", &basic("root", &admin_password))],
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.status, 400, "{}", String::from_utf8_lossy(bad));
+    }
+    // A user name no user can have (a NUL byte, which PostgreSQL cannot even compare)
+    // is an unknown user: 401 like any other.
+    let r = conn
+        .request(
+            "POST",
+            "/v1/tokens",
+            b"",
+            &[("authorization", &basic("ro\0ot", &admin_password))],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (r.status, r.json()["type"].as_str()),
+        (401, Some("urn:applianced:problem:unauthorized")),
+        "{}",
+        r.body
+    );
     let list = conn
         .request("GET", "/v1/users", b"", &auth)
         .await

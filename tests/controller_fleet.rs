@@ -338,6 +338,142 @@ async fn scenario(db_url: &str, net: u8) {
         c.call(&member, "GET", "/v1/appliances", "").await.json(),
         serde_json::json!([])
     );
+    // Strict input: a JSON array is not the object it resembles, and nothing is created.
+    let r = c
+        .call(&root, "POST", "/v1/appliances", r#"["x", 30]"#)
+        .await;
+    assert_eq!(
+        (r.status, r.json()["type"].as_str()),
+        (400, Some("urn:applianced:problem:invalid-input")),
+        "{}",
+        r.body
+    );
+    for bad in ["", "null", "[]", r#""x""#] {
+        let r = c.call(&root, "POST", "/v1/appliances", bad).await;
+        assert_eq!(r.status, 400, "{bad:?}: {}", r.body);
+        let r = c.call(&root, "POST", "/v1/ping", bad).await;
+        assert_eq!(
+            r.status,
+            if bad.is_empty() { 200 } else { 400 },
+            "{bad:?}: {}",
+            r.body
+        );
+    }
+    let r = c
+        .call(&root, "POST", "/v1/ping", r#"{"targets": [], "x": 1}"#)
+        .await;
+    assert_eq!(r.status, 400, "unknown field: {}", r.body);
+    assert!(
+        !c.call(&root, "GET", "/v1/appliances?name=x", "")
+            .await
+            .body
+            .contains("\"x\""),
+        "an array body created an appliance"
+    );
+    // `?async=` with no value is not a yes.
+    for query in ["?async=", "?async=maybe"] {
+        let r = c
+            .call(&root, "POST", &format!("/v1/ping{query}"), &targets)
+            .await;
+        assert_eq!(r.status, 400, "{query}: {}", r.body);
+        let r = ping_one(&c, &root, &ids[0], query).await;
+        assert_eq!(r.status, 400, "{query}: {}", r.body);
+    }
+    let r = ping_one(&c, &root, &ids[0], "?async=false").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+
+    // The pass-through is read-only for members: they read their appliance's agent, only
+    // admins write to it. Every change names its actor.
+    let (task, location) = create(&c, &member, r#"{"name": "members-lb"}"#).await;
+    let done = c
+        .wait_task(&member, &location, Duration::from_secs(30))
+        .await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    let mine = id_of(&task);
+    c.wait_state(&member, &mine, "active", Duration::from_secs(30))
+        .await;
+    let agent_path = format!("/v1/appliances/{mine}/agent/instances/{instance}/haproxy");
+    for method in ["PUT", "POST", "DELETE"] {
+        let r = c
+            .call(&member, method, &agent_path, &haproxy_config(free_port()))
+            .await;
+        assert_eq!(
+            (r.status, r.json()["type"].as_str()),
+            (403, Some("urn:applianced:problem:pass-through-read-only")),
+            "{method}: {}",
+            r.body
+        );
+    }
+    let r = c
+        .call(
+            &member,
+            "GET",
+            &format!("/v1/appliances/{mine}/agent/listeners"),
+            "",
+        )
+        .await;
+    assert_eq!(r.status, 200, "members read: {}", r.body);
+    assert_eq!(r.json(), serde_json::json!([]), "nothing was written");
+    let r = c
+        .call(
+            &member,
+            "PUT",
+            &format!(
+                "/v1/appliances/{}/agent/instances/{instance}/haproxy",
+                ids[0]
+            ),
+            "x",
+        )
+        .await;
+    assert_eq!(
+        r.status, 404,
+        "another's appliance stays invisible: {}",
+        r.body
+    );
+    let r = c
+        .call(&root, "PUT", &agent_path, &haproxy_config(free_port()))
+        .await;
+    assert_eq!(r.status, 201, "admins write: {}", r.body);
+    let (_, done) = act_done(&c, &root, &mine, "stop").await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    let events = c.events(&member, &mine).await;
+    let actors: Vec<(&str, Option<&str>)> = events
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["event"].as_str().unwrap(), e["actor"].as_str()))
+        .collect();
+    for (event, actor) in &actors {
+        match *event {
+            "requested" | "provisioning" | "spawned" => {
+                assert_eq!(*actor, Some("member"), "{event}: {events}")
+            }
+            "stop" => assert_eq!(*actor, Some("root"), "{events}"),
+            // Reported by the appliance itself.
+            "launched" => assert_eq!(*actor, None, "{events}"),
+            // By the appliance, or by the backend within root's stop task.
+            "stopped" => assert!(matches!(*actor, None | Some("root")), "{events}"),
+            _ => {}
+        }
+    }
+    for needed in ["requested", "spawned", "launched", "stop"] {
+        assert!(
+            actors.iter().any(|(e, _)| *e == needed),
+            "{needed}: {events}"
+        );
+    }
+    let log = c.log_text();
+    let line = |actor: &str, method: &str, path: &str| {
+        log.lines().any(|l| {
+            l.contains(" request ")
+                && l.contains(&format!("actor={actor} "))
+                && l.contains(&format!("method={method} "))
+                && l.contains(&format!("path={path} "))
+        })
+    };
+    assert!(line("member", "POST", "/v1/appliances"), "{log}");
+    assert!(line("member", "PUT", &agent_path), "{log}");
+    assert!(line("root", "PUT", &agent_path), "{log}");
     // An appliance cannot report for another, and callbacks need a certificate.
     let creds0 = c.appliance_creds(&ids[0]);
     let as_first = Client::new(&c.ca_cert(), Some(&creds0));

@@ -135,10 +135,14 @@ async fn moves_and_tasks(store: &Store, owner: &str, now: i64) {
         owner_id: owner,
         request: "{}".into(),
     };
-    let create = store.create_appliance(&a, &task("create")).await.unwrap();
+    let create = store
+        .create_appliance(&a, &task("create"), None)
+        .await
+        .unwrap();
     let record = || Record {
         kind: "expired",
         detail: None,
+        actor: None,
     };
     let stop = task("stop");
     // Expiry: to `stopping`, with its event and the stop task.

@@ -820,7 +820,13 @@ async fn run_async(config: AgentConfig) -> i32 {
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
     if let (Some(task), Some(reporter)) = (reporting, reporter) {
         task.abort();
-        match reporter.post("stopped", Duration::from_secs(3)).await {
+        match reporter
+            .post(
+                crate::callback::CallbackEvent::Stopped,
+                Duration::from_secs(3),
+            )
+            .await
+        {
             Ok(()) => tracing::info!("reported stopped"),
             Err(e) => tracing::warn!(error = %e, "cannot report stopped"),
         }

@@ -12,6 +12,7 @@ use bytes::Bytes;
 use http::Method;
 
 use super::status::StatusCache;
+use crate::callback::{Callback, CallbackEvent};
 use crate::config::agent::ControllerSection;
 use crate::transport::client::{Client, client_config_from_files, json_headers};
 
@@ -51,22 +52,18 @@ impl Reporter {
     }
 
     /// Posts one event; Ok when the controller answered 2xx.
-    pub async fn post(&self, event: &str, timeout: Duration) -> Result<(), String> {
+    pub async fn post(&self, event: CallbackEvent, timeout: Duration) -> Result<(), String> {
         let tls = client_config_from_files(&self.ca, Some((&self.cert, &self.key)))?;
         let status: serde_json::Value =
             serde_json::from_slice(&self.status.load()).unwrap_or(serde_json::Value::Null);
-        let body = serde_json::json!({
-            "event": event,
-            "appliance_id": self.appliance_id,
-            "status": status,
-        });
+        let body = serde_json::to_string(&Callback {
+            event,
+            appliance_id: Some(self.appliance_id.clone()),
+            status: Some(status),
+        })
+        .unwrap_or_default();
         let reply = Client::new(Some(Arc::new(tls)), timeout)
-            .send(
-                Method::POST,
-                &self.url,
-                json_headers(),
-                Bytes::from(body.to_string()),
-            )
+            .send(Method::POST, &self.url, json_headers(), Bytes::from(body))
             .await
             .map_err(|e| e.to_string())?;
         if reply.status.is_success() {
@@ -84,7 +81,7 @@ impl Reporter {
     pub async fn run(self: Arc<Self>) {
         let mut backoff = Duration::from_millis(250);
         loop {
-            match self.post("launched", CALL_TIMEOUT).await {
+            match self.post(CallbackEvent::Launched, CALL_TIMEOUT).await {
                 Ok(()) => {
                     tracing::info!(controller = %self.url, "reported launched");
                     break;
@@ -102,7 +99,7 @@ impl Reporter {
         loop {
             tick.tick().await;
             if let Err(e) = self
-                .post("heartbeat", CALL_TIMEOUT.min(self.interval))
+                .post(CallbackEvent::Heartbeat, CALL_TIMEOUT.min(self.interval))
                 .await
             {
                 tracing::warn!(controller = %self.url, error = %e, "heartbeat not delivered");

@@ -1,5 +1,5 @@
 //! `applianced controller`: the fleet side. Operators use the northbound API on `admin`
-//! listeners ([`api`], [`fleet_api`]); appliances call back on `appliance` listeners with
+//! listeners ([`api`]); appliances call back on `appliance` listeners with
 //! their own certificates. The [`fleet`] spawns appliances through the `process`
 //! [`backend`], issues their certificates from the controller's [`ca`], drives their
 //! agents over mutual TLS, and keeps their [`lifecycle`] in the [`store`] (SQLite or
@@ -21,7 +21,6 @@ pub mod auth;
 pub mod backend;
 pub mod ca;
 pub mod fleet;
-pub mod fleet_api;
 pub mod lifecycle;
 pub mod records;
 pub mod store;
@@ -276,11 +275,7 @@ async fn run_async(config: ControllerConfig) -> i32 {
     let metrics = TransportMetrics::default();
     let mut servers = Vec::new();
     for (zone, socket, tls) in listeners {
-        let app = Arc::new(api::ControllerApp {
-            store: store.clone(),
-            fleet: fleet.clone(),
-            zone,
-        });
+        let app = Arc::new(api::ControllerApp::new(zone, fleet.clone()));
         let addr = socket
             .local_addr()
             .map(|a| a.to_string())

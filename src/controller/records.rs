@@ -107,6 +107,8 @@ pub struct EventRecord {
     pub from_state: Option<String>,
     pub to_state: String,
     pub detail: Option<String>,
+    /// The user who caused it, by name; `None` for timers and the appliance's callbacks.
+    pub actor: Option<String>,
     pub at: i64,
 }
 
@@ -189,6 +191,8 @@ pub enum Moved {
 pub struct Record<'a> {
     pub kind: &'a str,
     pub detail: Option<serde_json::Value>,
+    /// The acting user's name.
+    pub actor: Option<&'a str>,
 }
 
 /// A strictly increasing sequence for ordering events (microseconds since the epoch).
@@ -215,6 +219,7 @@ impl Store {
         &self,
         a: &Appliance,
         task: &NewTask<'_>,
+        actor: Option<&str>,
     ) -> Result<String, StoreError> {
         let mut tx = self.pool.begin().await?;
         sqlx::query(concat!(
@@ -249,6 +254,7 @@ impl Store {
         let record = Record {
             kind: "requested",
             detail: None,
+            actor,
         };
         insert_event(&mut tx, a, None, a.state, &record, a.created_at).await?;
         tx.commit().await?;
@@ -428,7 +434,7 @@ impl Store {
         appliance_id: &str,
     ) -> Result<Vec<(EventRecord, Vec<Delivery>)>, StoreError> {
         let rows = sqlx::query(
-            "SELECT id, appliance_id, kind, from_state, to_state, detail, at FROM events \
+            "SELECT id, appliance_id, kind, from_state, to_state, detail, actor, at FROM events \
              WHERE appliance_id = $1 ORDER BY seq",
         )
         .bind(appliance_id)
@@ -452,6 +458,7 @@ impl Store {
                 from_state: r.try_get("from_state")?,
                 to_state: r.try_get("to_state")?,
                 detail: r.try_get("detail")?,
+                actor: r.try_get("actor")?,
                 at: r.try_get("at")?,
             };
             let mine = deliveries
@@ -726,8 +733,8 @@ async fn insert_event(
     let id = auth::new_id();
     let detail = record.detail.as_ref().map(|d| d.to_string());
     sqlx::query(
-        "INSERT INTO events (id, seq, appliance_id, kind, from_state, to_state, detail, at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        "INSERT INTO events (id, seq, appliance_id, kind, from_state, to_state, detail, actor, \
+         at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
     )
     .bind(&id)
     .bind(next_seq())
@@ -736,6 +743,7 @@ async fn insert_event(
     .bind(from.map(State::as_str))
     .bind(to.as_str())
     .bind(&detail)
+    .bind(record.actor)
     .bind(now)
     .execute(&mut **tx)
     .await?;
@@ -748,6 +756,7 @@ async fn insert_event(
             "from_state": from.map(State::as_str),
             "to_state": to.as_str(),
             "detail": record.detail,
+            "actor": record.actor,
             "at": crate::certs::format_unix(now),
         });
         sqlx::query(

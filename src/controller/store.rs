@@ -171,6 +171,10 @@ impl Store {
     }
 
     pub async fn user_by_name(&self, name: &str) -> Result<Option<User>, StoreError> {
+        // No user is named with a NUL (PostgreSQL cannot even compare one): no such user.
+        if name.contains('\0') {
+            return Ok(None);
+        }
         self.one_where(
             concat!("SELECT ", user_columns!(), " FROM users WHERE name = $1"),
             name,

@@ -1,0 +1,166 @@
+//! `/v1/appliances`: create, list, show, delete, act on, and read the events of
+//! appliances.
+
+use axum::extract::State;
+use axum::response::Response;
+use serde::Deserialize;
+use utoipa::{IntoParams, ToSchema};
+
+use super::extract::{Body, Caller, Id, Params};
+use super::views::{ApplianceView, EventView, TaskView, accepted, ok};
+use super::{ApiError, ApiState};
+use crate::controller::fleet::operations::{ActionOutcome, CreateRequest, ListFilter};
+
+/// An appliance to create.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateAppliance {
+    /// 1 to 64 letters, digits, `.`, `_` or `-`.
+    name: String,
+    /// Within the configured range (default 15..235); default 60.
+    ttl_minutes: Option<u32>,
+    /// Idempotency key: the same key with the same request is the same task.
+    external_id: Option<String>,
+    /// Where the appliance's events are posted as signed webhooks: http or https, on a
+    /// host `webhooks.allowed_hosts` permits.
+    callback_url: Option<String>,
+    /// A catalogue entry: `process`.
+    template: Option<String>,
+}
+
+/// Filters of the list.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ListQuery {
+    /// A lifecycle state (deleted appliances are listed only with `state=deleted`).
+    state: Option<String>,
+    name: Option<String>,
+    external_id: Option<String>,
+}
+
+/// An action on an appliance.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Action {
+    /// `start`, `stop`, `suspend`, `resume`, `destroy`, `rotate-certificate` (202 and a
+    /// task), or `extend` (200, with `minutes`).
+    action: String,
+    minutes: Option<u32>,
+}
+
+/// Create an appliance: 202 and its create task.
+#[utoipa::path(post, path = "/v1/appliances", tag = "appliances", request_body = CreateAppliance,
+    responses(
+        (status = 202, description = "Queued: the task, with the appliance", body = TaskView),
+        (status = 409, description = "The external_id was used with another request"),
+        (status = 422, description = "Invalid values"),
+        (status = 503, description = "No capacity left"),
+    ))]
+pub async fn create(
+    State(s): State<ApiState>,
+    Caller(me): Caller,
+    Body(body): Body<CreateAppliance>,
+) -> Result<Response, ApiError> {
+    let request = CreateRequest {
+        name: body.name,
+        ttl_minutes: body.ttl_minutes,
+        external_id: body.external_id,
+        callback_url: body.callback_url,
+        template: body.template,
+    };
+    Ok(accepted(s.fleet.create(&me, request).await?))
+}
+
+/// The appliances the caller sees.
+#[utoipa::path(get, path = "/v1/appliances", tag = "appliances", params(ListQuery),
+    responses(
+        (status = 200, description = "The appliances", body = Vec<ApplianceView>),
+        (status = 422, description = "Not a lifecycle state"),
+    ))]
+pub async fn list(
+    State(s): State<ApiState>,
+    Caller(me): Caller,
+    Params(q): Params<ListQuery>,
+) -> Result<Response, ApiError> {
+    let filter = ListFilter {
+        state: q.state,
+        name: q.name,
+        external_id: q.external_id,
+    };
+    let list = s.fleet.list(&me, filter).await?;
+    Ok(ok(list.iter().map(ApplianceView::from).collect::<Vec<_>>()))
+}
+
+/// An appliance.
+#[utoipa::path(get, path = "/v1/appliances/{id}", tag = "appliances", params(("id" = String, Path)),
+    responses(
+        (status = 200, description = "The appliance", body = ApplianceView),
+        (status = 404, description = "No such appliance (or not the caller's)"),
+    ))]
+pub async fn get(
+    State(s): State<ApiState>,
+    Caller(me): Caller,
+    Id(id): Id,
+) -> Result<Response, ApiError> {
+    Ok(ok(ApplianceView::from(&s.fleet.visible(&me, &id).await?)))
+}
+
+/// Delete an appliance: stop it, revoke its certificate, remove it.
+#[utoipa::path(delete, path = "/v1/appliances/{id}", tag = "appliances", params(("id" = String, Path)),
+    responses(
+        (status = 202, description = "Queued: the task, with the appliance", body = TaskView),
+        (status = 404, description = "No such appliance"),
+        (status = 409, description = "Not now (already deleted, or another operation runs)"),
+    ))]
+pub async fn delete(
+    State(s): State<ApiState>,
+    Caller(me): Caller,
+    Id(id): Id,
+) -> Result<Response, ApiError> {
+    Ok(accepted(s.fleet.delete(&me, &id).await?))
+}
+
+/// Act on an appliance.
+#[utoipa::path(post, path = "/v1/appliances/{id}/actions", tag = "appliances",
+    params(("id" = String, Path)), request_body = Action,
+    responses(
+        (status = 200, description = "Extended: the appliance", body = ApplianceView),
+        (status = 202, description = "Queued: the task, with the appliance", body = TaskView),
+        (status = 404, description = "No such appliance"),
+        (status = 409, description = "Not allowed in the appliance's state"),
+        (status = 422, description = "Unknown action or bad minutes"),
+    ))]
+pub async fn act(
+    State(s): State<ApiState>,
+    Caller(me): Caller,
+    Id(id): Id,
+    Body(action): Body<Action>,
+) -> Result<Response, ApiError> {
+    match s
+        .fleet
+        .act(&me, &id, &action.action, action.minutes)
+        .await?
+    {
+        ActionOutcome::Queued(q) => Ok(accepted(*q)),
+        ActionOutcome::Extended(a) => Ok(ok(ApplianceView::from(a.as_ref()))),
+    }
+}
+
+/// The lifecycle events of an appliance, each with its actor and webhook deliveries.
+#[utoipa::path(get, path = "/v1/appliances/{id}/events", tag = "appliances",
+    params(("id" = String, Path)),
+    responses(
+        (status = 200, description = "The events, oldest first", body = Vec<EventView>),
+        (status = 404, description = "No such appliance"),
+    ))]
+pub async fn events(
+    State(s): State<ApiState>,
+    Caller(me): Caller,
+    Id(id): Id,
+) -> Result<Response, ApiError> {
+    let events = s.fleet.events(&me, &id).await?;
+    Ok(ok(events
+        .into_iter()
+        .map(|(e, d)| EventView::new(e, &d))
+        .collect::<Vec<_>>()))
+}

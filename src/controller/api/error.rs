@@ -1,0 +1,102 @@
+//! The API's one error type and its one exhaustive mapping to status and problem `type`.
+
+use std::sync::Arc;
+
+use axum::response::{IntoResponse, Response};
+use http::{HeaderValue, StatusCode, header};
+
+use crate::controller::fleet::FleetError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// What the fleet refused, or failed at.
+    #[error(transparent)]
+    Fleet(#[from] FleetError),
+    /// No route for this method and path.
+    #[error("no such resource")]
+    NoRoute,
+    /// A body or query that cannot be read as the route's request type.
+    #[error("{0}")]
+    Malformed(String),
+    #[error("request body too large")]
+    PayloadTooLarge,
+    #[error("request body not received in time")]
+    BodyTimeout,
+    /// A callback without a client certificate naming the appliance.
+    #[error("a client certificate naming the appliance is required")]
+    NoApplianceCertificate,
+}
+
+impl ApiError {
+    /// The status and the problem `type` of every error.
+    pub fn status_and_kind(&self) -> (StatusCode, &'static str) {
+        match self {
+            ApiError::Fleet(e) => {
+                let (status, kind) = e.status_and_kind();
+                (
+                    StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                    kind,
+                )
+            }
+            ApiError::NoRoute => (StatusCode::NOT_FOUND, "not-found"),
+            ApiError::Malformed(_) => (StatusCode::BAD_REQUEST, "invalid-input"),
+            ApiError::PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "payload-too-large"),
+            ApiError::BodyTimeout => (StatusCode::REQUEST_TIMEOUT, "request-timeout"),
+            ApiError::NoApplianceCertificate => (StatusCode::FORBIDDEN, "forbidden"),
+        }
+    }
+
+    /// What the problem document says (internals are logged, never shown).
+    pub fn detail(&self) -> String {
+        match self {
+            ApiError::Fleet(e) => e.detail(),
+            other => other.to_string(),
+        }
+    }
+
+    /// The internal cause, for the log.
+    pub fn internal(&self) -> Option<&str> {
+        match self {
+            ApiError::Fleet(FleetError::Internal(cause)) => Some(cause),
+            _ => None,
+        }
+    }
+}
+
+/// An error on its way out: the request-line layer turns it into a problem document
+/// naming the request's path (`instance`).
+#[derive(Clone)]
+pub struct Failed(pub Arc<ApiError>);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, _) = self.status_and_kind();
+        let mut r = status.into_response();
+        r.extensions_mut().insert(Failed(Arc::new(self)));
+        r
+    }
+}
+
+/// The RFC 9457 problem document of `e`, for the request to `instance`.
+pub fn problem(e: &ApiError, instance: &str) -> Response {
+    let (status, kind) = e.status_and_kind();
+    let body = serde_json::json!({
+        "type": format!("urn:applianced:problem:{kind}"),
+        "title": status.canonical_reason().unwrap_or(""),
+        "status": status.as_u16(),
+        "detail": e.detail(),
+        "instance": instance,
+    });
+    let mut r = (status, body.to_string()).into_response();
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/problem+json"),
+    );
+    if status == StatusCode::UNAUTHORIZED {
+        r.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Basic realm=\"applianced\", Bearer"),
+        );
+    }
+    r
+}

@@ -1,0 +1,37 @@
+//! `/v1/tasks`: what the caller (admins: anyone) asked for, and how it went.
+
+use axum::extract::State;
+use axum::response::Response;
+
+use super::extract::{Caller, Id};
+use super::views::{TaskView, ok, pending};
+use super::{ApiError, ApiState};
+
+/// The caller's tasks (admins: all), newest first.
+#[utoipa::path(get, path = "/v1/tasks", tag = "tasks",
+    responses((status = 200, description = "The tasks", body = Vec<TaskView>)))]
+pub async fn list(State(s): State<ApiState>, Caller(me): Caller) -> Result<Response, ApiError> {
+    let tasks = s.fleet.tasks(&me).await?;
+    Ok(ok(tasks.iter().map(TaskView::from).collect::<Vec<_>>()))
+}
+
+/// A task: 202 with `Retry-After` while it is queued or running, then 200.
+#[utoipa::path(get, path = "/v1/tasks/{id}", tag = "tasks", params(("id" = String, Path)),
+    responses(
+        (status = 200, description = "Done: its result or problem", body = TaskView),
+        (status = 202, description = "Not done yet", body = TaskView),
+        (status = 404, description = "No such task (or not the caller's)"),
+    ))]
+pub async fn get(
+    State(s): State<ApiState>,
+    Caller(me): Caller,
+    Id(id): Id,
+) -> Result<Response, ApiError> {
+    let task = s.fleet.task(&me, &id).await?;
+    let view = TaskView::from(&task);
+    Ok(if task.is_done() {
+        ok(view)
+    } else {
+        pending(view)
+    })
+}

@@ -1,0 +1,578 @@
+//! The API in process: requests through the router, without sockets, against a real
+//! fleet on SQLite (no task worker runs, so nothing is spawned): every route, the
+//! authentication and visibility rules, and the problem types.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use http::{HeaderMap, Request, StatusCode};
+use http_body_util::BodyExt;
+use serde_json::Value;
+
+use super::router;
+use crate::config::controller::{ControllerConfig, Zone};
+use crate::controller::fleet::Fleet;
+use crate::controller::store::{Role, Store};
+use crate::controller::{auth, backend::ProcessBackend, ca::ControllerCa};
+
+struct Harness {
+    router: axum::Router,
+    fleet: Arc<Fleet>,
+    admin: String,
+    member: String,
+    _dir: tempfile::TempDir,
+}
+
+struct Answer {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: Value,
+    text: String,
+}
+
+impl Harness {
+    async fn new() -> Harness {
+        let dir = tempfile::tempdir().unwrap();
+        let config_path = dir.path().join("controller.toml");
+        std::fs::write(
+            &config_path,
+            format!(
+                "state_dir = \"{d}\"\n[database]\nurl = \"sqlite://{d}/c.db\"\n\
+                 [[listeners]]\naddress = \"127.0.0.1:1\"\nzone = \"admin\"\n\
+                 [backend]\ncontroller_url = \"https://127.0.0.1:1\"\n",
+                d = dir.path().display()
+            ),
+        )
+        .unwrap();
+        let config = ControllerConfig::load(&config_path).unwrap();
+        let store = Arc::new(
+            Store::open(&config.database.url, 4)
+                .await
+                .expect("sqlite store"),
+        );
+        let ca = Arc::new(ControllerCa::open(&dir.path().join("ca"), 30, 14).unwrap());
+        let backend = Arc::new(ProcessBackend {
+            root: dir.path().join("appliances"),
+            run_root: dir.path().join("run"),
+            binary: "/nonexistent".into(),
+            first_address: "127.0.44.1".parse().unwrap(),
+            max_appliances: 4,
+            agent_port: 1,
+            controller_url: "https://127.0.0.1:1".into(),
+            controller_ca: ca.ca_cert_path(),
+            ca_cert: ca.ca_cert_path(),
+            crl: ca.crl_path(),
+            heartbeat_interval: std::time::Duration::from_secs(1),
+        });
+        let fleet = Arc::new(
+            Fleet::new(
+                store.clone(),
+                ca,
+                backend,
+                config,
+                b"secret".to_vec(),
+                Box::new(|| {}),
+            )
+            .unwrap(),
+        );
+        let mut tokens = Vec::new();
+        for (name, role) in [("root", Role::Admin), ("member", Role::Member)] {
+            // Tokens only: no password hash is needed (basic auth has its own test).
+            let user = store.create_user(name, role, "-", 0).await.unwrap();
+            tokens.push(fleet.issue_token(user, None).await.unwrap().token);
+        }
+        Harness {
+            router: router(Zone::Admin, fleet.clone()),
+            fleet,
+            member: tokens.pop().unwrap(),
+            admin: tokens.pop().unwrap(),
+            _dir: dir,
+        }
+    }
+
+    async fn call(&self, method: &str, path: &str, token: Option<&str>, body: &str) -> Answer {
+        let mut req = Request::builder().method(method).uri(path);
+        if let Some(t) = token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        let req = req.body(Body::from(body.to_string())).unwrap();
+        let r = super::serve(&self.router, req).await;
+        let status = r.status();
+        let headers = r.headers().clone();
+        let bytes = r.into_body().collect().await.unwrap().to_bytes();
+        let text = String::from_utf8_lossy(&bytes).into_owned();
+        Answer {
+            status,
+            headers,
+            body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+            text,
+        }
+    }
+}
+
+/// Asserts a problem document of `status` and `kind`.
+fn problem(a: &Answer, status: u16, kind: &str, what: &str) {
+    assert_eq!(a.status.as_u16(), status, "{what}: {}", a.text);
+    assert_eq!(
+        a.headers["content-type"], "application/problem+json",
+        "{what}"
+    );
+    assert_eq!(
+        a.body["type"],
+        format!("urn:applianced:problem:{kind}"),
+        "{what}: {}",
+        a.text
+    );
+    assert_eq!(a.body["status"], status, "{what}");
+}
+
+#[tokio::test]
+async fn every_documented_operation_is_routed_and_asks_for_credentials() {
+    let h = Harness::new().await;
+    let doc = serde_json::to_value(super::openapi()).unwrap();
+    let mut operations = Vec::new();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for method in item.as_object().unwrap().keys() {
+            operations.push(format!("{} {path}", method.to_uppercase()));
+        }
+    }
+    operations.sort();
+    let expected = [
+        "DELETE /v1/appliances/{id}",
+        "DELETE /v1/appliances/{id}/agent/{path}",
+        "DELETE /v1/users/{id}",
+        "GET /v1/appliances",
+        "GET /v1/appliances/{id}",
+        "GET /v1/appliances/{id}/agent/{path}",
+        "GET /v1/appliances/{id}/events",
+        "GET /v1/openapi.json",
+        "GET /v1/tasks",
+        "GET /v1/tasks/{id}",
+        "GET /v1/users",
+        "GET /v1/users/{id}",
+        "POST /v1/appliances",
+        "POST /v1/appliances/{id}/actions",
+        "POST /v1/appliances/{id}/agent/{path}",
+        "POST /v1/appliances/{id}/ping",
+        "POST /v1/events",
+        "POST /v1/ping",
+        "POST /v1/tokens",
+        "POST /v1/users",
+        "PUT /v1/appliances/{id}/agent/{path}",
+    ];
+    assert_eq!(operations, expected);
+    for op in &operations {
+        let (method, path) = op.split_once(' ').unwrap();
+        let path = path.replace("{id}", "x").replace("{path}", "status");
+        let a = h.call(method, &path, None, "").await;
+        match op.as_str() {
+            "GET /v1/openapi.json" => assert_eq!(a.status, 200),
+            // The appliance zone's route, not served on admin listeners.
+            "POST /v1/events" => problem(&a, 404, "not-found", op),
+            _ => {
+                problem(&a, 401, "unauthorized", op);
+                assert!(a.headers.contains_key("www-authenticate"), "{op}");
+            }
+        }
+        // Every operation has its answers documented, problems as problem documents.
+        let responses =
+            &doc["paths"][op.split_once(' ').unwrap().1][method.to_lowercase()]["responses"];
+        for code in ["400", "413"] {
+            assert!(
+                responses[code]["content"]["application/problem+json"].is_object(),
+                "{op} {code}: {responses}"
+            );
+        }
+    }
+    // Unrouted methods and paths are 404 problems, never a silent success.
+    for (method, path) in [
+        ("GET", "/v1/tokens"),
+        ("PUT", "/v1/users/abc"),
+        ("GET", "/v1/users/a/b"),
+        ("GET", "/v1/nothing"),
+        ("PATCH", "/v1/appliances/x/agent/status"),
+        ("GET", "/v1/appliances/x/agentx"),
+    ] {
+        let a = h.call(method, path, Some(&h.admin), "").await;
+        problem(&a, 404, "not-found", &format!("{method} {path}"));
+    }
+}
+
+#[tokio::test]
+async fn the_documentation_page_and_the_document() {
+    let h = Harness::new().await;
+    let a = h.call("GET", "/", None, "").await;
+    assert_eq!(a.status, 200);
+    assert!(
+        a.headers["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/html")
+    );
+    assert!(a.text.contains("swagger-ui"), "{}", a.text);
+    for asset in [
+        "/swagger-ui.css",
+        "/swagger-ui-bundle.js",
+        "/swagger-initializer.js",
+    ] {
+        let a = h.call("GET", asset, None, "").await;
+        assert_eq!(a.status, 200, "{asset}");
+        assert!(!a.text.is_empty());
+    }
+    // The page loads this API's document, which is generated, not kept by hand.
+    let init = h.call("GET", "/swagger-initializer.js", None, "").await;
+    assert!(init.text.contains("/v1/openapi.json"), "{}", init.text);
+    problem(
+        &h.call("GET", "/nothing.js", None, "").await,
+        404,
+        "not-found",
+        "asset",
+    );
+    let a = h.call("GET", "/v1/openapi.json", None, "").await;
+    assert_eq!(a.body["openapi"], "3.1.0");
+    assert_eq!(a.headers["content-type"], "application/json");
+}
+
+#[tokio::test]
+async fn users_tokens_and_the_admin_role() {
+    let h = Harness::new().await;
+    let (admin, member) = (Some(h.admin.as_str()), Some(h.member.as_str()));
+    assert_eq!(h.call("GET", "/v1/users", admin, "").await.status, 200);
+    assert_eq!(
+        h.call("GET", "/v1/users/", admin, "").await.status,
+        200,
+        "a trailing slash names the same resource"
+    );
+    problem(
+        &h.call("GET", "/v1/users", member, "").await,
+        403,
+        "forbidden",
+        "list",
+    );
+    let users = h.call("GET", "/v1/users", admin, "").await.body;
+    let id_of = |name: &str| {
+        users
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|u| u["name"] == name)
+            .unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let (root_id, member_id) = (id_of("root"), id_of("member"));
+    assert_eq!(
+        h.call("GET", &format!("/v1/users/{member_id}"), member, "")
+            .await
+            .status,
+        200,
+        "a user reads itself"
+    );
+    problem(
+        &h.call("GET", &format!("/v1/users/{root_id}"), member, "")
+            .await,
+        403,
+        "forbidden",
+        "another user",
+    );
+    problem(
+        &h.call("POST", "/v1/users", member, r#"{"name": "x"}"#)
+            .await,
+        403,
+        "forbidden",
+        "create as member",
+    );
+    problem(
+        &h.call("GET", "/v1/users/nope", admin, "").await,
+        404,
+        "not-found",
+        "user",
+    );
+    problem(
+        &h.call("DELETE", "/v1/users/nope", admin, "").await,
+        404,
+        "not-found",
+        "delete",
+    );
+    problem(
+        &h.call("GET", "/v1/users", Some("forged"), "").await,
+        401,
+        "unauthorized",
+        "forged",
+    );
+    // Strict bodies.
+    for bad in [
+        "",
+        "[]",
+        "null",
+        r#"["x"]"#,
+        r#"{"name": "x", "extra": 1}"#,
+        r#"{"name": 1}"#,
+    ] {
+        problem(
+            &h.call("POST", "/v1/users", admin, bad).await,
+            400,
+            "invalid-input",
+            bad,
+        );
+    }
+    let a = h
+        .call(
+            "POST",
+            "/v1/users",
+            admin,
+            r#"{"name": "ops", "password": "long enough password"}"#,
+        )
+        .await;
+    assert_eq!(a.status, 201, "{}", a.text);
+    assert!(
+        a.body.get("password").is_none(),
+        "a chosen password is not echoed"
+    );
+    problem(
+        &h.call("POST", "/v1/users", admin, r#"{"name": "ops"}"#)
+            .await,
+        409,
+        "conflict",
+        "taken",
+    );
+    let big = format!(r#"{{"name": "{}"}}"#, "x".repeat(super::MAX_BODY));
+    problem(
+        &h.call("POST", "/v1/users", admin, &big).await,
+        413,
+        "payload-too-large",
+        "big",
+    );
+    // Basic authentication: a token for a name and password; a NUL is no user.
+    let basic = |user: &str, password: &str| {
+        use base64::Engine;
+        format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
+        )
+    };
+    for (credentials, status) in [
+        (basic("ops", "long enough password"), 201),
+        (basic("ops", "wrong"), 401),
+        (basic("o\0ps", "long enough password"), 401),
+        ("Basic !!".to_string(), 401),
+    ] {
+        let req = Request::builder()
+            .method("POST")
+            .uri("/v1/tokens")
+            .header("authorization", &credentials)
+            .body(Body::empty())
+            .unwrap();
+        let r = super::serve(&h.router, req).await;
+        assert_eq!(r.status().as_u16(), status, "{credentials}");
+    }
+    assert!(auth::check_user_name("o\0ps").is_err());
+}
+
+#[tokio::test]
+async fn appliances_are_visible_to_their_owner_and_admins_only() {
+    let h = Harness::new().await;
+    let (admin, member) = (Some(h.admin.as_str()), Some(h.member.as_str()));
+    let a = h
+        .call(
+            "POST",
+            "/v1/appliances",
+            admin,
+            r#"{"name": "lb-1", "external_id": "e-1"}"#,
+        )
+        .await;
+    assert_eq!(a.status, 202, "{}", a.text);
+    assert_eq!(a.headers["retry-after"], "1");
+    let task = a.body["id"].as_str().unwrap().to_string();
+    assert_eq!(a.headers["location"], format!("/v1/tasks/{task}").as_str());
+    let id = a.body["appliance"]["id"].as_str().unwrap().to_string();
+    assert_eq!(a.body["appliance"]["state"], "requested");
+    // The same key and request: the same task; another request: a conflict.
+    let again = h
+        .call(
+            "POST",
+            "/v1/appliances",
+            admin,
+            r#"{"name": "lb-1", "external_id": "e-1"}"#,
+        )
+        .await;
+    assert_eq!(
+        (again.status.as_u16(), &again.body["id"]),
+        (202, &a.body["id"])
+    );
+    problem(
+        &h.call(
+            "POST",
+            "/v1/appliances",
+            admin,
+            r#"{"name": "lb-2", "external_id": "e-1"}"#,
+        )
+        .await,
+        409,
+        "conflict",
+        "reused key",
+    );
+    for bad in [r#"["lb", 30]"#, "", r#"{"name": "x", "ttl": 1}"#] {
+        problem(
+            &h.call("POST", "/v1/appliances", admin, bad).await,
+            400,
+            "invalid-input",
+            bad,
+        );
+    }
+    for bad in [
+        r#"{"name": "x", "ttl_minutes": 5}"#,
+        r#"{"name": "a b"}"#,
+        r#"{"name": "x", "template": "vm"}"#,
+        r#"{"name": "x", "callback_url": "ftp://x"}"#,
+    ] {
+        problem(
+            &h.call("POST", "/v1/appliances", admin, bad).await,
+            422,
+            "invalid-input",
+            bad,
+        );
+    }
+    // Queued, not running: 202 with Retry-After for its owner.
+    let t = h.call("GET", &format!("/v1/tasks/{task}"), admin, "").await;
+    assert_eq!(
+        (t.status.as_u16(), &t.body["state"]),
+        (202, &Value::from("queued"))
+    );
+    // Invisible to the member: 404, as if it did not exist.
+    for (method, path) in [
+        ("GET", format!("/v1/appliances/{id}")),
+        ("DELETE", format!("/v1/appliances/{id}")),
+        ("GET", format!("/v1/appliances/{id}/events")),
+        ("POST", format!("/v1/appliances/{id}/ping")),
+        ("GET", format!("/v1/appliances/{id}/agent/status")),
+        ("GET", format!("/v1/tasks/{task}")),
+    ] {
+        problem(
+            &h.call(method, &path, member, "").await,
+            404,
+            "not-found",
+            &path,
+        );
+    }
+    let r = h
+        .call(
+            "POST",
+            &format!("/v1/appliances/{id}/actions"),
+            member,
+            r#"{"action": "stop"}"#,
+        )
+        .await;
+    problem(&r, 404, "not-found", "action");
+    assert_eq!(
+        h.call("GET", "/v1/appliances", member, "").await.body,
+        serde_json::json!([])
+    );
+    assert_eq!(
+        h.call("GET", "/v1/tasks", member, "").await.body,
+        serde_json::json!([])
+    );
+    problem(
+        &h.call(
+            "POST",
+            "/v1/ping",
+            member,
+            &format!(r#"{{"targets": ["{id}"]}}"#),
+        )
+        .await,
+        422,
+        "invalid-input",
+        "ping another's",
+    );
+    // The member's own appliance: readable through the pass-through, not writable.
+    let mine = h
+        .call("POST", "/v1/appliances", member, r#"{"name": "m"}"#)
+        .await;
+    let mine = mine.body["appliance"]["id"].as_str().unwrap().to_string();
+    for method in ["PUT", "POST", "DELETE"] {
+        problem(
+            &h.call(
+                method,
+                &format!("/v1/appliances/{mine}/agent/instances/x/haproxy"),
+                member,
+                "x",
+            )
+            .await,
+            403,
+            "pass-through-read-only",
+            method,
+        );
+    }
+    // A read goes on to the appliance, whose agent is not running yet.
+    problem(
+        &h.call(
+            "GET",
+            &format!("/v1/appliances/{mine}/agent/status"),
+            member,
+            "",
+        )
+        .await,
+        409,
+        "conflict",
+        "not running",
+    );
+    // Events name their actor.
+    let events = h
+        .call("GET", &format!("/v1/appliances/{mine}/events"), member, "")
+        .await;
+    assert_eq!(events.body[0]["event"], "requested");
+    assert_eq!(events.body[0]["actor"], "member");
+    // Actions and their checks.
+    problem(
+        &h.call(
+            "POST",
+            &format!("/v1/appliances/{id}/actions"),
+            admin,
+            r#"{"action": "explode"}"#,
+        )
+        .await,
+        422,
+        "invalid-input",
+        "explode",
+    );
+    problem(
+        &h.call(
+            "POST",
+            &format!("/v1/appliances/{id}/actions"),
+            admin,
+            r#"{"action": "start"}"#,
+        )
+        .await,
+        409,
+        "conflict",
+        "start while requested",
+    );
+    // Queries: an unknown state is 422; async must say yes or no.
+    problem(
+        &h.call("GET", "/v1/appliances?state=sleepy", admin, "")
+            .await,
+        422,
+        "invalid-input",
+        "state",
+    );
+    for q in ["?async=", "?async=maybe"] {
+        problem(
+            &h.call("POST", &format!("/v1/ping{q}"), admin, "").await,
+            400,
+            "invalid-input",
+            q,
+        );
+    }
+    let listed = h.call("GET", "/v1/appliances?name=lb-1", admin, "").await;
+    assert_eq!(listed.body.as_array().unwrap().len(), 1);
+    // Nothing running: a ping of every running appliance pings none.
+    let p = h.call("POST", "/v1/ping", admin, "").await;
+    assert_eq!(
+        (p.status.as_u16(), &p.body["targets"]),
+        (200, &Value::from(0))
+    );
+    let p = h.call("POST", "/v1/ping?async=true", admin, "").await;
+    assert_eq!(p.status, 202, "{}", p.text);
+    drop(h.fleet.clone());
+}

@@ -1,0 +1,105 @@
+//! The fleet's one error type, and the problem each error is for whoever reports it.
+
+use serde_json::{Value, json};
+
+use crate::controller::store::StoreError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum FleetError {
+    #[error("{0}")]
+    Unauthorized(&'static str),
+    #[error("this needs the admin role")]
+    AdminOnly,
+    #[error("the agent pass-through is read-only for members: writes need the admin role")]
+    PassThroughReadOnly,
+    #[error("no such appliance")]
+    NotFound,
+    #[error("no such resource")]
+    NoSuchUser,
+    #[error("no such resource")]
+    NoSuchTask,
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    Conflict(String),
+    /// Malformed input (400).
+    #[error("{0}")]
+    BadRequest(String),
+    /// Well-formed input with values the fleet refuses (422).
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    BadGateway(String),
+    #[error("{0}")]
+    NoCapacity(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl From<StoreError> for FleetError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Conflict(what) => FleetError::Conflict(format!("{what} already exists")),
+            other => FleetError::Internal(other.to_string()),
+        }
+    }
+}
+
+impl FleetError {
+    /// The status code (as HTTP numbers it; the domain names no transport) and the
+    /// problem `type` of each error: one exhaustive match.
+    pub fn status_and_kind(&self) -> (u16, &'static str) {
+        match self {
+            FleetError::Unauthorized(_) => (401, "unauthorized"),
+            FleetError::AdminOnly => (403, "forbidden"),
+            FleetError::PassThroughReadOnly => (403, "pass-through-read-only"),
+            FleetError::NotFound | FleetError::NoSuchUser | FleetError::NoSuchTask => {
+                (404, "not-found")
+            }
+            FleetError::Forbidden(_) => (403, "forbidden"),
+            FleetError::Conflict(_) => (409, "conflict"),
+            FleetError::BadRequest(_) => (400, "invalid-input"),
+            FleetError::Invalid(_) => (422, "invalid-input"),
+            FleetError::BadGateway(_) => (502, "bad-gateway"),
+            FleetError::NoCapacity(_) => (503, "no-capacity"),
+            FleetError::Internal(_) => (500, "internal"),
+        }
+    }
+
+    /// What the problem says: internals are logged, never shown.
+    pub fn detail(&self) -> String {
+        match self {
+            FleetError::Internal(_) => "internal error".to_string(),
+            other => other.to_string(),
+        }
+    }
+
+    /// The problem document stored with a failed task or a failed target of a ping.
+    pub fn problem(&self) -> Value {
+        let (status, kind) = self.status_and_kind();
+        json!({
+            "type": format!("urn:applianced:problem:{kind}"),
+            "title": reason(status),
+            "status": status,
+            "detail": self.detail(),
+        })
+    }
+}
+
+/// The reason phrase of the status codes above.
+pub fn reason(status: u16) -> &'static str {
+    match status {
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        408 => "Request Timeout",
+        409 => "Conflict",
+        413 => "Payload Too Large",
+        422 => "Unprocessable Entity",
+        500 => "Internal Server Error",
+        502 => "Bad Gateway",
+        503 => "Service Unavailable",
+        _ => "",
+    }
+}

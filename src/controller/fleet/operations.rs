@@ -1,0 +1,508 @@
+//! What operators ask of the fleet, whoever serves them: creating, listing, acting on
+//! and pinging appliances, reading their events and tasks, reaching their agents. Every
+//! rule of the northbound API lives here; visibility included (what a caller cannot see
+//! does not exist for it).
+
+use super::users::sees;
+use super::*;
+use crate::controller::auth;
+use crate::controller::records::{Delivery, EventRecord};
+use crate::controller::store::{Role, User};
+
+/// Default time-to-live when the request names none, within the configured range.
+pub const DEFAULT_TTL_MINUTES: u32 = 60;
+/// Most targets one ping may name.
+pub const MAX_PING_TARGETS: usize = 10_000;
+/// Most tasks one list shows.
+const MAX_LISTED_TASKS: i64 = 500;
+
+/// A create request as the caller sent it; its canonical form (defaults filled in) is
+/// the idempotency key with `external_id`.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct CreateRequest {
+    pub name: String,
+    pub ttl_minutes: Option<u32>,
+    pub external_id: Option<String>,
+    pub callback_url: Option<String>,
+    pub template: Option<String>,
+}
+
+/// Filters of a list.
+#[derive(Debug, Default)]
+pub struct ListFilter {
+    pub state: Option<String>,
+    pub name: Option<String>,
+    pub external_id: Option<String>,
+}
+
+/// A queued task, with the appliance it concerns as it is now.
+pub struct Queued {
+    pub task: Task,
+    pub appliance: Option<Appliance>,
+}
+
+/// The outcome of an action: queued, or (`extend`) done at once.
+pub enum ActionOutcome {
+    Queued(Box<Queued>),
+    Extended(Box<Appliance>),
+}
+
+/// The outcome of a ping: answered, or queued as a task.
+pub enum PingOutcome {
+    Done(Value),
+    Queued(Task),
+}
+
+/// A method the pass-through forwards.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AgentMethod {
+    Get,
+    Put,
+    Post,
+    Delete,
+}
+
+/// A request for an appliance's agent, as the controller.
+pub struct AgentRequest {
+    pub method: AgentMethod,
+    /// Path and query, starting with `/`.
+    pub path: String,
+    pub content_type: Option<String>,
+    pub accept: Option<String>,
+    pub body: Bytes,
+}
+
+/// The agent's answer, as it came.
+pub struct AgentAnswer {
+    pub status: u16,
+    pub content_type: Option<String>,
+    pub body: Bytes,
+}
+
+fn invalid(msg: impl Into<String>) -> FleetError {
+    FleetError::Invalid(msg.into())
+}
+
+fn check_appliance_name(name: &str) -> Result<(), FleetError> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid(format!(
+            "name {name:?}: 1 to 64 letters, digits, '.', '_' or '-'"
+        )))
+    }
+}
+
+fn check_callback_url(
+    url: &str,
+    hooks: &crate::config::controller::Webhooks,
+) -> Result<(), FleetError> {
+    let host = url
+        .split_once("://")
+        .filter(|(scheme, _)| matches!(*scheme, "http" | "https"))
+        .and_then(|(_, rest)| url_host(rest))
+        .filter(|_| !url.chars().any(|c| c.is_control() || c == ' '));
+    match host {
+        None => Err(invalid(format!(
+            "callback_url {url:?}: an absolute http or https URL"
+        ))),
+        Some(host) if !hooks.allows(&host) => Err(invalid(format!(
+            "callback_url {url:?}: host {host} is not in webhooks.allowed_hosts"
+        ))),
+        Some(_) => Ok(()),
+    }
+}
+
+/// The host of what follows `scheme://`: a name, an IPv4 address, or a bracketed IPv6
+/// address (returned without brackets, as URIs report it).
+fn url_host(rest: &str) -> Option<String> {
+    let authority = rest.split(['/', '?', '#']).next()?;
+    let authority = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let host = if let Some(v6) = authority.strip_prefix('[') {
+        let (addr, tail) = v6.split_once(']')?;
+        if !(tail.is_empty() || tail.starts_with(':')) {
+            return None;
+        }
+        format!("[{addr}]")
+    } else {
+        authority.split(':').next()?.to_string()
+    };
+    (!host.is_empty()).then_some(host)
+}
+
+impl Fleet {
+    /// The appliance `id`, if `user` may see it.
+    pub async fn visible(&self, user: &User, id: &str) -> Result<Appliance, FleetError> {
+        match self.store.appliance(id).await? {
+            Some(a) if sees(user, &a.owner_id) => Ok(a),
+            _ => Err(FleetError::NotFound),
+        }
+    }
+
+    /// The appliances `user` sees; deleted ones only when the filter asks for them.
+    pub async fn list(&self, user: &User, f: ListFilter) -> Result<Vec<Appliance>, FleetError> {
+        if let Some(s) = &f.state
+            && State::parse(s).is_none()
+        {
+            return Err(invalid(format!("state {s:?} is not a lifecycle state")));
+        }
+        let deleted = f.state.as_deref() == Some("deleted");
+        Ok(self
+            .store
+            .appliances(deleted)
+            .await?
+            .into_iter()
+            .filter(|a| sees(user, &a.owner_id))
+            .filter(|a| f.state.as_ref().is_none_or(|s| a.state.as_str() == s))
+            .filter(|a| f.name.as_ref().is_none_or(|n| &a.name == n))
+            .filter(|a| {
+                f.external_id
+                    .as_ref()
+                    .is_none_or(|e| a.external_id.as_ref() == Some(e))
+            })
+            .collect())
+    }
+
+    /// Records a new appliance and queues its create task; the same `external_id` with
+    /// the same request is the same task, with another request a conflict.
+    pub async fn create(&self, user: &User, mut body: CreateRequest) -> Result<Queued, FleetError> {
+        let now = self.clock.now();
+        check_appliance_name(&body.name)?;
+        let (min, max) = self.ttl_range();
+        let ttl = body
+            .ttl_minutes
+            .unwrap_or(DEFAULT_TTL_MINUTES.clamp(min, max));
+        if !(min..=max).contains(&ttl) {
+            return Err(invalid(format!(
+                "ttl_minutes {ttl}: allowed range is {min}..{max}"
+            )));
+        }
+        body.ttl_minutes = Some(ttl);
+        if let Some(e) = &body.external_id
+            && (e.is_empty() || e.len() > 128 || e.chars().any(char::is_control))
+        {
+            return Err(invalid("external_id: 1 to 128 printable characters"));
+        }
+        if let Some(url) = &body.callback_url {
+            check_callback_url(url, self.webhooks())?;
+        }
+        match body.template.as_deref() {
+            None | Some("process") => body.template = Some("process".into()),
+            Some(other) => {
+                return Err(invalid(format!(
+                    "template {other:?} is not in the catalogue (process)"
+                )));
+            }
+        }
+        let canonical = serde_json::to_string(&body).unwrap_or_default();
+        let hash = auth::token_hash(&format!("{}\n{canonical}", user.id));
+        let appliance = Appliance {
+            id: auth::new_id(),
+            name: body.name.clone(),
+            owner_id: user.id.clone(),
+            external_id: body.external_id.clone(),
+            request_hash: hash.clone(),
+            state: State::Requested,
+            state_since: now,
+            ttl_minutes: i64::from(ttl),
+            callback_url: body.callback_url.clone(),
+            slot: None,
+            address: None,
+            agent_port: None,
+            cert_serial: None,
+            cert_not_after: None,
+            launched_at: None,
+            expires_at: None,
+            last_heartbeat_at: None,
+            last_status: None,
+            created_at: now,
+        };
+        let mut request: Value = serde_json::from_str(&canonical).unwrap_or_default();
+        request["actor"] = Value::String(user.name.clone());
+        let new_task = NewTask {
+            kind: TaskKind::Create.name(),
+            appliance_id: Some(&appliance.id),
+            owner_id: &user.id,
+            request: request.to_string(),
+        };
+        match self
+            .store
+            .create_appliance(&appliance, &new_task, Some(&user.name))
+            .await
+        {
+            Ok(task_id) => {
+                self.task_queued();
+                let task = self.queued_task(&task_id).await?;
+                Ok(Queued {
+                    task,
+                    appliance: Some(appliance),
+                })
+            }
+            Err(StoreError::Conflict(_)) => {
+                // The idempotency key: the same request again gets the same task.
+                let external = body.external_id.as_deref().unwrap_or_default();
+                let existing = self
+                    .store
+                    .appliance_by_external_id(external)
+                    .await?
+                    .ok_or_else(|| {
+                        FleetError::Internal("external_id conflict without a row".into())
+                    })?;
+                if existing.request_hash != hash {
+                    return Err(FleetError::Conflict(format!(
+                        "external_id {external:?} was used with another request"
+                    )));
+                }
+                let task = self
+                    .store
+                    .create_task_of(&existing.id)
+                    .await?
+                    .ok_or_else(|| FleetError::Internal("appliance without create task".into()))?;
+                Ok(Queued {
+                    task,
+                    appliance: Some(existing),
+                })
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn queued_task(&self, id: &str) -> Result<Task, FleetError> {
+        self.store
+            .task(id)
+            .await?
+            .ok_or_else(|| FleetError::Internal(format!("task {id} vanished")))
+    }
+
+    /// `DELETE`: queues the destroy task.
+    pub async fn delete(&self, user: &User, id: &str) -> Result<Queued, FleetError> {
+        let a = self.visible(user, id).await?;
+        acting_as(
+            Some(user.name.clone()),
+            self.queue_action(user, &a, Event::Destroy, json!({"action": "destroy"})),
+        )
+        .await
+    }
+
+    /// An action by name (`start`, `stop`, `suspend`, `resume`, `destroy`,
+    /// `rotate-certificate`: queued; `extend` with `minutes`: done at once).
+    pub async fn act(
+        &self,
+        user: &User,
+        id: &str,
+        action: &str,
+        minutes: Option<u32>,
+    ) -> Result<ActionOutcome, FleetError> {
+        let a = self.visible(user, id).await?;
+        let event = Event::action(action).ok_or_else(|| {
+            invalid(format!(
+                "action {action:?}: start, stop, suspend, resume, extend, destroy or rotate-certificate"
+            ))
+        })?;
+        // The moves and tasks this causes are recorded as the user's.
+        let actor = Some(user.name.clone());
+        if event == Event::Extend {
+            return acting_as(actor, self.extend(&a, minutes))
+                .await
+                .map(|a| ActionOutcome::Extended(Box::new(a)));
+        }
+        if minutes.is_some() {
+            return Err(invalid("minutes is only for extend"));
+        }
+        acting_as(
+            actor,
+            self.queue_action(user, &a, event, json!({"action": action})),
+        )
+        .await
+        .map(|q| ActionOutcome::Queued(Box::new(q)))
+    }
+
+    /// Checks the move is allowed now, queues the task (one per appliance at a time),
+    /// and for `start` and `stop` moves the appliance at once (`booting`, `stopping`).
+    async fn queue_action(
+        &self,
+        user: &User,
+        a: &Appliance,
+        event: Event,
+        request: Value,
+    ) -> Result<Queued, FleetError> {
+        if lifecycle::next(a.state, event).is_none() {
+            return Err(illegal(a, event));
+        }
+        let task_id = if matches!(event, Event::Start | Event::Stop) {
+            // Moved and queued in one transaction: the task cannot run (and the
+            // appliance cannot report `launched` or `stopped`) before the move is recorded.
+            self.apply_and_queue(&a.id, event, event.name(), &user.id, request)
+                .await?
+        } else {
+            self.queue(event.name(), Some(&a.id), &user.id, request)
+                .await?
+        };
+        let task = self.queued_task(&task_id).await?;
+        Ok(Queued {
+            task,
+            appliance: Some(self.appliance(&a.id).await?),
+        })
+    }
+
+    /// `extend`: more minutes, capped at the maximum time-to-live since `launched`.
+    async fn extend(&self, a: &Appliance, minutes: Option<u32>) -> Result<Appliance, FleetError> {
+        let minutes = minutes
+            .filter(|m| *m > 0)
+            .ok_or_else(|| invalid("extend needs minutes (at least 1)"))?;
+        if lifecycle::next(a.state, Event::Extend).is_none() {
+            return Err(illegal(a, Event::Extend));
+        }
+        let (Some(launched), Some(expires)) = (a.launched_at, a.expires_at) else {
+            return Err(FleetError::Conflict(
+                "the appliance has not launched yet".into(),
+            ));
+        };
+        let cap = launched + i64::from(self.ttl_range().1) * 60;
+        let wanted = expires + i64::from(minutes) * 60;
+        if expires >= cap {
+            return Err(FleetError::Conflict(format!(
+                "already at the maximum time-to-live of {} minutes",
+                self.ttl_range().1
+            )));
+        }
+        let new = wanted.min(cap);
+        self.apply(
+            &a.id,
+            Event::Extend,
+            |_| Changes {
+                expires_at: Some(new),
+                ..Default::default()
+            },
+            Some(json!({
+                "minutes": minutes,
+                "expires_at": crate::certs::format_unix(new),
+                "capped": new < wanted,
+            })),
+        )
+        .await
+    }
+
+    /// The events of an appliance, oldest first, each with its webhook deliveries.
+    pub async fn events(
+        &self,
+        user: &User,
+        id: &str,
+    ) -> Result<Vec<(EventRecord, Vec<Delivery>)>, FleetError> {
+        let a = self.visible(user, id).await?;
+        Ok(self.store.events(&a.id).await?)
+    }
+
+    /// Pings one appliance, or queues the ping.
+    pub async fn ping_one(
+        &self,
+        user: &User,
+        id: &str,
+        check: Check,
+        asynchronous: bool,
+    ) -> Result<PingOutcome, FleetError> {
+        let a = self.visible(user, id).await?;
+        if asynchronous {
+            let request = json!({"targets": [a.id], "single": true, "check": check.name()});
+            let id = acting_as(
+                Some(user.name.clone()),
+                self.queue(TaskKind::Ping.name(), None, &user.id, request),
+            )
+            .await?;
+            return Ok(PingOutcome::Queued(self.queued_task(&id).await?));
+        }
+        Ok(PingOutcome::Done(self.ping(&a, check).await?))
+    }
+
+    /// Pings the named appliances (every one must be visible), or by default every
+    /// running one the caller sees; or queues the ping.
+    pub async fn ping_targets(
+        &self,
+        user: &User,
+        targets: Option<Vec<String>>,
+        check: Check,
+        asynchronous: bool,
+    ) -> Result<PingOutcome, FleetError> {
+        // One read of the fleet, whether targets are named or not.
+        let mine: Vec<Appliance> = self
+            .store
+            .appliances(false)
+            .await?
+            .into_iter()
+            .filter(|a| sees(user, &a.owner_id))
+            .collect();
+        let targets = match targets {
+            Some(targets) => {
+                if targets.is_empty() || targets.len() > MAX_PING_TARGETS {
+                    return Err(invalid(format!(
+                        "targets: 1 to {MAX_PING_TARGETS} appliance ids"
+                    )));
+                }
+                let known: std::collections::HashSet<&str> =
+                    mine.iter().map(|a| a.id.as_str()).collect();
+                if let Some(id) = targets.iter().find(|id| !known.contains(id.as_str())) {
+                    return Err(invalid(format!(
+                        "target {id:?} is not an appliance you can see"
+                    )));
+                }
+                targets
+            }
+            None => mine
+                .into_iter()
+                .filter(|a| a.state.is_running())
+                .map(|a| a.id)
+                .collect(),
+        };
+        if asynchronous {
+            let request = json!({"targets": targets, "check": check.name()});
+            let id = acting_as(
+                Some(user.name.clone()),
+                self.queue(TaskKind::Ping.name(), None, &user.id, request),
+            )
+            .await?;
+            return Ok(PingOutcome::Queued(self.queued_task(&id).await?));
+        }
+        Ok(PingOutcome::Done(self.ping_many(&targets, check).await))
+    }
+
+    /// Forwards a request to the appliance's agent, as the controller, naming the user.
+    /// Configurations are code: members read, only admins write.
+    pub async fn pass_through(
+        &self,
+        user: &User,
+        id: &str,
+        request: AgentRequest,
+    ) -> Result<(Appliance, AgentAnswer), FleetError> {
+        let a = self.visible(user, id).await?;
+        if request.method != AgentMethod::Get && user.role != Role::Admin {
+            return Err(FleetError::PassThroughReadOnly);
+        }
+        if !a.state.is_running() {
+            return Err(FleetError::Conflict(format!(
+                "appliance {} is {}: its agent is not running",
+                a.id,
+                a.state.as_str()
+            )));
+        }
+        let answer = self.forward(&a, request, &user.name).await?;
+        Ok((a, answer))
+    }
+
+    /// The tasks `user` may read (admins: all), newest first.
+    pub async fn tasks(&self, user: &User) -> Result<Vec<Task>, FleetError> {
+        let owner = (user.role != Role::Admin).then_some(user.id.as_str());
+        Ok(self.store.tasks(owner, MAX_LISTED_TASKS).await?)
+    }
+
+    pub async fn task(&self, user: &User, id: &str) -> Result<Task, FleetError> {
+        match self.store.task(id).await? {
+            Some(t) if sees(user, &t.owner_id) => Ok(t),
+            _ => Err(FleetError::NoSuchTask),
+        }
+    }
+}

@@ -1,0 +1,220 @@
+//! The steps of the tasks that change an appliance: provisioning, stop, destroy, certificate rotation.
+
+use super::*;
+
+impl Fleet {
+    pub async fn view(&self, id: &str) -> Result<Value, FleetError> {
+        Ok(appliance_view(&self.appliance(id).await?))
+    }
+
+    /// The create task: a slot and address, a certificate, the files, the process. Each
+    /// step is skipped when already done, so a resumed task never does anything twice.
+    pub(super) async fn provision(&self, id: &str) -> Result<Value, FleetError> {
+        let a = self.appliance(id).await?;
+        match a.state {
+            State::Requested => {
+                self.apply(id, Event::Provision, |_| Changes::default(), None)
+                    .await?;
+            }
+            State::Provisioning => {}
+            // Done before the controller was interrupted.
+            _ if a.cert_serial.is_some() => return self.view(id).await,
+            _ => return Err(illegal(&a, Event::Provision)),
+        }
+        match self.provision_steps(id).await {
+            Ok(()) => self.view(id).await,
+            Err(e) => {
+                let detail = json!({"problem": e.problem()});
+                if let Err(e2) = self
+                    .apply(
+                        id,
+                        Event::ProvisionFailed,
+                        |_| Changes::default(),
+                        Some(detail),
+                    )
+                    .await
+                {
+                    tracing::error!(appliance = id, error = %e2, "cannot record the failure");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    pub(super) async fn provision_steps(&self, id: &str) -> Result<(), FleetError> {
+        let mut a = self.appliance(id).await?;
+        if a.slot.is_none() {
+            a = self.allocate_slot(id).await?;
+        }
+        let address: IpAddr = a
+            .address
+            .as_deref()
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| FleetError::Internal(format!("appliance {id} has no address")))?;
+        let slot = a.slot.unwrap_or_default();
+        let config_written = self.backend.dir(id).join("agent.toml").exists();
+        if a.cert_serial.is_none() || !config_written {
+            let (ca, backend, id2) = (self.ca.clone(), self.backend.clone(), id.to_string());
+            let issued = blocking(move || {
+                let issued = ca
+                    .issue_appliance(&id2, &address.to_string())
+                    .map_err(|e| e.to_string())?;
+                backend
+                    .provision(&id2, slot, address, &issued)
+                    .map_err(|e| format!("cannot write the appliance's files: {e}"))?;
+                Ok::<_, String>(issued)
+            })
+            .await?;
+            let (serial, not_after) = (issued.serial.clone(), issued.not_after.unix_timestamp());
+            self.apply(
+                id,
+                Event::Provision,
+                |_| Changes {
+                    cert_serial: Some(serial.clone()),
+                    cert_not_after: Some(not_after),
+                    ..Changes::default()
+                },
+                None,
+            )
+            .await?;
+        }
+        let backend = self.backend.clone();
+        let id2 = id.to_string();
+        let pid = blocking(move || backend.start(&id2)).await?;
+        self.apply(
+            id,
+            Event::Spawned,
+            |_| Changes::default(),
+            Some(json!({"pid": pid, "address": address.to_string()})),
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Gives the appliance the lowest free loopback slot.
+    pub(super) async fn allocate_slot(&self, id: &str) -> Result<Appliance, FleetError> {
+        for _ in 0..10 {
+            let used = self.store.used_slots().await?;
+            let slot = (0..i64::from(self.config.backend.max_appliances))
+                .find(|s| !used.contains(s))
+                .ok_or_else(|| {
+                    FleetError::NoCapacity(format!(
+                        "all {} appliance slots are in use",
+                        self.config.backend.max_appliances
+                    ))
+                })?;
+            let address = self
+                .backend
+                .address(slot)
+                .ok_or_else(|| FleetError::NoCapacity("no loopback address left".into()))?;
+            let port = i64::from(self.config.backend.agent_port);
+            match self
+                .apply(
+                    id,
+                    Event::Provision,
+                    |_| Changes {
+                        slot: Some(slot),
+                        address: Some(address.to_string()),
+                        agent_port: Some(port),
+                        ..Changes::default()
+                    },
+                    None,
+                )
+                .await
+            {
+                Ok(a) => return Ok(a),
+                // Taken by a concurrent create: try the next one.
+                Err(FleetError::Conflict(_)) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(FleetError::NoCapacity(
+            "could not reserve an appliance slot".into(),
+        ))
+    }
+
+    pub(super) async fn stop(&self, id: &str) -> Result<Value, FleetError> {
+        let backend = self.backend.clone();
+        let id2 = id.to_string();
+        blocking(move || backend.stop(&id2)).await?;
+        let a = self.appliance(id).await?;
+        // The appliance's own `stopped` usually arrives first; otherwise the backend's
+        // word that the processes are gone confirms it.
+        if a.state != State::Stopped {
+            self.apply(
+                id,
+                Event::StoppedCallback,
+                |_| Changes::default(),
+                Some(json!({"reported_by": "backend"})),
+            )
+            .await?;
+        }
+        self.view(id).await
+    }
+
+    pub(super) async fn destroy(&self, id: &str) -> Result<Value, FleetError> {
+        let a = self.appliance(id).await?;
+        if a.state == State::Deleted {
+            return self.view(id).await;
+        }
+        if let Some(serial) = a.cert_serial.clone() {
+            let ca = self.ca.clone();
+            blocking(move || ca.revoke(&serial).map_err(|e| e.to_string())).await?;
+            (self.on_revoke)();
+        }
+        let backend = self.backend.clone();
+        let id2 = id.to_string();
+        blocking(move || backend.destroy(&id2)).await?;
+        self.apply(
+            id,
+            Event::Destroyed,
+            |_| Changes::default(),
+            Some(json!({"certificate_revoked": a.cert_serial})),
+        )
+        .await?;
+        self.view(id).await
+    }
+
+    /// A new certificate for the appliance, pushed with the agent's `PUT /certificate`.
+    pub(super) async fn rotate(&self, id: &str) -> Result<Value, FleetError> {
+        let a = self.appliance(id).await?;
+        lifecycle::next(a.state, Event::RotateCertificate)
+            .ok_or_else(|| illegal(&a, Event::RotateCertificate))?;
+        let address = a.address.clone().unwrap_or_default();
+        let (ca, id2) = (self.ca.clone(), id.to_string());
+        let issued = blocking(move || {
+            ca.issue_appliance(&id2, &address)
+                .map_err(|e| e.to_string())
+        })
+        .await?;
+        let reply = self
+            .call_agent(
+                &a,
+                Method::PUT,
+                "/certificate",
+                HeaderMap::new(),
+                Bytes::from(ca::bundle(&issued)),
+            )
+            .await?;
+        if !reply.status.is_success() {
+            return Err(FleetError::BadGateway(format!(
+                "the agent refused the new certificate: {} {}",
+                reply.status,
+                String::from_utf8_lossy(&reply.body)
+            )));
+        }
+        let (serial, not_after) = (issued.serial.clone(), issued.not_after.unix_timestamp());
+        self.apply(
+            id,
+            Event::RotateCertificate,
+            |_| Changes {
+                cert_serial: Some(serial.clone()),
+                cert_not_after: Some(not_after),
+                ..Changes::default()
+            },
+            Some(json!({"serial": serial, "previous_serial": a.cert_serial})),
+        )
+        .await?;
+        self.view(id).await
+    }
+}
