@@ -434,6 +434,7 @@ async fn scenario(db_url: &str, net: u8) {
         .call(&root, "PUT", &agent_path, &haproxy_config(free_port()))
         .await;
     assert_eq!(r.status, 201, "admins write: {}", r.body);
+    tenants_stay_on_their_appliance(&c, &root, &mine, &agent_path).await;
     let (_, done) = act_done(&c, &root, &mine, "stop").await;
     assert_eq!(done["state"], "succeeded", "{done}");
     let events = c.events(&member, &mine).await;
@@ -941,4 +942,82 @@ fn signal_all(pids: &[i32], sig: nix::sys::signal::Signal) {
     for pid in pids {
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(*pid), sig).unwrap();
     }
+}
+
+/// The exploit of a configuration that serves the controller's CA key: refused by the
+/// agent's directive policy even for an admin, the key in no answer; the appliance runs
+/// as its own user, which cannot open that key; the agent logs who acted.
+async fn tenants_stay_on_their_appliance(c: &Controller, root: &str, id: &str, agent_path: &str) {
+    let ca_key = c.state_dir().join("ca/ca.key");
+    let key = std::fs::read_to_string(&ca_key).unwrap();
+    let secret_line = key.lines().nth(1).unwrap().to_string();
+    let exploit = format!(
+        "defaults\n  mode http\n  timeout connect 1s\n  timeout client 5s\n  timeout server 5s\nfrontend fe\n  bind {{MYIP}}:{}\n  http-request return status 200 content-type text/plain file {}\n",
+        free_port(),
+        ca_key.display()
+    );
+    let r = c.call(root, "PUT", agent_path, &exploit).await;
+    assert_eq!(r.status, 409, "{}", r.body);
+    assert!(
+        r.body.contains("forbidden_directive") || r.body.contains("Forbidden directive"),
+        "{}",
+        r.body
+    );
+    assert!(r.body.contains("line 8"), "{}", r.body);
+    assert!(!r.body.contains(&secret_line), "the key leaked: {}", r.body);
+
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("not root: appliances run as the controller's user; uid checks skipped");
+        return;
+    }
+    let pids = c.agents_of(id);
+    assert!(!pids.is_empty(), "no agent for {id}");
+    let status = std::fs::read_to_string(format!("/proc/{}/status", pids[0])).unwrap();
+    let uid: u32 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|u| u.parse().ok())
+        .unwrap();
+    assert!(uid >= 0x7100_0000, "the agent of {id} runs as {uid}");
+    let denied = std::process::Command::new("setpriv")
+        .args([
+            format!("--reuid={uid}"),
+            format!("--regid={uid}"),
+            "--clear-groups".into(),
+        ])
+        .arg("cat")
+        .arg(&ca_key)
+        .output()
+        .unwrap();
+    assert!(!denied.status.success(), "uid {uid} read the CA key");
+    assert!(
+        String::from_utf8_lossy(&denied.stderr).contains("Permission denied"),
+        "{}",
+        String::from_utf8_lossy(&denied.stderr)
+    );
+    // Its own key it can read.
+    let own = std::process::Command::new("setpriv")
+        .args([
+            format!("--reuid={uid}"),
+            format!("--regid={uid}"),
+            "--clear-groups".into(),
+        ])
+        .arg("cat")
+        .arg(c.state_dir().join(format!("appliances/{id}/tls/agent.key")))
+        .output()
+        .unwrap();
+    assert!(
+        own.status.success(),
+        "{}",
+        String::from_utf8_lossy(&own.stderr)
+    );
+    // The agent's request line names the admin who wrote through the pass-through.
+    let log =
+        std::fs::read_to_string(c.state_dir().join(format!("appliances/{id}/agent.log"))).unwrap();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("actor=root") && l.contains("method=PUT")),
+        "{log}"
+    );
 }

@@ -236,6 +236,10 @@ pub struct Backend {
     pub controller_url: Option<String>,
     /// CA bundle appliances verify that listener with. Default: the controller's CA.
     pub controller_ca: Option<PathBuf>,
+    /// When the controller runs as root: each `process` appliance (its agent and
+    /// daemons) runs as its own unprivileged user and group, `appliance_id_first + slot`.
+    pub isolate_appliances: bool,
+    pub appliance_id_first: u32,
 }
 
 impl Default for Backend {
@@ -248,9 +252,16 @@ impl Default for Backend {
             agent_binary: None,
             controller_url: None,
             controller_ca: None,
+            isolate_appliances: true,
+            appliance_id_first: APPLIANCE_ID_FIRST,
         }
     }
 }
+
+/// The first id of `process` appliances' users and groups: 0x71000000, beside the
+/// agent's own range for instances' daemons (0x70000000) and above what Debian, systemd
+/// and container engines allocate.
+pub const APPLIANCE_ID_FIRST: u32 = 0x7100_0000;
 
 fn default_state_dir() -> PathBuf {
     PathBuf::from("/var/lib/applianced")
@@ -419,6 +430,17 @@ impl ControllerConfig {
                 format!(
                     "{} must be below pki.certificate_days ({})",
                     p.rotate_before_days, p.certificate_days
+                ),
+            );
+        }
+        let last =
+            u64::from(self.backend.appliance_id_first) + u64::from(self.backend.max_appliances);
+        if self.backend.appliance_id_first < 1000 || last > 0x8000_0000 {
+            problem(
+                "backend.appliance_id_first".into(),
+                format!(
+                    "{}: appliances' ids (one per slot, max_appliances of them) must lie between 1000 and 2147483648",
+                    self.backend.appliance_id_first
                 ),
             );
         }

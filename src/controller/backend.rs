@@ -33,6 +33,9 @@ pub struct ProcessBackend {
     pub ca_cert: PathBuf,
     pub crl: PathBuf,
     pub heartbeat_interval: Duration,
+    /// The first of the appliances' own user and group ids (one per slot), when the
+    /// controller runs as root and isolates them; `None`: agents run as the controller.
+    pub appliance_ids: Option<u32>,
 }
 
 /// Time an agent gets to stop after SIGTERM before it is killed.
@@ -54,6 +57,12 @@ impl ProcessBackend {
                 .checked_add(u128::from(slot))
                 .map(|n| IpAddr::V6(n.into())),
         }
+    }
+
+    /// The user and group id of the appliance in `slot`, when appliances are isolated.
+    pub fn appliance_uid(&self, slot: i64) -> Option<u32> {
+        let first = self.appliance_ids?;
+        first.checked_add(u32::try_from(slot).ok()?)
     }
 
     pub fn dir(&self, id: &str) -> PathBuf {
@@ -111,10 +120,7 @@ impl ProcessBackend {
              [controller]\n\
              url = {url}\n\
              ca = {controller_ca}\n\
-             heartbeat_interval = \"{hb}ms\"\n\n\
-             [instances]\n\
-             # The appliance's directories live in the controller's state directory.\n\
-             isolate_daemons = false\n",
+             heartbeat_interval = \"{hb}ms\"\n",
             id_q = toml_string(id),
             state = q(&dir.join("state")),
             run = q(&run),
@@ -128,7 +134,44 @@ impl ProcessBackend {
             controller_ca = q(&self.controller_ca),
             hb = self.heartbeat_interval.as_millis(),
         );
-        write_atomic(&self.config_path(id), config.as_bytes(), 0o640)
+        write_atomic(&self.config_path(id), config.as_bytes(), 0o640)?;
+        if let Some(uid) = self.appliance_uid(slot) {
+            self.give_to(id, &run, uid)?;
+        }
+        Ok(())
+    }
+
+    /// Hands an isolated appliance what its agent needs: its state, runtime and TLS
+    /// directories and its key become its own; its directory and configuration stay the
+    /// controller's (readable by the appliance's group, so it cannot rewrite them).
+    fn give_to(&self, id: &str, run: &Path, uid: u32) -> io::Result<()> {
+        use std::os::unix::fs::{PermissionsExt, chown};
+        let dir = self.dir(id);
+        let state = dir.join("state");
+        ensure_dir(&state, 0o700)?;
+        chown(&dir, Some(0), Some(uid))?;
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o750))?;
+        chown(self.config_path(id), Some(0), Some(uid))?;
+        for owned in [
+            state,
+            run.to_path_buf(),
+            dir.join("tls"),
+            dir.join("tls/agent.key"),
+            dir.join("tls/agent.crt"),
+        ] {
+            chown(&owned, Some(uid), Some(uid))?;
+        }
+        Ok(())
+    }
+
+    /// The uid an appliance's agent runs as (the owner of its state directory).
+    fn owner(&self, id: &str) -> Option<u32> {
+        use std::os::unix::fs::MetadataExt;
+        self.appliance_ids?;
+        fs::metadata(self.dir(id).join("state"))
+            .ok()
+            .map(|m| m.uid())
+            .filter(|uid| *uid != 0)
     }
 
     /// The running agent of an appliance: the pid in `agent.pid`, if that process is
@@ -156,7 +199,22 @@ impl ProcessBackend {
             .append(true)
             .open(&log_path)
             .map_err(|e| format!("{}: {e}", log_path.display()))?;
-        let mut cmd = Command::new(&self.binary);
+        // An isolated appliance's agent runs as its own user, without groups, keeping only
+        // the capability to bind privileged ports (for its daemons).
+        let mut cmd = match self.owner(id) {
+            Some(uid) => {
+                let mut cmd = Command::new("setpriv");
+                cmd.arg(format!("--reuid={uid}"))
+                    .arg(format!("--regid={uid}"))
+                    .arg("--clear-groups")
+                    .arg("--inh-caps=-all,+net_bind_service")
+                    .arg("--ambient-caps=+net_bind_service")
+                    .arg("--")
+                    .arg(&self.binary);
+                cmd
+            }
+            None => Command::new(&self.binary),
+        };
         cmd.arg("agent")
             .arg("--config")
             .arg(self.config_path(id))

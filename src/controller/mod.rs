@@ -128,6 +128,66 @@ fn webhook_secret(path: &Path) -> Result<Vec<u8>, String> {
     }
 }
 
+/// Whether `process` appliances run as their own users (the controller must be root to
+/// start them so). Their agents then pass through the state directory to reach their own
+/// directories: it, `appliances/`, `run/` and the CA directory (for the CA certificate
+/// and CRL they load) become searchable but not listable by others, every key and the
+/// CA's index stay the controller's alone (0600), as do the database and the webhook
+/// secret; every directory above the state directory must already be searchable.
+fn isolation(config: &ControllerConfig, pki_dir: &Path) -> Result<Option<u32>, String> {
+    fn io(p: &Path) -> impl FnOnce(std::io::Error) -> String + '_ {
+        move |e| format!("{}: {e}", p.display())
+    }
+    use std::os::unix::fs::PermissionsExt;
+    if !config.backend.isolate_appliances {
+        return Ok(None);
+    }
+    if !nix::unistd::geteuid().is_root() {
+        tracing::warn!(
+            "the controller does not run as root: appliances run as its own user, beside its \
+             CA key, database and webhook secret; only the agents' directive policy keeps \
+             tenants' configurations away from them (run the controller as root to give each \
+             appliance its own user)"
+        );
+        return Ok(None);
+    }
+    let state = &config.state_dir;
+    let appliances = state.join("appliances");
+    let run = state.join("run");
+    crate::fsutil::ensure_dir(&appliances, 0o711).map_err(io(&appliances))?;
+    crate::fsutil::ensure_dir(&run, 0o711).map_err(io(&run))?;
+    for dir in [state.as_path(), &appliances, &run, pki_dir] {
+        let mode = std::fs::metadata(dir)
+            .map_err(io(dir))?
+            .permissions()
+            .mode();
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode((mode & 0o750) | 0o711))
+            .map_err(io(dir))?;
+    }
+    for entry in std::fs::read_dir(pki_dir).map_err(io(pki_dir))?.flatten() {
+        let path = entry.path();
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if path.is_file() && (name.ends_with(".key") || name.ends_with(".json")) {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+                .map_err(io(&path))?;
+        }
+    }
+    for ancestor in state.ancestors().skip(1) {
+        let searchable = std::fs::metadata(ancestor)
+            .map(|m| m.permissions().mode() & 0o001 != 0)
+            .unwrap_or(false);
+        if !searchable {
+            return Err(format!(
+                "backend.isolate_appliances: {} is not searchable by other users, so \
+                 appliances could not reach their directories; make it searchable \
+                 (chmod o+x) or set backend.isolate_appliances = false",
+                ancestor.display()
+            ));
+        }
+    }
+    Ok(Some(config.backend.appliance_id_first))
+}
+
 async fn run_async(config: ControllerConfig) -> i32 {
     if let Err(e) = crate::fsutil::ensure_dir(&config.state_dir, 0o750) {
         tracing::error!(dir = %config.state_dir.display(), error = %e, "cannot create the state directory");
@@ -147,6 +207,13 @@ async fn run_async(config: ControllerConfig) -> i32 {
         Err(e) => {
             tracing::error!("controller CA {}: {e}", pki_dir.display());
             return exit::TLS_MATERIAL;
+        }
+    };
+    let appliance_ids = match isolation(&config, &pki_dir) {
+        Ok(ids) => ids,
+        Err(e) => {
+            tracing::error!("{e}");
+            return exit::CONFIG;
         }
     };
     let mut bound = Vec::new();
@@ -223,6 +290,7 @@ async fn run_async(config: ControllerConfig) -> i32 {
         ca_cert: ca.ca_cert_path(),
         crl: ca.crl_path(),
         heartbeat_interval: config.appliances.heartbeat_interval.0,
+        appliance_ids,
     });
     // After a revocation, appliance listeners that verify against the controller's CA
     // load the new CRL: new handshakes with a revoked certificate fail.

@@ -109,6 +109,9 @@ impl Store {
         // take a lock file beside it first.
         let _migrating = match sqlite_file(&url) {
             Some(db) => {
+                // Password and token hashes: the controller's alone, whoever else may
+                // pass through its state directory (isolated appliances do).
+                private_sqlite_files(&db).map_err(|e| StoreError::Lock(format!("{db}: {e}")))?;
                 let lock = std::path::PathBuf::from(format!("{db}.lock"));
                 let held =
                     tokio::task::spawn_blocking(move || crate::fsutil::lock_exclusive(&lock))
@@ -278,6 +281,25 @@ pub(super) fn decode_all<T>(
     from_row: fn(&AnyRow) -> Result<T, sqlx::Error>,
 ) -> Result<Vec<T>, StoreError> {
     Ok(rows.iter().map(from_row).collect::<Result<_, _>>()?)
+}
+
+/// Makes an SQLite database and its side files readable by their owner only, creating
+/// the database file (empty: SQLite initialises it) so that SQLite gives its journal and
+/// WAL files the same mode.
+fn private_sqlite_files(db: &str) -> std::io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(db)?;
+    for suffix in ["", "-wal", "-shm", "-journal", ".lock"] {
+        let path = format!("{db}{suffix}");
+        if std::path::Path::new(&path).exists() {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+        }
+    }
+    Ok(())
 }
 
 /// The file of an SQLite URL (`sqlite://PATH?...` or `sqlite:PATH`), `None` in memory.

@@ -464,7 +464,9 @@ fn load_index(dir: &Path) -> Result<Index, PkiError> {
 fn save_index(dir: &Path, index: &Index) -> Result<(), PkiError> {
     let path = dir.join("index.json");
     let data = serde_json::to_vec_pretty(index).expect("index serialises");
-    write_atomic(&path, &data, 0o644).map_err(io_err(&path))
+    // The CA's own record: no one else's business, even where others may pass through
+    // the CA directory to read its certificate and CRL.
+    write_atomic(&path, &data, 0o600).map_err(io_err(&path))
 }
 
 #[cfg(test)]

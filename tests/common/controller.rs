@@ -38,6 +38,12 @@ impl Controller {
         backend_extra: &str,
     ) -> Controller {
         let dir = tempfile::tempdir().unwrap();
+        // Searchable by others: appliances run as their own users.
+        std::fs::set_permissions(
+            dir.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o711),
+        )
+        .unwrap();
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let appliance_zone: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let config = dir.path().join("controller.toml");
