@@ -75,7 +75,7 @@ fn answer(outcome: PingOutcome) -> Response {
 }
 
 /// Ping one appliance's agent.
-#[utoipa::path(post, path = "/v1/appliances/{id}/ping", tag = "pings",
+#[utoipa::path(operation_id = "ping_appliance", post, path = "/v1/appliances/{id}/ping", tag = "pings",
     params(("id" = String, Path), PingQuery),
     responses(
         (status = 200, description = "The agent's answer", body = PingResult),
@@ -105,7 +105,7 @@ pub async fn one(
 }
 
 /// Ping many appliances' agents, at most 64 at a time.
-#[utoipa::path(post, path = "/v1/ping", tag = "pings", params(AsyncQuery),
+#[utoipa::path(operation_id = "ping_many", post, path = "/v1/ping", tag = "pings", params(AsyncQuery),
     request_body(content = Option<PingMany>, description = "optional"),
     responses(
         (status = 200, description = "Each target's answer", body = PingSweep),

@@ -25,7 +25,7 @@ pub struct Problem {
     pub instance: Option<String>,
 }
 
-#[derive(Serialize, ToSchema)]
+#[derive(Serialize, serde::Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum RoleName {
     Admin,

@@ -98,16 +98,19 @@ fn check_appliance_name(name: &str) -> Result<(), FleetError> {
     }
 }
 
+/// The host of an absolute http or https URL.
+pub fn callback_host(url: &str) -> Option<String> {
+    url.split_once("://")
+        .filter(|(scheme, _)| matches!(*scheme, "http" | "https"))
+        .and_then(|(_, rest)| url_host(rest))
+        .filter(|_| !url.chars().any(|c| c.is_control() || c == ' '))
+}
+
 fn check_callback_url(
     url: &str,
     hooks: &crate::config::controller::Webhooks,
 ) -> Result<(), FleetError> {
-    let host = url
-        .split_once("://")
-        .filter(|(scheme, _)| matches!(*scheme, "http" | "https"))
-        .and_then(|(_, rest)| url_host(rest))
-        .filter(|_| !url.chars().any(|c| c.is_control() || c == ' '));
-    match host {
+    match callback_host(url) {
         None => Err(invalid(format!(
             "callback_url {url:?}: an absolute http or https URL"
         ))),

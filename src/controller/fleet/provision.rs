@@ -52,7 +52,7 @@ impl Fleet {
             .and_then(|s| s.parse().ok())
             .ok_or_else(|| FleetError::Internal(format!("appliance {id} has no address")))?;
         let slot = a.slot.unwrap_or_default();
-        let config_written = self.backend.dir(id).join("agent.toml").exists();
+        let config_written = self.backend.provisioned(id);
         if a.cert_serial.is_none() || !config_written {
             let (ca, backend, id2) = (self.ca.clone(), self.backend.clone(), id.to_string());
             let issued = blocking(move || {
@@ -190,13 +190,13 @@ impl Fleet {
         let reply = self
             .call_agent(
                 &a,
-                Method::PUT,
+                Verb::Put,
                 "/certificate",
-                HeaderMap::new(),
+                Vec::new(),
                 Bytes::from(ca::bundle(&issued)),
             )
             .await?;
-        if !reply.status.is_success() {
+        if !reply.is_success() {
             return Err(FleetError::BadGateway(format!(
                 "the agent refused the new certificate: {} {}",
                 reply.status,
