@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 
 use super::ca::{self, ControllerCa};
 use super::lifecycle::{self, Due, Event, State, Timers};
-use super::records::{Appliance, Changes, Moved, NewTask, Record, Task};
+use super::records::{Appliance, Changes, DeliveryState, Moved, NewTask, Record, Task, TaskState};
 use super::store::{Store, StoreError};
 use crate::config::controller::ControllerConfig;
 use ports::{AgentClient, Backend, CallError, Incoming, Outgoing, Verb};

@@ -390,7 +390,12 @@ async fn webhooks_are_signed_and_retried_with_backoff() {
     assert_eq!(sent(), 9, "retried after 4 s, and delivered");
     for (event, deliveries) in s.fleet.store.events(&id).await.unwrap() {
         assert_eq!(deliveries.len(), 1, "{}", event.kind);
-        assert_eq!(deliveries[0].state, "delivered", "{}", event.kind);
+        assert_eq!(
+            deliveries[0].state,
+            DeliveryState::Delivered,
+            "{}",
+            event.kind
+        );
         assert_eq!(deliveries[0].attempts, 3, "{}", event.kind);
     }
     s.clock.advance(600);
@@ -428,6 +433,6 @@ async fn an_interrupted_task_is_resumed_and_a_dead_lease_expires() {
     s.clock.advance(LEASE_SECS + 1);
     assert_eq!(s.run_tasks().await, 1, "its lease expired: taken over");
     let task = s.fleet.task(&s.user, &q.task.id).await.unwrap();
-    assert_eq!(task.state, "succeeded", "{task:?}");
+    assert_eq!(task.state, TaskState::Succeeded, "{task:?}");
     assert_eq!(task.attempts, 2);
 }

@@ -88,11 +88,11 @@ impl Fleet {
         };
         let attempts = d.attempts + 1;
         let state = if error.is_none() {
-            "delivered"
+            DeliveryState::Delivered
         } else if !allowed || attempts >= i64::from(self.config.webhooks.max_attempts) {
-            "failed"
+            DeliveryState::Failed
         } else {
-            "pending"
+            DeliveryState::Pending
         };
         let next = now + (1i64 << attempts.min(8)).min(300);
         if let Some(e) = &error {
