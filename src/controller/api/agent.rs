@@ -7,6 +7,7 @@ use http::{HeaderValue, Method, header};
 
 use super::extract::{Caller, read_body};
 use super::{ApiError, ApiState};
+use crate::controller::fleet::ids::ApplianceId;
 use crate::controller::fleet::operations::{AgentMethod, AgentRequest};
 
 /// Largest body passed through to an agent (its own default limit).
@@ -62,7 +63,7 @@ pub async fn forward(
         .fleet
         .pass_through(
             &me,
-            &id,
+            &ApplianceId::from(id),
             AgentRequest {
                 method,
                 path,

@@ -9,6 +9,7 @@ use utoipa::{IntoParams, ToSchema};
 use super::extract::{Body, Caller, Id, Params};
 use super::views::{ApplianceView, EventView, TaskView, accepted, ok};
 use super::{ApiError, ApiState};
+use crate::controller::fleet::ids::ApplianceId;
 use crate::controller::fleet::operations::{ActionOutcome, CreateRequest, ListFilter};
 
 /// An appliance to create.
@@ -112,7 +113,7 @@ pub async fn list(
 pub async fn get(
     State(s): State<ApiState>,
     Caller(me): Caller,
-    Id(id): Id,
+    Id(id): Id<ApplianceId>,
 ) -> Result<Response, ApiError> {
     Ok(ok(ApplianceView::from(&s.fleet.visible(&me, &id).await?)))
 }
@@ -127,7 +128,7 @@ pub async fn get(
 pub async fn delete(
     State(s): State<ApiState>,
     Caller(me): Caller,
-    Id(id): Id,
+    Id(id): Id<ApplianceId>,
 ) -> Result<Response, ApiError> {
     Ok(accepted(s.fleet.delete(&me, &id).await?))
 }
@@ -145,7 +146,7 @@ pub async fn delete(
 pub async fn act(
     State(s): State<ApiState>,
     Caller(me): Caller,
-    Id(id): Id,
+    Id(id): Id<ApplianceId>,
     Body(action): Body<Action>,
 ) -> Result<Response, ApiError> {
     match s
@@ -168,7 +169,7 @@ pub async fn act(
 pub async fn events(
     State(s): State<ApiState>,
     Caller(me): Caller,
-    Id(id): Id,
+    Id(id): Id<ApplianceId>,
 ) -> Result<Response, ApiError> {
     let events = s.fleet.events(&me, &id).await?;
     Ok(ok(events

@@ -96,18 +96,18 @@ impl<S: Send + Sync> FromRequestParts<S> for ApplianceCaller {
     }
 }
 
-/// A path id (an appliance, user or task): one segment; an undecodable one names
-/// nothing.
-pub struct Id(pub String);
+/// A path id, typed (an appliance's, a user's or a task's): one segment; an
+/// undecodable one names nothing.
+pub struct Id<T>(pub T);
 
-impl<S: Send + Sync> FromRequestParts<S> for Id {
+impl<T: From<String>, S: Send + Sync> FromRequestParts<S> for Id<T> {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
         let Path(id) = Path::<String>::from_request_parts(parts, state)
             .await
             .map_err(|_| ApiError::NoRoute)?;
-        Ok(Id(id))
+        Ok(Id(T::from(id)))
     }
 }
 

@@ -8,6 +8,7 @@ use utoipa::{IntoParams, ToSchema};
 use super::extract::{Caller, Id, OptionalBody, Params};
 use super::views::{PingResult, PingSweep, TaskView, ok, pending};
 use super::{ApiError, ApiState};
+use crate::controller::fleet::ids::ApplianceId;
 use crate::controller::fleet::operations::PingOutcome;
 use crate::controller::fleet::{Check, FleetError};
 
@@ -88,7 +89,7 @@ fn answer(outcome: PingOutcome) -> Response {
 pub async fn one(
     State(s): State<ApiState>,
     Caller(me): Caller,
-    Id(id): Id,
+    Id(id): Id<ApplianceId>,
     Params(q): Params<PingQuery>,
 ) -> Result<Response, ApiError> {
     let asynchronous = asynchronous(q.r#async.as_deref())?;

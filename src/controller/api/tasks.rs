@@ -6,6 +6,7 @@ use axum::response::Response;
 use super::extract::{Caller, Id};
 use super::views::{TaskView, ok, pending};
 use super::{ApiError, ApiState};
+use crate::controller::fleet::ids::TaskId;
 
 /// The caller's tasks (admins: all), newest first.
 #[utoipa::path(operation_id = "list_tasks", get, path = "/v1/tasks", tag = "tasks",
@@ -25,7 +26,7 @@ pub async fn list(State(s): State<ApiState>, Caller(me): Caller) -> Result<Respo
 pub async fn get(
     State(s): State<ApiState>,
     Caller(me): Caller,
-    Id(id): Id,
+    Id(id): Id<TaskId>,
 ) -> Result<Response, ApiError> {
     let task = s.fleet.task(&me, &id).await?;
     let view = TaskView::from(&task);

@@ -9,6 +9,7 @@ use utoipa::ToSchema;
 use super::extract::{Body, Caller, Id};
 use super::views::{CreatedUserView, UserView, created, ok};
 use super::{ApiError, ApiState};
+use crate::controller::fleet::ids::UserId;
 use crate::controller::fleet::users::NewUser;
 
 /// A user to create; without a password, one is generated and returned once.
@@ -76,7 +77,7 @@ pub async fn create(
 pub async fn get(
     State(s): State<ApiState>,
     Caller(me): Caller,
-    Id(id): Id,
+    Id(id): Id<UserId>,
 ) -> Result<Response, ApiError> {
     Ok(ok(UserView::from(&s.fleet.user(&me, &id).await?)))
 }
@@ -91,7 +92,7 @@ pub async fn get(
 pub async fn delete(
     State(s): State<ApiState>,
     Caller(me): Caller,
-    Id(id): Id,
+    Id(id): Id<UserId>,
 ) -> Result<Response, ApiError> {
     s.fleet.delete_user(me, &id).await?;
     Ok(StatusCode::NO_CONTENT.into_response())

@@ -23,6 +23,7 @@ use ports::{AgentClient, Backend, CallError, Incoming, Outgoing, Verb};
 pub mod agents;
 mod callbacks;
 mod error;
+pub mod ids;
 pub mod operations;
 pub mod ports;
 mod provision;

@@ -432,7 +432,11 @@ async fn an_interrupted_task_is_resumed_and_a_dead_lease_expires() {
     assert_eq!(s.run_tasks().await, 0, "leased by the other controller");
     s.clock.advance(LEASE_SECS + 1);
     assert_eq!(s.run_tasks().await, 1, "its lease expired: taken over");
-    let task = s.fleet.task(&s.user, &q.task.id).await.unwrap();
+    let task = s
+        .fleet
+        .task(&s.user, &ids::TaskId::from(q.task.id.clone()))
+        .await
+        .unwrap();
     assert_eq!(task.state, TaskState::Succeeded, "{task:?}");
     assert_eq!(task.attempts, 2);
 }
