@@ -336,14 +336,19 @@ pub fn appliance_view(a: &Appliance) -> Value {
     serde_json::to_value(views::ApplianceView::from(a)).unwrap_or_default()
 }
 
+/// Runs blocking work (files, processes, the CA) on the blocking pool.
 async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, String> + Send + 'static,
+    f: impl FnOnce() -> Result<T, FleetError> + Send + 'static,
 ) -> Result<T, FleetError> {
-    match tokio::task::spawn_blocking(f).await {
-        Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => Err(FleetError::BadGateway(format!("backend: {e}"))),
-        Err(e) => Err(FleetError::Internal(e.to_string())),
-    }
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| FleetError::Internal(e.to_string()))?
+}
+
+/// The compute backend failed to do what it was asked: a bad gateway. (The CA and the
+/// controller's own files failing are internal errors instead.)
+fn backend_failed(e: String) -> FleetError {
+    FleetError::BadGateway(format!("backend: {e}"))
 }
 
 /// A second unfinished task for one appliance, in the API's words.

@@ -114,7 +114,7 @@ impl Fleet {
             TaskKind::Start => {
                 let backend = self.backend.clone();
                 let id = appliance_id.clone();
-                blocking(move || backend.start(&id)).await?;
+                blocking(move || backend.start(&id).map_err(backend_failed)).await?;
                 self.view(&appliance_id).await
             }
             TaskKind::Stop => self.stop(&appliance_id).await,
@@ -128,7 +128,7 @@ impl Fleet {
                 lifecycle::next(a.state, event).ok_or_else(|| illegal(&a, event))?;
                 let backend = self.backend.clone();
                 let id = appliance_id.clone();
-                blocking(move || backend.signal_all(&id, signal)).await?;
+                blocking(move || backend.signal_all(&id, signal).map_err(backend_failed)).await?;
                 let now = self.clock.now();
                 // Heartbeats were not expected while suspended.
                 self.apply(

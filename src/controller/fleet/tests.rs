@@ -16,6 +16,10 @@ use crate::controller::store::{Role, User};
 #[derive(Default)]
 struct FakeBackend {
     calls: Mutex<Vec<String>>,
+    /// Writing the appliance's files fails (a full disk).
+    disk_full: std::sync::atomic::AtomicBool,
+    /// Starting fails (the backend refuses).
+    refuse_start: std::sync::atomic::AtomicBool,
 }
 
 impl FakeBackend {
@@ -39,10 +43,16 @@ impl Backend for FakeBackend {
         _: &crate::pki::Issued,
     ) -> std::io::Result<()> {
         self.calls.lock().unwrap().push(format!("provision {id}"));
+        if self.disk_full.load(Ordering::SeqCst) {
+            return Err(std::io::Error::other("no space left on device"));
+        }
         Ok(())
     }
     fn start(&self, id: &str) -> Result<i32, String> {
         self.calls.lock().unwrap().push(format!("start {id}"));
+        if self.refuse_start.load(Ordering::SeqCst) {
+            return Err("cannot start".into());
+        }
         Ok(4242)
     }
     fn stop(&self, id: &str) -> Result<(), String> {
@@ -439,4 +449,40 @@ async fn an_interrupted_task_is_resumed_and_a_dead_lease_expires() {
         .unwrap();
     assert_eq!(task.state, TaskState::Succeeded, "{task:?}");
     assert_eq!(task.attempts, 2);
+}
+
+#[tokio::test]
+async fn a_disk_failure_is_internal_and_a_backend_failure_a_bad_gateway() {
+    let s = setup().await;
+    let request = || CreateRequest {
+        name: "lb".into(),
+        ttl_minutes: None,
+        external_id: None,
+        callback_url: None,
+        template: None,
+    };
+    s.backend.disk_full.store(true, Ordering::SeqCst);
+    let q = s.fleet.create(&s.user, request()).await.unwrap();
+    assert_eq!(s.run_tasks().await, 1);
+    let task = s
+        .fleet
+        .task(&s.user, &ids::TaskId::from(q.task.id.clone()))
+        .await
+        .unwrap();
+    let problem: Value = serde_json::from_str(task.problem.as_deref().unwrap()).unwrap();
+    assert_eq!(problem["status"], 500, "{problem}");
+    assert_eq!(problem["type"], "urn:applianced:problem:internal");
+    assert_eq!(problem["detail"], "internal error", "no internals shown");
+    s.backend.disk_full.store(false, Ordering::SeqCst);
+    s.backend.refuse_start.store(true, Ordering::SeqCst);
+    let q = s.fleet.create(&s.user, request()).await.unwrap();
+    assert_eq!(s.run_tasks().await, 1);
+    let task = s
+        .fleet
+        .task(&s.user, &ids::TaskId::from(q.task.id.clone()))
+        .await
+        .unwrap();
+    let problem: Value = serde_json::from_str(task.problem.as_deref().unwrap()).unwrap();
+    assert_eq!(problem["status"], 502, "{problem}");
+    assert_eq!(problem["type"], "urn:applianced:problem:bad-gateway");
 }
