@@ -15,6 +15,7 @@ pub mod controller;
 pub mod fsutil;
 pub mod logging;
 pub mod pki;
+pub mod process;
 pub mod transport;
 
 /// Process exit codes. Configuration problems get codes of their own so that systemd's

@@ -5,7 +5,7 @@ mod common;
 
 use applianced::controller::auth;
 use applianced::controller::lifecycle::State;
-use applianced::controller::records::{Appliance, Changes, Moved, NewTask, Record};
+use applianced::controller::records::{Appliance, Changes, Moved, NewTask, Record, TaskState};
 use applianced::controller::store::{Backend, Role, Store, StoreError};
 
 async fn scenario(store: Store) {
@@ -171,7 +171,7 @@ async fn moves_and_tasks(store: &Store, owner: &str, now: i64) {
     assert_eq!(claimed.id, create);
     assert!(
         store
-            .finish_task(&create, "c1", "succeeded", None, None, now)
+            .finish_task(&create, "c1", TaskState::Succeeded, None, None, now)
             .await
             .unwrap()
     );

@@ -181,13 +181,7 @@ pub fn process_is(pid: u32, program: &str) -> bool {
     comm.trim().starts_with(program) && process_state(pid).is_some_and(|s| s != 'Z')
 }
 
-/// The state letter of process `pid` (`R`, `S`, `Z` for one that has exited and only
-/// waits to be reaped, ...), `None` when there is no such process.
-pub fn process_state(pid: u32) -> Option<char> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let (_, rest) = stat.rsplit_once(')')?;
-    rest.split_whitespace().next()?.chars().next()
-}
+pub use crate::process::process_state;
 
 #[cfg(test)]
 mod tests {

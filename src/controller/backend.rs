@@ -348,12 +348,12 @@ impl ProcessBackend {
 
 /// Whether `pid` has exited and waits to be reaped.
 fn is_zombie(pid: i32) -> bool {
-    u32::try_from(pid).is_ok_and(|p| crate::agent::store::process_state(p) == Some('Z'))
+    u32::try_from(pid).is_ok_and(|p| crate::process::process_state(p) == Some('Z'))
 }
 
 /// Whether `gone` turns true within `timeout`.
 fn gone_within(mut gone: impl FnMut() -> bool, timeout: Duration) -> bool {
-    crate::agent::daemons::poll_until(timeout, || gone().then_some(())).is_some()
+    crate::process::poll_until(timeout, || gone().then_some(())).is_some()
 }
 
 /// A TOML basic string.
@@ -370,6 +370,36 @@ fn toml_string(s: &str) -> String {
     }
     out.push('"');
     out
+}
+
+impl crate::controller::fleet::ports::Backend for ProcessBackend {
+    fn address(&self, slot: i64) -> Option<IpAddr> {
+        ProcessBackend::address(self, slot)
+    }
+
+    fn provisioned(&self, id: &str) -> bool {
+        self.config_path(id).exists()
+    }
+
+    fn provision(&self, id: &str, slot: i64, address: IpAddr, issued: &Issued) -> io::Result<()> {
+        ProcessBackend::provision(self, id, slot, address, issued)
+    }
+
+    fn start(&self, id: &str) -> Result<i32, String> {
+        ProcessBackend::start(self, id)
+    }
+
+    fn stop(&self, id: &str) -> Result<(), String> {
+        ProcessBackend::stop(self, id)
+    }
+
+    fn signal_all(&self, id: &str, signal: Signal) -> Result<(), String> {
+        ProcessBackend::signal_all(self, id, signal)
+    }
+
+    fn destroy(&self, id: &str) -> Result<(), String> {
+        ProcessBackend::destroy(self, id)
+    }
 }
 
 #[cfg(test)]

@@ -14,6 +14,7 @@ use arc_swap::ArcSwap;
 use crate::config::controller::{ClientAuth, ControllerConfig, Listener, Zone};
 use crate::exit;
 use crate::transport::TlsMaterial;
+use crate::transport::client::Client;
 use crate::transport::server::{Server, ServerLimits, TransportMetrics, bind, notify_ready};
 
 pub mod api;
@@ -21,6 +22,7 @@ pub mod auth;
 pub mod backend;
 pub mod ca;
 pub mod fleet;
+pub mod https;
 pub mod lifecycle;
 pub mod records;
 pub mod store;
@@ -317,20 +319,33 @@ async fn run_async(config: ControllerConfig) -> i32 {
             }
         }
     });
-    let fleet = match fleet::Fleet::new(
-        store.clone(),
-        ca.clone(),
-        backend,
-        config.clone(),
-        secret,
-        on_revoke,
-    ) {
-        Ok(f) => Arc::new(f),
+    let agents = match agent_client(&ca, &config) {
+        Ok(c) => c,
         Err(e) => {
             tracing::error!("controller client certificate: {e}");
             return exit::TLS_MATERIAL;
         }
     };
+    let roots =
+        crate::certs::load_certs(std::path::Path::new("/etc/ssl/certs/ca-certificates.crt"))
+            .unwrap_or_default();
+    let hooks_tls = crate::transport::client::client_config(&roots, None)
+        .ok()
+        .map(Arc::new);
+    let hooks = Box::new(Client::new(hooks_tls, config.webhooks.timeout.0));
+    let fleet = Arc::new(fleet::Fleet::new(
+        fleet::Parts {
+            store: store.clone(),
+            ca: ca.clone(),
+            backend,
+            agents,
+            hooks,
+            clock: Arc::new(fleet::SystemClock),
+            on_revoke,
+        },
+        config.clone(),
+        secret,
+    ));
     fleet.free_dead_leases().await;
     tokio::spawn(fleet.clone().leases_loop());
     for _ in 0..config.tasks.workers {
@@ -394,12 +409,25 @@ async fn renew_certificates(
     }
 }
 
+/// The client agents are called with: the controller's client certificate (issued anew
+/// when it is within its rotation window).
+fn agent_client(
+    ca: &ca::ControllerCa,
+    config: &ControllerConfig,
+) -> Result<Box<dyn fleet::ports::AgentClient>, String> {
+    Ok(Box::new(Client::new(
+        Some(ca.agent_client()?),
+        config.tasks.agent_timeout.0,
+    )))
+}
+
 /// Re-reads (and, for those the controller issues, renews) every listener's certificate,
 /// key, client CA and CRL, and the controller's client certificate. New connections use
 /// them; open ones keep theirs.
 fn reload_tls(fleet: &fleet::Fleet, ca: &ca::ControllerCa, listeners: &Reloadable) {
-    if let Err(e) = fleet.refresh_agent_client() {
-        tracing::error!("controller client certificate: {e}");
+    match agent_client(ca, fleet.config()) {
+        Ok(c) => fleet.set_agent_client(c),
+        Err(e) => tracing::error!("controller client certificate: {e}"),
     }
     for (l, tls) in listeners {
         match ListenerTls::resolve(l, ca).and_then(|files| files.load()) {

@@ -69,6 +69,81 @@ impl Appliance {
     }
 }
 
+/// Where a task is; stored by name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TaskState {
+    Queued,
+    Running,
+    Succeeded,
+    Failed,
+    Cancelled,
+}
+
+impl TaskState {
+    pub const ALL: [TaskState; 5] = [
+        TaskState::Queued,
+        TaskState::Running,
+        TaskState::Succeeded,
+        TaskState::Failed,
+        TaskState::Cancelled,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskState::Queued => "queued",
+            TaskState::Running => "running",
+            TaskState::Succeeded => "succeeded",
+            TaskState::Failed => "failed",
+            TaskState::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<TaskState> {
+        TaskState::ALL.into_iter().find(|t| t.as_str() == s)
+    }
+}
+
+/// Where a webhook delivery is; stored by name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeliveryState {
+    Pending,
+    Delivered,
+    Failed,
+}
+
+impl DeliveryState {
+    pub const ALL: [DeliveryState; 3] = [
+        DeliveryState::Pending,
+        DeliveryState::Delivered,
+        DeliveryState::Failed,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeliveryState::Pending => "pending",
+            DeliveryState::Delivered => "delivered",
+            DeliveryState::Failed => "failed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<DeliveryState> {
+        DeliveryState::ALL.into_iter().find(|d| d.as_str() == s)
+    }
+}
+
+/// A column holding a name, as its enum.
+fn decode_name<T>(
+    r: &AnyRow,
+    column: &str,
+    parse: fn(&str) -> Option<T>,
+) -> Result<T, sqlx::Error> {
+    let name: String = r.try_get(column)?;
+    parse(&name).ok_or_else(|| sqlx::Error::ColumnDecode {
+        index: column.into(),
+        source: format!("unknown {column} {name:?}").into(),
+    })
+}
+
 /// The `state` column as a lifecycle state.
 fn decode_state(r: &AnyRow) -> Result<State, sqlx::Error> {
     let state: String = r.try_get("state")?;
@@ -118,7 +193,7 @@ pub struct Delivery {
     pub event_id: String,
     pub url: String,
     pub body: String,
-    pub state: String,
+    pub state: DeliveryState,
     pub attempts: i64,
     pub next_attempt_at: i64,
     pub last_status: Option<i64>,
@@ -132,7 +207,7 @@ pub struct Task {
     pub kind: String,
     pub appliance_id: Option<String>,
     pub owner_id: String,
-    pub state: String,
+    pub state: TaskState,
     pub request: String,
     pub result: Option<String>,
     pub problem: Option<String>,
@@ -155,7 +230,7 @@ impl Task {
             kind: r.try_get("kind")?,
             appliance_id: r.try_get("appliance_id")?,
             owner_id: r.try_get("owner_id")?,
-            state: r.try_get("state")?,
+            state: decode_name(r, "state", TaskState::parse)?,
             request: r.try_get("request")?,
             result: r.try_get("result")?,
             problem: r.try_get("problem")?,
@@ -166,7 +241,10 @@ impl Task {
     }
 
     pub fn is_done(&self) -> bool {
-        matches!(self.state.as_str(), "succeeded" | "failed" | "cancelled")
+        matches!(
+            self.state,
+            TaskState::Succeeded | TaskState::Failed | TaskState::Cancelled
+        )
     }
 }
 
@@ -505,7 +583,7 @@ impl Store {
     pub async fn delivery_attempted(
         &self,
         id: &str,
-        state: &str,
+        state: DeliveryState,
         status: Option<i64>,
         error: Option<&str>,
         next_attempt_at: i64,
@@ -517,7 +595,7 @@ impl Store {
              delivered_at = CASE WHEN $1 = 'delivered' THEN $5 ELSE delivered_at END \
              WHERE id = $6",
         )
-        .bind(state)
+        .bind(state.as_str())
         .bind(status)
         .bind(error)
         .bind(next_attempt_at)
@@ -665,7 +743,7 @@ impl Store {
         &self,
         id: &str,
         owner: &str,
-        state: &str,
+        state: TaskState,
         result: Option<&str>,
         problem: Option<&str>,
         now: i64,
@@ -674,7 +752,7 @@ impl Store {
             "UPDATE tasks SET state = $1, result = $2, problem = $3, finished_at = $4, \
              lease_owner = NULL WHERE id = $5 AND lease_owner = $6 AND state = 'running'",
         )
-        .bind(state)
+        .bind(state.as_str())
         .bind(result)
         .bind(problem)
         .bind(now)
@@ -693,7 +771,7 @@ impl Delivery {
             event_id: r.try_get("event_id")?,
             url: r.try_get("url")?,
             body: r.try_get("body")?,
-            state: r.try_get("state")?,
+            state: decode_name(r, "state", DeliveryState::parse)?,
             attempts: r.try_get("attempts")?,
             next_attempt_at: r.try_get("next_attempt_at")?,
             last_status: r.try_get("last_status")?,

@@ -7,6 +7,7 @@ use http::{HeaderValue, Method, header};
 
 use super::extract::{Caller, read_body};
 use super::{ApiError, ApiState};
+use crate::controller::fleet::ids::ApplianceId;
 use crate::controller::fleet::operations::{AgentMethod, AgentRequest};
 
 /// Largest body passed through to an agent (its own default limit).
@@ -62,7 +63,7 @@ pub async fn forward(
         .fleet
         .pass_through(
             &me,
-            &id,
+            &ApplianceId::from(id),
             AgentRequest {
                 method,
                 path,
@@ -93,7 +94,7 @@ pub async fn forward(
 // with the path as a wildcard).
 
 /// Read from the appliance's agent API.
-#[utoipa::path(get, path = "/v1/appliances/{id}/agent/{path}", tag = "agent",
+#[utoipa::path(operation_id = "agent_get", get, path = "/v1/appliances/{id}/agent/{path}", tag = "agent",
     params(("id" = String, Path), ("path" = String, Path, description = "the agent's path")),
     responses(
         (status = 404, description = "No such appliance"),
@@ -106,7 +107,7 @@ pub async fn forward(
 pub async fn get_doc() {}
 
 /// Write to the appliance's agent API (admins).
-#[utoipa::path(put, path = "/v1/appliances/{id}/agent/{path}", tag = "agent",
+#[utoipa::path(operation_id = "agent_put", put, path = "/v1/appliances/{id}/agent/{path}", tag = "agent",
     params(("id" = String, Path), ("path" = String, Path, description = "the agent's path")),
     request_body(content = String, content_type = "text/plain"),
     responses(
@@ -121,7 +122,7 @@ pub async fn get_doc() {}
 pub async fn put_doc() {}
 
 /// Post to the appliance's agent API (admins).
-#[utoipa::path(post, path = "/v1/appliances/{id}/agent/{path}", tag = "agent",
+#[utoipa::path(operation_id = "agent_post", post, path = "/v1/appliances/{id}/agent/{path}", tag = "agent",
     params(("id" = String, Path), ("path" = String, Path, description = "the agent's path")),
     request_body(content = String, content_type = "text/plain"),
     responses(
@@ -136,7 +137,7 @@ pub async fn put_doc() {}
 pub async fn post_doc() {}
 
 /// Delete through the appliance's agent API (admins).
-#[utoipa::path(delete, path = "/v1/appliances/{id}/agent/{path}", tag = "agent",
+#[utoipa::path(operation_id = "agent_delete", delete, path = "/v1/appliances/{id}/agent/{path}", tag = "agent",
     params(("id" = String, Path), ("path" = String, Path, description = "the agent's path")),
     responses(
         (status = 403, description = "Writes need the admin role"),

@@ -9,6 +9,7 @@ use utoipa::{IntoParams, ToSchema};
 use super::extract::{Body, Caller, Id, Params};
 use super::views::{ApplianceView, EventView, TaskView, accepted, ok};
 use super::{ApiError, ApiState};
+use crate::controller::fleet::ids::ApplianceId;
 use crate::controller::fleet::operations::{ActionOutcome, CreateRequest, ListFilter};
 
 /// An appliance to create.
@@ -16,8 +17,10 @@ use crate::controller::fleet::operations::{ActionOutcome, CreateRequest, ListFil
 #[serde(deny_unknown_fields)]
 pub struct CreateAppliance {
     /// 1 to 64 letters, digits, `.`, `_` or `-`.
+    #[schema(pattern = "^[A-Za-z0-9._-]{1,64}$")]
     name: String,
     /// Within the configured range (default 15..235); default 60.
+    #[serde(default, deserialize_with = "super::extract::whole_number")]
     ttl_minutes: Option<u32>,
     /// Idempotency key: the same key with the same request is the same task.
     external_id: Option<String>,
@@ -25,7 +28,16 @@ pub struct CreateAppliance {
     /// host `webhooks.allowed_hosts` permits.
     callback_url: Option<String>,
     /// A catalogue entry: `process`.
+    #[schema(value_type = Option<Template>)]
     template: Option<String>,
+}
+
+/// The catalogue.
+#[derive(ToSchema)]
+#[schema(rename_all = "lowercase")]
+#[allow(dead_code)]
+pub enum Template {
+    Process,
 }
 
 /// Filters of the list.
@@ -45,11 +57,12 @@ pub struct Action {
     /// `start`, `stop`, `suspend`, `resume`, `destroy`, `rotate-certificate` (202 and a
     /// task), or `extend` (200, with `minutes`).
     action: String,
+    #[serde(default, deserialize_with = "super::extract::whole_number")]
     minutes: Option<u32>,
 }
 
 /// Create an appliance: 202 and its create task.
-#[utoipa::path(post, path = "/v1/appliances", tag = "appliances", request_body = CreateAppliance,
+#[utoipa::path(operation_id = "create_appliance", post, path = "/v1/appliances", tag = "appliances", request_body = CreateAppliance,
     responses(
         (status = 202, description = "Queued: the task, with the appliance", body = TaskView),
         (status = 409, description = "The external_id was used with another request"),
@@ -72,7 +85,7 @@ pub async fn create(
 }
 
 /// The appliances the caller sees.
-#[utoipa::path(get, path = "/v1/appliances", tag = "appliances", params(ListQuery),
+#[utoipa::path(operation_id = "list_appliances", get, path = "/v1/appliances", tag = "appliances", params(ListQuery),
     responses(
         (status = 200, description = "The appliances", body = Vec<ApplianceView>),
         (status = 422, description = "Not a lifecycle state"),
@@ -92,7 +105,7 @@ pub async fn list(
 }
 
 /// An appliance.
-#[utoipa::path(get, path = "/v1/appliances/{id}", tag = "appliances", params(("id" = String, Path)),
+#[utoipa::path(operation_id = "get_appliance", get, path = "/v1/appliances/{id}", tag = "appliances", params(("id" = String, Path)),
     responses(
         (status = 200, description = "The appliance", body = ApplianceView),
         (status = 404, description = "No such appliance (or not the caller's)"),
@@ -100,13 +113,13 @@ pub async fn list(
 pub async fn get(
     State(s): State<ApiState>,
     Caller(me): Caller,
-    Id(id): Id,
+    Id(id): Id<ApplianceId>,
 ) -> Result<Response, ApiError> {
     Ok(ok(ApplianceView::from(&s.fleet.visible(&me, &id).await?)))
 }
 
 /// Delete an appliance: stop it, revoke its certificate, remove it.
-#[utoipa::path(delete, path = "/v1/appliances/{id}", tag = "appliances", params(("id" = String, Path)),
+#[utoipa::path(operation_id = "delete_appliance", delete, path = "/v1/appliances/{id}", tag = "appliances", params(("id" = String, Path)),
     responses(
         (status = 202, description = "Queued: the task, with the appliance", body = TaskView),
         (status = 404, description = "No such appliance"),
@@ -115,13 +128,13 @@ pub async fn get(
 pub async fn delete(
     State(s): State<ApiState>,
     Caller(me): Caller,
-    Id(id): Id,
+    Id(id): Id<ApplianceId>,
 ) -> Result<Response, ApiError> {
     Ok(accepted(s.fleet.delete(&me, &id).await?))
 }
 
 /// Act on an appliance.
-#[utoipa::path(post, path = "/v1/appliances/{id}/actions", tag = "appliances",
+#[utoipa::path(operation_id = "act_on_appliance", post, path = "/v1/appliances/{id}/actions", tag = "appliances",
     params(("id" = String, Path)), request_body = Action,
     responses(
         (status = 200, description = "Extended: the appliance", body = ApplianceView),
@@ -133,7 +146,7 @@ pub async fn delete(
 pub async fn act(
     State(s): State<ApiState>,
     Caller(me): Caller,
-    Id(id): Id,
+    Id(id): Id<ApplianceId>,
     Body(action): Body<Action>,
 ) -> Result<Response, ApiError> {
     match s
@@ -147,7 +160,7 @@ pub async fn act(
 }
 
 /// The lifecycle events of an appliance, each with its actor and webhook deliveries.
-#[utoipa::path(get, path = "/v1/appliances/{id}/events", tag = "appliances",
+#[utoipa::path(operation_id = "appliance_events", get, path = "/v1/appliances/{id}/events", tag = "appliances",
     params(("id" = String, Path)),
     responses(
         (status = 200, description = "The events, oldest first", body = Vec<EventView>),
@@ -156,7 +169,7 @@ pub async fn act(
 pub async fn events(
     State(s): State<ApiState>,
     Caller(me): Caller,
-    Id(id): Id,
+    Id(id): Id<ApplianceId>,
 ) -> Result<Response, ApiError> {
     let events = s.fleet.events(&me, &id).await?;
     Ok(ok(events

@@ -9,11 +9,12 @@ use super::{ApiError, ApiState};
 use crate::callback::Callback;
 
 /// A callback from the appliance its client certificate names.
-#[utoipa::path(post, path = "/v1/events", tag = "appliance zone", request_body = Callback,
-    security(("appliance certificate" = [])),
+#[utoipa::path(operation_id = "report_event", post, path = "/v1/events", tag = "appliance zone", request_body = Callback,
+    security(("appliance_certificate" = [])),
     responses(
         (status = 200, description = "Recorded: the appliance's state", body = CallbackAnswer),
         (status = 403, description = "Not this appliance's certificate"),
+        (status = 404, description = "On any other listener than an appliance one"),
         (status = 409, description = "Not in this state"),
         (status = 422, description = "Unknown event"),
     ))]

@@ -15,6 +15,9 @@ pub enum ApiError {
     /// No route for this method and path.
     #[error("no such resource")]
     NoRoute,
+    /// A path that is routed, with a method that is not (the answer says which are).
+    #[error("this method is not allowed here")]
+    MethodNotAllowed,
     /// A body or query that cannot be read as the route's request type.
     #[error("{0}")]
     Malformed(String),
@@ -39,6 +42,7 @@ impl ApiError {
                 )
             }
             ApiError::NoRoute => (StatusCode::NOT_FOUND, "not-found"),
+            ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method-not-allowed"),
             ApiError::Malformed(_) => (StatusCode::BAD_REQUEST, "invalid-input"),
             ApiError::PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "payload-too-large"),
             ApiError::BodyTimeout => (StatusCode::REQUEST_TIMEOUT, "request-timeout"),

@@ -96,18 +96,18 @@ impl<S: Send + Sync> FromRequestParts<S> for ApplianceCaller {
     }
 }
 
-/// A path id (an appliance, user or task): one segment; an undecodable one names
-/// nothing.
-pub struct Id(pub String);
+/// A path id, typed (an appliance's, a user's or a task's): one segment; an
+/// undecodable one names nothing.
+pub struct Id<T>(pub T);
 
-impl<S: Send + Sync> FromRequestParts<S> for Id {
+impl<T: From<String>, S: Send + Sync> FromRequestParts<S> for Id<T> {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
         let Path(id) = Path::<String>::from_request_parts(parts, state)
             .await
             .map_err(|_| ApiError::NoRoute)?;
-        Ok(Id(id))
+        Ok(Id(T::from(id)))
     }
 }
 
@@ -189,4 +189,27 @@ impl<T: DeserializeOwned + Default, S: Send + Sync> FromRequest<S> for OptionalB
             parse_object(&body).map(OptionalBody)
         }
     }
+}
+
+/// An optional whole number in a body: `5` or `5.0` (JSON does not tell them apart),
+/// never `5.5`, a string or a number out of range.
+pub fn whole_number<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: TryFrom<i64>,
+{
+    use serde::Deserialize;
+    use serde::de::Error;
+    let Some(n) = Option::<serde_json::Number>::deserialize(d)? else {
+        return Ok(None);
+    };
+    let whole = match (n.as_i64(), n.as_f64()) {
+        (Some(i), _) => Some(i),
+        (None, Some(f)) if f.fract() == 0.0 && f.abs() < 9.0e15 => Some(f as i64),
+        _ => None,
+    };
+    whole
+        .and_then(|i| T::try_from(i).ok())
+        .map(Some)
+        .ok_or_else(|| D::Error::custom(format!("{n} is not a whole number in range")))
 }

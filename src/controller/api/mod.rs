@@ -69,7 +69,7 @@ pub struct ApiState {
     paths(agent::get_doc, agent::put_doc, agent::post_doc, agent::delete_doc),
     components(schemas(views::Problem)),
     modifiers(&Conventions),
-    security(("bearer" = []), ("client certificate" = [])),
+    security(("bearer" = []), ("client_certificate" = [])),
 )]
 struct ApiDoc;
 
@@ -80,7 +80,9 @@ struct Conventions;
 
 impl Modify for Conventions {
     fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
-        use utoipa::openapi::{Ref, RefOr, ResponseBuilder, content::ContentBuilder};
+        use utoipa::openapi::{
+            Ref, RefOr, ResponseBuilder, content::ContentBuilder, schema::Schema,
+        };
         let components = doc.components.get_or_insert_with(Default::default);
         components.add_security_scheme(
             "bearer",
@@ -91,7 +93,7 @@ impl Modify for Conventions {
             SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Basic).build()),
         );
         components.add_security_scheme(
-            "client certificate",
+            "client_certificate",
             SecurityScheme::MutualTls {
                 description: Some(
                     "a client certificate naming a user (admin listeners with a client CA)".into(),
@@ -100,7 +102,7 @@ impl Modify for Conventions {
             },
         );
         components.add_security_scheme(
-            "appliance certificate",
+            "appliance_certificate",
             SecurityScheme::MutualTls {
                 description: Some("the appliance's own certificate (appliance listeners)".into()),
                 extensions: None,
@@ -141,14 +143,38 @@ impl Modify for Conventions {
                             RefOr::T(ResponseBuilder::new().description(description).build())
                         });
                 }
-                // Every error answer is a problem document.
+                // Every error answer is a problem document; through the pass-through,
+                // the agent's own errors come as it sent them.
+                let agent = path.contains("/agent/");
                 for (code, response) in op.responses.responses.iter_mut() {
                     let is_error = code.starts_with('4') || code.starts_with('5');
                     if let (true, RefOr::T(r)) = (is_error, response) {
                         r.content.clear();
                         r.content
                             .insert("application/problem+json".into(), problem());
+                        if agent {
+                            for t in ["text/plain", "application/json"] {
+                                r.content.insert(t.into(), ContentBuilder::new().build());
+                            }
+                        }
                     }
+                }
+                // An optional body is absent, not `null`.
+                if let Some(body) = op.request_body.as_mut()
+                    && body.required != Some(utoipa::openapi::Required::True)
+                {
+                    for content in body.content.values_mut() {
+                        if let Some(Schema::OneOf(one_of)) = match &content.schema {
+                            Some(RefOr::T(s)) => Some(s),
+                            _ => None,
+                        } && let Some(inner) = one_of.items.iter().find(|i| {
+                            !matches!(i, RefOr::T(Schema::Object(o))
+                                if o.schema_type == utoipa::openapi::schema::SchemaType::Type(utoipa::openapi::Type::Null))
+                        }) {
+                            content.schema = Some(inner.clone());
+                        }
+                    }
+                    body.required = Some(utoipa::openapi::Required::False);
                 }
             }
         }
@@ -184,7 +210,6 @@ fn admin_api() -> (Router<ApiState>, utoipa::openapi::OpenApi) {
             .put(agent::forward)
             .post(agent::forward)
             .delete(agent::forward)
-            .fallback(no_route)
     };
     let router = router
         .route("/v1/appliances/{id}/agent", forward())
@@ -205,7 +230,7 @@ fn openapi_bytes() -> &'static Bytes {
 }
 
 /// The OpenAPI 3.1 document of this API.
-#[utoipa::path(get, path = "/v1/openapi.json", tag = "documentation", security(()),
+#[utoipa::path(operation_id = "openapi", get, path = "/v1/openapi.json", tag = "documentation", security(()),
     responses((status = 200, description = "The OpenAPI document", content_type = "application/json", body = Object)))]
 async fn openapi_json() -> Response {
     let mut r = openapi_bytes().clone().into_response();
@@ -250,16 +275,14 @@ pub fn router(zone: Zone, fleet: Arc<Fleet>) -> Router {
             .0
             .route("/", axum::routing::get(documentation))
             .route("/{file}", axum::routing::get(documentation)),
-        Zone::Appliance => Router::new().route(
-            "/v1/events",
-            axum::routing::post(callbacks::report).fallback(no_route),
-        ),
+        Zone::Appliance => {
+            Router::new().route("/v1/events", axum::routing::post(callbacks::report))
+        }
         // Integrations (service accounts) are not served yet.
         Zone::Api => Router::new(),
     };
     routes
         .fallback(no_route)
-        .method_not_allowed_fallback(no_route)
         .layer(middleware::from_fn(request_line))
         .with_state(state)
 }
@@ -282,6 +305,13 @@ async fn request_line(mut req: Request, next: Next) -> Response {
             tracing::error!(%method, %path, error = %cause, "internal error");
         }
         response = error::problem(&failed.0, &path);
+    } else if response.status() == StatusCode::METHOD_NOT_ALLOWED {
+        // The router's own answer for a routed path: a problem too, with its `Allow`.
+        let allow = response.headers().get(header::ALLOW).cloned();
+        response = error::problem(&ApiError::MethodNotAllowed, &path);
+        if let Some(allow) = allow {
+            response.headers_mut().insert(header::ALLOW, allow);
+        }
     }
     response
         .headers_mut()

@@ -8,6 +8,7 @@ use utoipa::{IntoParams, ToSchema};
 use super::extract::{Caller, Id, OptionalBody, Params};
 use super::views::{PingResult, PingSweep, TaskView, ok, pending};
 use super::{ApiError, ApiState};
+use crate::controller::fleet::ids::ApplianceId;
 use crate::controller::fleet::operations::PingOutcome;
 use crate::controller::fleet::{Check, FleetError};
 
@@ -75,7 +76,7 @@ fn answer(outcome: PingOutcome) -> Response {
 }
 
 /// Ping one appliance's agent.
-#[utoipa::path(post, path = "/v1/appliances/{id}/ping", tag = "pings",
+#[utoipa::path(operation_id = "ping_appliance", post, path = "/v1/appliances/{id}/ping", tag = "pings",
     params(("id" = String, Path), PingQuery),
     responses(
         (status = 200, description = "The agent's answer", body = PingResult),
@@ -88,7 +89,7 @@ fn answer(outcome: PingOutcome) -> Response {
 pub async fn one(
     State(s): State<ApiState>,
     Caller(me): Caller,
-    Id(id): Id,
+    Id(id): Id<ApplianceId>,
     Params(q): Params<PingQuery>,
 ) -> Result<Response, ApiError> {
     let asynchronous = asynchronous(q.r#async.as_deref())?;
@@ -105,7 +106,7 @@ pub async fn one(
 }
 
 /// Ping many appliances' agents, at most 64 at a time.
-#[utoipa::path(post, path = "/v1/ping", tag = "pings", params(AsyncQuery),
+#[utoipa::path(operation_id = "ping_many", post, path = "/v1/ping", tag = "pings", params(AsyncQuery),
     request_body(content = Option<PingMany>, description = "optional"),
     responses(
         (status = 200, description = "Each target's answer", body = PingSweep),

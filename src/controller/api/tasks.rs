@@ -6,9 +6,10 @@ use axum::response::Response;
 use super::extract::{Caller, Id};
 use super::views::{TaskView, ok, pending};
 use super::{ApiError, ApiState};
+use crate::controller::fleet::ids::TaskId;
 
 /// The caller's tasks (admins: all), newest first.
-#[utoipa::path(get, path = "/v1/tasks", tag = "tasks",
+#[utoipa::path(operation_id = "list_tasks", get, path = "/v1/tasks", tag = "tasks",
     responses((status = 200, description = "The tasks", body = Vec<TaskView>)))]
 pub async fn list(State(s): State<ApiState>, Caller(me): Caller) -> Result<Response, ApiError> {
     let tasks = s.fleet.tasks(&me).await?;
@@ -16,7 +17,7 @@ pub async fn list(State(s): State<ApiState>, Caller(me): Caller) -> Result<Respo
 }
 
 /// A task: 202 with `Retry-After` while it is queued or running, then 200.
-#[utoipa::path(get, path = "/v1/tasks/{id}", tag = "tasks", params(("id" = String, Path)),
+#[utoipa::path(operation_id = "get_task", get, path = "/v1/tasks/{id}", tag = "tasks", params(("id" = String, Path)),
     responses(
         (status = 200, description = "Done: its result or problem", body = TaskView),
         (status = 202, description = "Not done yet", body = TaskView),
@@ -25,7 +26,7 @@ pub async fn list(State(s): State<ApiState>, Caller(me): Caller) -> Result<Respo
 pub async fn get(
     State(s): State<ApiState>,
     Caller(me): Caller,
-    Id(id): Id,
+    Id(id): Id<TaskId>,
 ) -> Result<Response, ApiError> {
     let task = s.fleet.task(&me, &id).await?;
     let view = TaskView::from(&task);

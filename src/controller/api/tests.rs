@@ -64,17 +64,27 @@ impl Harness {
             crl: ca.crl_path(),
             heartbeat_interval: std::time::Duration::from_secs(1),
         });
-        let fleet = Arc::new(
-            Fleet::new(
-                store.clone(),
+        let agents = Box::new(crate::transport::client::Client::new(
+            Some(ca.agent_client().unwrap()),
+            std::time::Duration::from_secs(1),
+        ));
+        let hooks = Box::new(crate::transport::client::Client::new(
+            None,
+            std::time::Duration::from_secs(1),
+        ));
+        let fleet = Arc::new(Fleet::new(
+            crate::controller::fleet::Parts {
+                store: store.clone(),
                 ca,
                 backend,
-                config,
-                b"secret".to_vec(),
-                Box::new(|| {}),
-            )
-            .unwrap(),
-        );
+                agents,
+                hooks,
+                clock: Arc::new(crate::controller::fleet::SystemClock),
+                on_revoke: Box::new(|| {}),
+            },
+            config,
+            b"secret".to_vec(),
+        ));
         let mut tokens = Vec::new();
         for (name, role) in [("root", Role::Admin), ("member", Role::Member)] {
             // Tokens only: no password hash is needed (basic auth has its own test).
@@ -184,17 +194,29 @@ async fn every_documented_operation_is_routed_and_asks_for_credentials() {
             );
         }
     }
-    // Unrouted methods and paths are 404 problems, never a silent success.
+    // Unrouted paths are 404 problems, unrouted methods 405 problems with `Allow`:
+    // never a silent success.
     for (method, path) in [
-        ("GET", "/v1/tokens"),
-        ("PUT", "/v1/users/abc"),
         ("GET", "/v1/users/a/b"),
         ("GET", "/v1/nothing"),
-        ("PATCH", "/v1/appliances/x/agent/status"),
         ("GET", "/v1/appliances/x/agentx"),
     ] {
         let a = h.call(method, path, Some(&h.admin), "").await;
         problem(&a, 404, "not-found", &format!("{method} {path}"));
+    }
+    for (method, path, allow) in [
+        ("GET", "/v1/tokens", "POST"),
+        ("PUT", "/v1/users/abc", "GET,HEAD,DELETE"),
+        ("TRACE", "/v1/appliances", "GET,HEAD,POST"),
+        (
+            "PATCH",
+            "/v1/appliances/x/agent/status",
+            "GET,HEAD,PUT,POST,DELETE",
+        ),
+    ] {
+        let a = h.call(method, path, Some(&h.admin), "").await;
+        problem(&a, 405, "method-not-allowed", &format!("{method} {path}"));
+        assert_eq!(a.headers["allow"], allow, "{method} {path}");
     }
 }
 

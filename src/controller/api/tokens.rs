@@ -14,11 +14,12 @@ use super::{ApiError, ApiState};
 #[serde(deny_unknown_fields)]
 pub struct TokenRequest {
     #[schema(minimum = 1)]
+    #[serde(default, deserialize_with = "super::extract::whole_number")]
     ttl_seconds: Option<i64>,
 }
 
 /// Exchange basic credentials for a bearer token.
-#[utoipa::path(post, path = "/v1/tokens", tag = "users",
+#[utoipa::path(operation_id = "create_token", post, path = "/v1/tokens", tag = "users",
     request_body(content = Option<TokenRequest>, description = "optional"),
     security(("basic" = [])),
     responses(

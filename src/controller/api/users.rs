@@ -9,21 +9,25 @@ use utoipa::ToSchema;
 use super::extract::{Body, Caller, Id};
 use super::views::{CreatedUserView, UserView, created, ok};
 use super::{ApiError, ApiState};
+use crate::controller::fleet::ids::UserId;
 use crate::controller::fleet::users::NewUser;
 
 /// A user to create; without a password, one is generated and returned once.
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateUser {
+    #[schema(pattern = "^[A-Za-z0-9._@-]{1,64}$")]
     name: String,
     /// `admin` or `member` (default).
+    #[schema(value_type = Option<super::views::RoleName>)]
     role: Option<String>,
     /// At least 12 characters.
+    #[schema(min_length = 12)]
     password: Option<String>,
 }
 
 /// List the users (admins).
-#[utoipa::path(get, path = "/v1/users", tag = "users",
+#[utoipa::path(operation_id = "list_users", get, path = "/v1/users", tag = "users",
     responses((status = 200, description = "The users", body = Vec<UserView>), (status = 403, description = "Not an admin")))]
 pub async fn list(State(s): State<ApiState>, Caller(me): Caller) -> Result<Response, ApiError> {
     let users = s.fleet.users(me).await?;
@@ -31,7 +35,7 @@ pub async fn list(State(s): State<ApiState>, Caller(me): Caller) -> Result<Respo
 }
 
 /// Create a user (admins).
-#[utoipa::path(post, path = "/v1/users", tag = "users", request_body = CreateUser,
+#[utoipa::path(operation_id = "create_user", post, path = "/v1/users", tag = "users", request_body = CreateUser,
     responses(
         (status = 201, description = "Created", body = CreatedUserView),
         (status = 403, description = "Not an admin"),
@@ -64,7 +68,7 @@ pub async fn create(
 }
 
 /// A user, for itself or an admin.
-#[utoipa::path(get, path = "/v1/users/{id}", tag = "users", params(("id" = String, Path)),
+#[utoipa::path(operation_id = "get_user", get, path = "/v1/users/{id}", tag = "users", params(("id" = String, Path)),
     responses(
         (status = 200, description = "The user", body = UserView),
         (status = 403, description = "Another user, and not an admin"),
@@ -73,13 +77,13 @@ pub async fn create(
 pub async fn get(
     State(s): State<ApiState>,
     Caller(me): Caller,
-    Id(id): Id,
+    Id(id): Id<UserId>,
 ) -> Result<Response, ApiError> {
     Ok(ok(UserView::from(&s.fleet.user(&me, &id).await?)))
 }
 
 /// Delete a user and its tokens (admins).
-#[utoipa::path(delete, path = "/v1/users/{id}", tag = "users", params(("id" = String, Path)),
+#[utoipa::path(operation_id = "delete_user", delete, path = "/v1/users/{id}", tag = "users", params(("id" = String, Path)),
     responses(
         (status = 204, description = "Deleted"),
         (status = 403, description = "Not an admin"),
@@ -88,7 +92,7 @@ pub async fn get(
 pub async fn delete(
     State(s): State<ApiState>,
     Caller(me): Caller,
-    Id(id): Id,
+    Id(id): Id<UserId>,
 ) -> Result<Response, ApiError> {
     s.fleet.delete_user(me, &id).await?;
     Ok(StatusCode::NO_CONTENT.into_response())

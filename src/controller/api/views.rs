@@ -25,7 +25,7 @@ pub struct Problem {
     pub instance: Option<String>,
 }
 
-#[derive(Serialize, ToSchema)]
+#[derive(Serialize, serde::Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum RoleName {
     Admin,
@@ -107,7 +107,7 @@ impl From<&Task> for TaskView {
         TaskView {
             id: t.id.clone(),
             kind: t.kind.clone(),
-            state: t.state.clone(),
+            state: t.state.as_str().to_string(),
             appliance_id: t.appliance_id.clone(),
             owner_id: t.owner_id.clone(),
             attempts: t.attempts,
@@ -166,7 +166,7 @@ impl EventView {
                 .map(|d| DeliveryView {
                     id: d.id.clone(),
                     url: d.url.clone(),
-                    state: d.state.clone(),
+                    state: d.state.as_str().to_string(),
                     attempts: d.attempts,
                     last_status: d.last_status,
                     last_error: d.last_error.clone(),

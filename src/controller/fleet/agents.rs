@@ -24,28 +24,31 @@ impl Fleet {
     pub async fn call_agent(
         &self,
         a: &Appliance,
-        method: Method,
+        verb: Verb,
         path: &str,
-        headers: HeaderMap,
+        headers: Vec<(&'static str, String)>,
         body: Bytes,
-    ) -> Result<Reply, FleetError> {
-        let url = Self::agent_url(a, path)?;
+    ) -> Result<Incoming, FleetError> {
+        let request = Outgoing {
+            verb,
+            url: Self::agent_url(a, path)?,
+            headers,
+            body,
+        };
         let attempts = self.config.tasks.agent_attempts.max(1);
-        let idempotent = method != Method::POST;
+        let idempotent = verb != Verb::Post;
         let mut last = String::new();
         for attempt in 1..=attempts {
-            match self
-                .agents
-                .load()
-                .send(method.clone(), &url, headers.clone(), body.clone())
-                .await
-            {
+            match self.agents.load().call(request.clone()).await {
                 Ok(reply) => return Ok(reply),
                 Err(e) => {
-                    let before_sending =
-                        matches!(e, ClientError::Connect(..) | ClientError::Tls(..));
                     last = e.to_string();
-                    if !e.is_transient() || !(idempotent || before_sending) {
+                    let again = match e {
+                        CallError::NotSent(_) => true,
+                        CallError::Broken(_) => idempotent,
+                        CallError::Refused(_) => false,
+                    };
+                    if !again {
                         break;
                     }
                     if attempt < attempts {
@@ -92,10 +95,10 @@ impl Fleet {
         };
         let started = std::time::Instant::now();
         let reply = self
-            .call_agent(a, Method::GET, path, json_headers(), Bytes::new())
+            .call_agent(a, Verb::Get, path, json_headers(), Bytes::new())
             .await?;
         let latency_us = started.elapsed().as_micros();
-        if !reply.status.is_success() {
+        if !reply.is_success() {
             return Err(FleetError::BadGateway(format!(
                 "the agent of {} answered {}",
                 a.id, reply.status
@@ -172,6 +175,14 @@ impl Fleet {
     }
 }
 
+/// The headers of a JSON exchange.
+pub(super) fn json_headers() -> Vec<(&'static str, String)> {
+    vec![
+        ("content-type", "application/json".into()),
+        ("accept", "application/json".into()),
+    ]
+}
+
 impl Fleet {
     /// A pass-through request to `a`'s agent, naming the acting user.
     pub(super) async fn forward(
@@ -181,49 +192,39 @@ impl Fleet {
         actor: &str,
     ) -> Result<operations::AgentAnswer, FleetError> {
         use operations::AgentMethod;
-        let method = match request.method {
-            AgentMethod::Get => Method::GET,
-            AgentMethod::Put => Method::PUT,
-            AgentMethod::Post => Method::POST,
-            AgentMethod::Delete => Method::DELETE,
+        let verb = match request.method {
+            AgentMethod::Get => Verb::Get,
+            AgentMethod::Put => Verb::Put,
+            AgentMethod::Post => Verb::Post,
+            AgentMethod::Delete => Verb::Delete,
         };
         let headers = agent_headers(&request, actor);
         let reply = self
-            .call_agent(a, method, &request.path, headers, request.body)
+            .call_agent(a, verb, &request.path, headers, request.body)
             .await?;
         Ok(operations::AgentAnswer {
-            status: reply.status.as_u16(),
-            content_type: reply
-                .headers
-                .get(http::header::CONTENT_TYPE)
-                .and_then(|v| v.to_str().ok())
-                .map(String::from),
+            status: reply.status,
+            content_type: reply.content_type,
             body: reply.body,
         })
     }
 }
 
-/// The headers of a pass-through request: the client's content type and accept, and
-/// the acting user (never anything else the client sent, such as its credentials).
-fn agent_headers(request: &operations::AgentRequest, actor: &str) -> HeaderMap {
-    let mut headers = HeaderMap::new();
-    for (name, value) in [
-        (http::header::CONTENT_TYPE, request.content_type.as_deref()),
-        (http::header::ACCEPT, request.accept.as_deref()),
-        (
-            http::header::HeaderName::from_static(ACTOR_HEADER),
-            Some(actor),
-        ),
-    ] {
-        if let Some(v) = value.and_then(|v| HeaderValue::from_str(v).ok()) {
-            headers.insert(name, v);
-        }
-    }
-    headers
-}
-
 /// The header that names the acting user on pass-through requests to an agent.
 pub const ACTOR_HEADER: &str = "x-applianced-actor";
+
+/// The headers of a pass-through request: the client's content type and accept, and
+/// the acting user (never anything else the client sent, such as its credentials).
+fn agent_headers(request: &operations::AgentRequest, actor: &str) -> Vec<(&'static str, String)> {
+    [
+        ("content-type", request.content_type.as_deref()),
+        ("accept", request.accept.as_deref()),
+        (ACTOR_HEADER, Some(actor)),
+    ]
+    .into_iter()
+    .filter_map(|(name, value)| value.map(|v| (name, v.to_string())))
+    .collect()
+}
 
 #[cfg(test)]
 mod tests {
@@ -239,9 +240,14 @@ mod tests {
             body: Bytes::new(),
         };
         let sent = agent_headers(&request, "alice");
-        assert_eq!(sent[ACTOR_HEADER], "alice");
-        assert_eq!(sent[http::header::ACCEPT], "application/json");
-        assert_eq!(sent[http::header::CONTENT_TYPE], "text/plain");
-        assert_eq!(sent.len(), 3, "nothing else of the client's request");
+        assert_eq!(
+            sent,
+            [
+                ("content-type", "text/plain".to_string()),
+                ("accept", "application/json".to_string()),
+                (ACTOR_HEADER, "alice".to_string()),
+            ],
+            "nothing else of the client's request"
+        );
     }
 }

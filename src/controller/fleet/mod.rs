@@ -10,28 +10,31 @@ use std::time::Duration;
 
 use aws_lc_rs::hmac;
 use bytes::Bytes;
-use http::{HeaderMap, HeaderValue, Method};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::backend::ProcessBackend;
 use super::ca::{self, ControllerCa};
 use super::lifecycle::{self, Due, Event, State, Timers};
-use super::records::{Appliance, Changes, Moved, NewTask, Record, Task};
+use super::records::{Appliance, Changes, DeliveryState, Moved, NewTask, Record, Task, TaskState};
 use super::store::{Store, StoreError};
 use crate::config::controller::ControllerConfig;
-use crate::transport::client::{Client, ClientError, Reply, json_headers};
+use ports::{AgentClient, Backend, CallError, Incoming, Outgoing, Verb};
 
 pub mod agents;
 mod callbacks;
 mod error;
+pub mod ids;
 pub mod operations;
+pub mod ports;
 mod provision;
 mod tasks;
 mod timers;
 pub mod users;
 pub mod views;
 mod webhooks;
+
+#[cfg(test)]
+mod tests;
 
 /// How long before expiry the warning event fires.
 pub const EXPIRY_WARNING_SECS: i64 = 300;
@@ -154,14 +157,27 @@ fn illegal(a: &Appliance, event: Event) -> FleetError {
     ))
 }
 
+/// What a fleet runs on.
+pub struct Parts {
+    pub store: Arc<Store>,
+    pub ca: Arc<ControllerCa>,
+    pub backend: Arc<dyn Backend>,
+    pub agents: Box<dyn AgentClient>,
+    pub hooks: Box<dyn AgentClient>,
+    pub clock: Arc<dyn Clock>,
+    /// Called after a revocation (the appliance zone reloads its CRL).
+    pub on_revoke: Box<dyn Fn() + Send + Sync>,
+}
+
 pub struct Fleet {
     pub store: Arc<Store>,
     pub ca: Arc<ControllerCa>,
-    pub backend: Arc<ProcessBackend>,
+    pub backend: Arc<dyn Backend>,
     /// Calls agents with the controller's client certificate (replaced by
-    /// [`Fleet::refresh_agent_client`] before it expires).
-    agents: arc_swap::ArcSwap<Client>,
-    hooks: Client,
+    /// [`Fleet::set_agent_client`] before it expires).
+    agents: arc_swap::ArcSwap<Box<dyn AgentClient>>,
+    /// Calls webhook receivers.
+    hooks: Box<dyn AgentClient>,
     config: ControllerConfig,
     secret: Vec<u8>,
     /// This controller, as the owner of task leases: `HOST/PID/NONCE`.
@@ -173,26 +189,20 @@ pub struct Fleet {
 }
 
 impl Fleet {
-    pub fn new(
-        store: Arc<Store>,
-        ca: Arc<ControllerCa>,
-        backend: Arc<ProcessBackend>,
-        config: ControllerConfig,
-        secret: Vec<u8>,
-        on_revoke: Box<dyn Fn() + Send + Sync>,
-    ) -> Result<Fleet, String> {
-        let agents = Client::new(Some(ca.agent_client()?), config.tasks.agent_timeout.0);
-        let roots =
-            crate::certs::load_certs(std::path::Path::new("/etc/ssl/certs/ca-certificates.crt"))
-                .unwrap_or_default();
-        let hooks_tls = crate::transport::client::client_config(&roots, None)
-            .ok()
-            .map(Arc::new);
-        let hooks = Client::new(hooks_tls, config.webhooks.timeout.0);
+    pub fn new(parts: Parts, config: ControllerConfig, secret: Vec<u8>) -> Fleet {
+        let Parts {
+            store,
+            ca,
+            backend,
+            agents,
+            hooks,
+            clock,
+            on_revoke,
+        } = parts;
         let host = nix::unistd::gethostname()
             .map(|h| h.to_string_lossy().into_owned())
             .unwrap_or_default();
-        Ok(Fleet {
+        Fleet {
             store,
             ca,
             backend,
@@ -206,20 +216,18 @@ impl Fleet {
             config,
             secret,
             queued: tokio::sync::Notify::new(),
-            clock: Arc::new(SystemClock),
+            clock,
             on_revoke,
-        })
+        }
     }
 
-    /// Re-reads the controller's client certificate, issuing a new one when it is within
-    /// the rotation window.
-    pub fn refresh_agent_client(&self) -> Result<(), String> {
-        let tls = self.ca.agent_client()?;
-        self.agents.store(Arc::new(Client::new(
-            Some(tls),
-            self.config.tasks.agent_timeout.0,
-        )));
-        Ok(())
+    /// Calls agents with this client from now on (a renewed client certificate).
+    pub fn set_agent_client(&self, client: Box<dyn AgentClient>) {
+        self.agents.store(Arc::new(client));
+    }
+
+    pub fn config(&self) -> &ControllerConfig {
+        &self.config
     }
 
     pub fn ttl_range(&self) -> (u32, u32) {
@@ -328,14 +336,19 @@ pub fn appliance_view(a: &Appliance) -> Value {
     serde_json::to_value(views::ApplianceView::from(a)).unwrap_or_default()
 }
 
+/// Runs blocking work (files, processes, the CA) on the blocking pool.
 async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, String> + Send + 'static,
+    f: impl FnOnce() -> Result<T, FleetError> + Send + 'static,
 ) -> Result<T, FleetError> {
-    match tokio::task::spawn_blocking(f).await {
-        Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => Err(FleetError::BadGateway(format!("backend: {e}"))),
-        Err(e) => Err(FleetError::Internal(e.to_string())),
-    }
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| FleetError::Internal(e.to_string()))?
+}
+
+/// The compute backend failed to do what it was asked: a bad gateway. (The CA and the
+/// controller's own files failing are internal errors instead.)
+fn backend_failed(e: String) -> FleetError {
+    FleetError::BadGateway(format!("backend: {e}"))
 }
 
 /// A second unfinished task for one appliance, in the API's words.

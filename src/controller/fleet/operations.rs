@@ -3,6 +3,7 @@
 //! rule of the northbound API lives here; visibility included (what a caller cannot see
 //! does not exist for it).
 
+use super::ids::{ApplianceId, TaskId};
 use super::users::sees;
 use super::*;
 use crate::controller::auth;
@@ -98,16 +99,19 @@ fn check_appliance_name(name: &str) -> Result<(), FleetError> {
     }
 }
 
+/// The host of an absolute http or https URL.
+pub fn callback_host(url: &str) -> Option<String> {
+    url.split_once("://")
+        .filter(|(scheme, _)| matches!(*scheme, "http" | "https"))
+        .and_then(|(_, rest)| url_host(rest))
+        .filter(|_| !url.chars().any(|c| c.is_control() || c == ' '))
+}
+
 fn check_callback_url(
     url: &str,
     hooks: &crate::config::controller::Webhooks,
 ) -> Result<(), FleetError> {
-    let host = url
-        .split_once("://")
-        .filter(|(scheme, _)| matches!(*scheme, "http" | "https"))
-        .and_then(|(_, rest)| url_host(rest))
-        .filter(|_| !url.chars().any(|c| c.is_control() || c == ' '));
-    match host {
+    match callback_host(url) {
         None => Err(invalid(format!(
             "callback_url {url:?}: an absolute http or https URL"
         ))),
@@ -137,8 +141,8 @@ fn url_host(rest: &str) -> Option<String> {
 
 impl Fleet {
     /// The appliance `id`, if `user` may see it.
-    pub async fn visible(&self, user: &User, id: &str) -> Result<Appliance, FleetError> {
-        match self.store.appliance(id).await? {
+    pub async fn visible(&self, user: &User, id: &ApplianceId) -> Result<Appliance, FleetError> {
+        match self.store.appliance(id.as_str()).await? {
             Some(a) if sees(user, &a.owner_id) => Ok(a),
             _ => Err(FleetError::NotFound),
         }
@@ -280,7 +284,7 @@ impl Fleet {
     }
 
     /// `DELETE`: queues the destroy task.
-    pub async fn delete(&self, user: &User, id: &str) -> Result<Queued, FleetError> {
+    pub async fn delete(&self, user: &User, id: &ApplianceId) -> Result<Queued, FleetError> {
         let a = self.visible(user, id).await?;
         acting_as(
             Some(user.name.clone()),
@@ -294,7 +298,7 @@ impl Fleet {
     pub async fn act(
         &self,
         user: &User,
-        id: &str,
+        id: &ApplianceId,
         action: &str,
         minutes: Option<u32>,
     ) -> Result<ActionOutcome, FleetError> {
@@ -392,7 +396,7 @@ impl Fleet {
     pub async fn events(
         &self,
         user: &User,
-        id: &str,
+        id: &ApplianceId,
     ) -> Result<Vec<(EventRecord, Vec<Delivery>)>, FleetError> {
         let a = self.visible(user, id).await?;
         Ok(self.store.events(&a.id).await?)
@@ -402,7 +406,7 @@ impl Fleet {
     pub async fn ping_one(
         &self,
         user: &User,
-        id: &str,
+        id: &ApplianceId,
         check: Check,
         asynchronous: bool,
     ) -> Result<PingOutcome, FleetError> {
@@ -475,7 +479,7 @@ impl Fleet {
     pub async fn pass_through(
         &self,
         user: &User,
-        id: &str,
+        id: &ApplianceId,
         request: AgentRequest,
     ) -> Result<(Appliance, AgentAnswer), FleetError> {
         let a = self.visible(user, id).await?;
@@ -499,8 +503,8 @@ impl Fleet {
         Ok(self.store.tasks(owner, MAX_LISTED_TASKS).await?)
     }
 
-    pub async fn task(&self, user: &User, id: &str) -> Result<Task, FleetError> {
-        match self.store.task(id).await? {
+    pub async fn task(&self, user: &User, id: &TaskId) -> Result<Task, FleetError> {
+        match self.store.task(id.as_str()).await? {
             Some(t) if sees(user, &t.owner_id) => Ok(t),
             _ => Err(FleetError::NoSuchTask),
         }

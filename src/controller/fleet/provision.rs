@@ -52,17 +52,19 @@ impl Fleet {
             .and_then(|s| s.parse().ok())
             .ok_or_else(|| FleetError::Internal(format!("appliance {id} has no address")))?;
         let slot = a.slot.unwrap_or_default();
-        let config_written = self.backend.dir(id).join("agent.toml").exists();
+        let config_written = self.backend.provisioned(id);
         if a.cert_serial.is_none() || !config_written {
             let (ca, backend, id2) = (self.ca.clone(), self.backend.clone(), id.to_string());
             let issued = blocking(move || {
                 let issued = ca
                     .issue_appliance(&id2, &address.to_string())
-                    .map_err(|e| e.to_string())?;
+                    .map_err(|e| FleetError::Internal(format!("the CA cannot issue: {e}")))?;
                 backend
                     .provision(&id2, slot, address, &issued)
-                    .map_err(|e| format!("cannot write the appliance's files: {e}"))?;
-                Ok::<_, String>(issued)
+                    .map_err(|e| {
+                        FleetError::Internal(format!("cannot write the appliance's files: {e}"))
+                    })?;
+                Ok(issued)
             })
             .await?;
             let (serial, not_after) = (issued.serial.clone(), issued.not_after.unix_timestamp());
@@ -80,7 +82,7 @@ impl Fleet {
         }
         let backend = self.backend.clone();
         let id2 = id.to_string();
-        let pid = blocking(move || backend.start(&id2)).await?;
+        let pid = blocking(move || backend.start(&id2).map_err(backend_failed)).await?;
         self.apply(
             id,
             Event::Spawned,
@@ -136,7 +138,7 @@ impl Fleet {
     pub(super) async fn stop(&self, id: &str) -> Result<Value, FleetError> {
         let backend = self.backend.clone();
         let id2 = id.to_string();
-        blocking(move || backend.stop(&id2)).await?;
+        blocking(move || backend.stop(&id2).map_err(backend_failed)).await?;
         let a = self.appliance(id).await?;
         // The appliance's own `stopped` usually arrives first; otherwise the backend's
         // word that the processes are gone confirms it.
@@ -159,12 +161,16 @@ impl Fleet {
         }
         if let Some(serial) = a.cert_serial.clone() {
             let ca = self.ca.clone();
-            blocking(move || ca.revoke(&serial).map_err(|e| e.to_string())).await?;
+            blocking(move || {
+                ca.revoke(&serial)
+                    .map_err(|e| FleetError::Internal(format!("the CA cannot revoke: {e}")))
+            })
+            .await?;
             (self.on_revoke)();
         }
         let backend = self.backend.clone();
         let id2 = id.to_string();
-        blocking(move || backend.destroy(&id2)).await?;
+        blocking(move || backend.destroy(&id2).map_err(backend_failed)).await?;
         self.apply(
             id,
             Event::Destroyed,
@@ -184,19 +190,19 @@ impl Fleet {
         let (ca, id2) = (self.ca.clone(), id.to_string());
         let issued = blocking(move || {
             ca.issue_appliance(&id2, &address)
-                .map_err(|e| e.to_string())
+                .map_err(|e| FleetError::Internal(format!("the CA cannot issue: {e}")))
         })
         .await?;
         let reply = self
             .call_agent(
                 &a,
-                Method::PUT,
+                Verb::Put,
                 "/certificate",
-                HeaderMap::new(),
+                Vec::new(),
                 Bytes::from(ca::bundle(&issued)),
             )
             .await?;
-        if !reply.status.is_success() {
+        if !reply.is_success() {
             return Err(FleetError::BadGateway(format!(
                 "the agent refused the new certificate: {} {}",
                 reply.status,

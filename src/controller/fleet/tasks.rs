@@ -68,14 +68,14 @@ impl Fleet {
         };
         let now = self.clock.now();
         let (state, result, problem) = match &outcome {
-            Ok(v) => ("succeeded", Some(v.to_string()), None),
+            Ok(v) => (TaskState::Succeeded, Some(v.to_string()), None),
             Err(e) => {
                 if let FleetError::Internal(detail) = e {
                     tracing::error!(task = %task.id, error = %detail, "task failed");
                 } else {
                     tracing::warn!(task = %task.id, kind = %task.kind, error = %e, "task failed");
                 }
-                ("failed", None, Some(e.problem().to_string()))
+                (TaskState::Failed, None, Some(e.problem().to_string()))
             }
         };
         match self
@@ -91,7 +91,7 @@ impl Fleet {
             .await
         {
             Ok(true) => {
-                tracing::info!(task = %task.id, kind = %task.kind, state, "task finished")
+                tracing::info!(task = %task.id, kind = %task.kind, state = state.as_str(), "task finished")
             }
             Ok(false) => {
                 tracing::warn!(task = %task.id, "task lease lost before it finished")
@@ -114,7 +114,7 @@ impl Fleet {
             TaskKind::Start => {
                 let backend = self.backend.clone();
                 let id = appliance_id.clone();
-                blocking(move || backend.start(&id)).await?;
+                blocking(move || backend.start(&id).map_err(backend_failed)).await?;
                 self.view(&appliance_id).await
             }
             TaskKind::Stop => self.stop(&appliance_id).await,
@@ -128,7 +128,7 @@ impl Fleet {
                 lifecycle::next(a.state, event).ok_or_else(|| illegal(&a, event))?;
                 let backend = self.backend.clone();
                 let id = appliance_id.clone();
-                blocking(move || backend.signal_all(&id, signal)).await?;
+                blocking(move || backend.signal_all(&id, signal).map_err(backend_failed)).await?;
                 let now = self.clock.now();
                 // Heartbeats were not expected while suspended.
                 self.apply(

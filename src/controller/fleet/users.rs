@@ -1,5 +1,6 @@
 //! Users and their credentials: who is calling, tokens, the users themselves.
 
+use super::ids::UserId;
 use super::*;
 use crate::controller::auth;
 use crate::controller::store::{Role, User};
@@ -181,16 +182,19 @@ impl Fleet {
     }
 
     /// A user, for itself or an admin.
-    pub async fn user(&self, caller: &User, id: &str) -> Result<User, FleetError> {
-        if caller.role != Role::Admin && caller.id != id {
+    pub async fn user(&self, caller: &User, id: &UserId) -> Result<User, FleetError> {
+        if caller.role != Role::Admin && caller.id != id.as_str() {
             return Err(FleetError::AdminOnly);
         }
-        self.store.user(id).await?.ok_or(FleetError::NoSuchUser)
+        self.store
+            .user(id.as_str())
+            .await?
+            .ok_or(FleetError::NoSuchUser)
     }
 
-    pub async fn delete_user(&self, caller: User, id: &str) -> Result<(), FleetError> {
+    pub async fn delete_user(&self, caller: User, id: &UserId) -> Result<(), FleetError> {
         admin(caller)?;
-        if self.store.delete_user(id).await? {
+        if self.store.delete_user(id.as_str()).await? {
             Ok(())
         } else {
             Err(FleetError::NoSuchUser)

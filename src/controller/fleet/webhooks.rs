@@ -8,23 +8,29 @@ impl Fleet {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            let now = self.clock.now();
-            let due = match self.store.due_deliveries(now, 64).await {
-                Ok(d) => d,
-                Err(e) => {
-                    tracing::error!(error = %e, "webhooks");
-                    continue;
-                }
-            };
-            let lease = now + self.config.webhooks.timeout.0.as_secs() as i64 + 5;
-            let mut sends = Vec::new();
-            for d in due {
-                if matches!(self.store.claim_delivery(&d, lease).await, Ok(true)) {
-                    sends.push(self.deliver(d));
-                }
-            }
-            futures_util::future::join_all(sends).await;
+            self.webhooks_once().await;
         }
+    }
+
+    /// Sends the deliveries that are due, each claimed first (another controller may
+    /// be sending too).
+    pub(super) async fn webhooks_once(&self) {
+        let now = self.clock.now();
+        let due = match self.store.due_deliveries(now, 64).await {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::error!(error = %e, "webhooks");
+                return;
+            }
+        };
+        let lease = now + self.config.webhooks.timeout.0.as_secs() as i64 + 5;
+        let mut sends = Vec::new();
+        for d in due {
+            if matches!(self.store.claim_delivery(&d, lease).await, Ok(true)) {
+                sends.push(self.deliver(d));
+            }
+        }
+        futures_util::future::join_all(sends).await;
     }
 
     /// The signature of a delivery: HMAC-SHA256 over `TIMESTAMP.BODY`, hex.
@@ -39,30 +45,23 @@ impl Fleet {
 
     pub(super) async fn deliver(&self, d: crate::controller::records::Delivery) {
         let now = self.clock.now();
-        let mut headers = json_headers();
         let event: Value = serde_json::from_str(&d.body).unwrap_or(Value::Null);
-        let mut set = |name: &'static str, value: String| {
-            if let Ok(v) = HeaderValue::from_str(&value) {
-                headers.insert(name, v);
-            }
-        };
-        set("x-applianced-delivery", d.id.clone());
-        set(
-            "x-applianced-event",
-            event["event"].as_str().unwrap_or("").to_string(),
-        );
-        set("x-applianced-timestamp", now.to_string());
-        set(
-            "x-applianced-signature",
-            Self::signature(&self.secret, now, d.body.as_bytes()),
-        );
+        let mut headers = agents::json_headers();
+        headers.extend([
+            ("x-applianced-delivery", d.id.clone()),
+            (
+                "x-applianced-event",
+                event["event"].as_str().unwrap_or("").to_string(),
+            ),
+            ("x-applianced-timestamp", now.to_string()),
+            (
+                "x-applianced-signature",
+                Self::signature(&self.secret, now, d.body.as_bytes()),
+            ),
+        ]);
         // The allowed hosts may have changed since the appliance was created.
-        let allowed = d
-            .url
-            .parse::<http::Uri>()
-            .ok()
-            .and_then(|u| u.host().map(|h| self.config.webhooks.allows(h)))
-            .unwrap_or(false);
+        let allowed =
+            operations::callback_host(&d.url).is_some_and(|h| self.config.webhooks.allows(&h));
         let (status, error) = if !allowed {
             (
                 None,
@@ -71,12 +70,17 @@ impl Fleet {
         } else {
             let outcome = self
                 .hooks
-                .send(Method::POST, &d.url, headers, Bytes::from(d.body.clone()))
+                .call(Outgoing {
+                    verb: Verb::Post,
+                    url: d.url.clone(),
+                    headers,
+                    body: Bytes::from(d.body.clone()),
+                })
                 .await;
             match &outcome {
-                Ok(r) if r.status.is_success() => (Some(i64::from(r.status.as_u16())), None),
+                Ok(r) if r.is_success() => (Some(i64::from(r.status)), None),
                 Ok(r) => (
-                    Some(i64::from(r.status.as_u16())),
+                    Some(i64::from(r.status)),
                     Some(format!("answered {}", r.status)),
                 ),
                 Err(e) => (None, Some(e.to_string())),
@@ -84,11 +88,11 @@ impl Fleet {
         };
         let attempts = d.attempts + 1;
         let state = if error.is_none() {
-            "delivered"
+            DeliveryState::Delivered
         } else if !allowed || attempts >= i64::from(self.config.webhooks.max_attempts) {
-            "failed"
+            DeliveryState::Failed
         } else {
-            "pending"
+            DeliveryState::Pending
         };
         let next = now + (1i64 << attempts.min(8)).min(300);
         if let Some(e) = &error {

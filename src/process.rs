@@ -1,0 +1,26 @@
+//! Process helpers both roles use: the agent for haproxy and stunnel, the controller's
+//! `process` backend for appliance agents.
+
+use std::time::{Duration, Instant};
+
+/// The state letter of process `pid` (`R`, `S`, `Z` for one that has exited and only
+/// waits to be reaped, ...), `None` when there is no such process.
+pub fn process_state(pid: u32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(')')?;
+    rest.split_whitespace().next()?.chars().next()
+}
+
+/// Calls `probe` every 10 ms until it gives an answer or `timeout` passes.
+pub fn poll_until<T>(timeout: Duration, mut probe: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(answer) = probe() {
+            return Some(answer);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
