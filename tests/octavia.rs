@@ -7,9 +7,9 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::sync::Mutex;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use common::{Agent, AgentOptions, Pki, free_port};
 
@@ -17,6 +17,10 @@ use common::{Agent, AgentOptions, Pki, free_port};
 const OCTAVIA: &str = "octavia==19.0.0";
 
 static VENV: Mutex<()> = Mutex::new(());
+
+/// Longest a driver run may take (importing Octavia alone takes half a minute on a busy
+/// 2-core machine).
+const DRIVER_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// The virtualenv's Python with Octavia installed; made on first use (PyPI), then kept
 /// under `target/` between runs.
@@ -122,13 +126,40 @@ fn setup(extra_toml: &str, extra: serde_json::Value) -> Setup {
 fn drive(setup: &Setup, mode: &str) {
     let python = octavia_python();
     let started = Instant::now();
-    let out = Command::new(python)
+    // Bounded: a hung driver fails the test instead of holding CI.
+    let mut child = Command::new(python)
         .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/octavia_driver.py"))
         .arg(mode)
         .arg(&setup.settings)
         .current_dir(setup.pki.path("work"))
-        .output()
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
         .expect("run the Octavia driver");
+    let (stdout, stderr) = (child.stdout.take().unwrap(), child.stderr.take().unwrap());
+    let read = |mut pipe: Box<dyn std::io::Read + Send>| {
+        std::thread::spawn(move || {
+            let mut text = Vec::new();
+            let _ = pipe.read_to_end(&mut text);
+            text
+        })
+    };
+    let (stdout, stderr) = (read(Box::new(stdout)), read(Box::new(stderr)));
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if started.elapsed() > DRIVER_TIMEOUT {
+            let _ = child.kill();
+            break child.wait().unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let out = std::process::Output {
+        status,
+        stdout: stdout.join().unwrap(),
+        stderr: stderr.join().unwrap(),
+    };
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
