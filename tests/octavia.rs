@@ -233,8 +233,14 @@ async fn api_1_0_answers_as_octavias_agent_does() {
         &["--server", "--san", AMPHORA_ID, "--san", "127.0.0.1"],
     );
     let creds = pki.client("controller", "octavia-controller");
-    let agent =
-        Agent::start(AgentOptions::new(&pki, &server).toml("[limits]\nmax_body_bytes = 65536\n"));
+    let octavia_port = free_port();
+    let agent = Agent::start(
+        AgentOptions::new(&pki, &server)
+            .toml("[limits]\nmax_body_bytes = 65536\n")
+            .toml(&format!(
+                "[octavia]\nlisten = [\"127.0.0.1:{octavia_port}\"]\n"
+            )),
+    );
     let client = common::Client::new(&pki.ca_cert(), Some(&creds));
     let a = agent.addr;
     let req = |method: &'static str, path: String, body: Vec<u8>| {
@@ -255,6 +261,51 @@ async fn api_1_0_answers_as_octavias_agent_does() {
     let octavia = req("GET", "//".into(), vec![]).await;
     assert_eq!(native.json()["api_version"], "1.0");
     assert_eq!(json_of(&octavia), serde_json::json!({"api_version": "1.0"}));
+
+    // The extra listener Octavia calls (its port 9443) serves the same API.
+    let extra: std::net::SocketAddr = format!("127.0.0.1:{octavia_port}").parse().unwrap();
+    let r = client.get(extra, "//").await.unwrap();
+    assert_eq!(json_of(&r)["api_version"], "1.0");
+
+    // Octavia's agent configuration: the heartbeat goes where it says, signed with its key.
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    udp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let ini = format!(
+        "[DEFAULT]\ndebug = False\n[amphora_agent]\namphora_id = amp-from-config\n[health_manager]\ncontroller_ip_port_list = {}\nheartbeat_interval = 1\nheartbeat_key = pushed-key\n",
+        udp.local_addr().unwrap()
+    );
+    let r = req("PUT", "/1.0/config".into(), ini.clone().into_bytes()).await;
+    assert_eq!(
+        (r.status, json_of(&r)["message"].as_str()),
+        (202, Some("OK"))
+    );
+    assert_eq!(
+        std::fs::read_to_string(agent.state_dir().join("octavia-agent.conf")).unwrap(),
+        ini
+    );
+    let mut buf = vec![0u8; 65536];
+    let n = udp
+        .recv(&mut buf)
+        .expect("a heartbeat after PUT /1.0/config");
+    let (payload, tag) = buf[..n].split_at(n - 64);
+    let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, b"pushed-key");
+    let expected = aws_lc_rs::hmac::sign(&key, payload);
+    assert_eq!(tag, applianced::certs::hex(expected.as_ref()).as_bytes());
+    let mut message = String::new();
+    std::io::Read::read_to_string(&mut flate2::read::ZlibDecoder::new(payload), &mut message)
+        .unwrap();
+    let message: serde_json::Value = serde_json::from_str(&message).unwrap();
+    assert_eq!(
+        (message["id"].as_str(), message["ver"].as_u64()),
+        (Some("amp-from-config"), Some(3))
+    );
+    let r = req(
+        "PUT",
+        "/1.0/config".into(),
+        b"[health_manager]\ncontroller_ip_port_list = nowhere\n".to_vec(),
+    )
+    .await;
+    assert_eq!(r.status, 400, "{}", r.body);
 
     // Unknown routes and methods: Octavia's shape under /1.0, the native 403 elsewhere.
     assert_eq!(req("GET", "/nope".into(), vec![]).await.status, 403);
