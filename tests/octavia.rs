@@ -525,6 +525,19 @@ async fn api_1_0_answers_as_octavias_agent_does() {
         serde_json::json!([{"status": "ACTIVE", "uuid": LISTENER, "type": "HTTP"}])
     );
 
+    // The agent's certificate: refused material is a 400, and the old one stays.
+    let r = req(
+        "PUT",
+        "/1.0/certificate".into(),
+        b"not a certificate".to_vec(),
+    )
+    .await;
+    assert_eq!(
+        (r.status, json_of(&r)["message"].as_str()),
+        (400, Some("Invalid request"))
+    );
+    assert_eq!(client.get(a, "//").await.unwrap().status, 200);
+
     // Routes that only make sense inside an amphora VM.
     for (method, path, status) in [
         ("POST", "/1.0/plug/vip/10.0.0.5", 500),
