@@ -7,9 +7,9 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::sync::Mutex;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use common::{Agent, AgentOptions, Pki, free_port};
 
@@ -17,6 +17,10 @@ use common::{Agent, AgentOptions, Pki, free_port};
 const OCTAVIA: &str = "octavia==19.0.0";
 
 static VENV: Mutex<()> = Mutex::new(());
+
+/// Longest a driver run may take (importing Octavia alone takes half a minute on a busy
+/// 2-core machine).
+const DRIVER_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// The virtualenv's Python with Octavia installed; made on first use (PyPI), then kept
 /// under `target/` between runs.
@@ -122,13 +126,40 @@ fn setup(extra_toml: &str, extra: serde_json::Value) -> Setup {
 fn drive(setup: &Setup, mode: &str) {
     let python = octavia_python();
     let started = Instant::now();
-    let out = Command::new(python)
+    // Bounded: a hung driver fails the test instead of holding CI.
+    let mut child = Command::new(python)
         .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/octavia_driver.py"))
         .arg(mode)
         .arg(&setup.settings)
         .current_dir(setup.pki.path("work"))
-        .output()
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
         .expect("run the Octavia driver");
+    let (stdout, stderr) = (child.stdout.take().unwrap(), child.stderr.take().unwrap());
+    let read = |mut pipe: Box<dyn std::io::Read + Send>| {
+        std::thread::spawn(move || {
+            let mut text = Vec::new();
+            let _ = pipe.read_to_end(&mut text);
+            text
+        })
+    };
+    let (stdout, stderr) = (read(Box::new(stdout)), read(Box::new(stderr)));
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if started.elapsed() > DRIVER_TIMEOUT {
+            let _ = child.kill();
+            break child.wait().unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let out = std::process::Output {
+        status,
+        stdout: stdout.join().unwrap(),
+        stderr: stderr.join().unwrap(),
+    };
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
@@ -202,8 +233,14 @@ async fn api_1_0_answers_as_octavias_agent_does() {
         &["--server", "--san", AMPHORA_ID, "--san", "127.0.0.1"],
     );
     let creds = pki.client("controller", "octavia-controller");
-    let agent =
-        Agent::start(AgentOptions::new(&pki, &server).toml("[limits]\nmax_body_bytes = 65536\n"));
+    let octavia_port = free_port();
+    let agent = Agent::start(
+        AgentOptions::new(&pki, &server)
+            .toml("[limits]\nmax_body_bytes = 65536\n")
+            .toml(&format!(
+                "[octavia]\nlisten = [\"127.0.0.1:{octavia_port}\"]\n"
+            )),
+    );
     let client = common::Client::new(&pki.ca_cert(), Some(&creds));
     let a = agent.addr;
     let req = |method: &'static str, path: String, body: Vec<u8>| {
@@ -224,6 +261,51 @@ async fn api_1_0_answers_as_octavias_agent_does() {
     let octavia = req("GET", "//".into(), vec![]).await;
     assert_eq!(native.json()["api_version"], "1.0");
     assert_eq!(json_of(&octavia), serde_json::json!({"api_version": "1.0"}));
+
+    // The extra listener Octavia calls (its port 9443) serves the same API.
+    let extra: std::net::SocketAddr = format!("127.0.0.1:{octavia_port}").parse().unwrap();
+    let r = client.get(extra, "//").await.unwrap();
+    assert_eq!(json_of(&r)["api_version"], "1.0");
+
+    // Octavia's agent configuration: the heartbeat goes where it says, signed with its key.
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    udp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let ini = format!(
+        "[DEFAULT]\ndebug = False\n[amphora_agent]\namphora_id = amp-from-config\n[health_manager]\ncontroller_ip_port_list = {}\nheartbeat_interval = 1\nheartbeat_key = pushed-key\n",
+        udp.local_addr().unwrap()
+    );
+    let r = req("PUT", "/1.0/config".into(), ini.clone().into_bytes()).await;
+    assert_eq!(
+        (r.status, json_of(&r)["message"].as_str()),
+        (202, Some("OK"))
+    );
+    assert_eq!(
+        std::fs::read_to_string(agent.state_dir().join("octavia-agent.conf")).unwrap(),
+        ini
+    );
+    let mut buf = vec![0u8; 65536];
+    let n = udp
+        .recv(&mut buf)
+        .expect("a heartbeat after PUT /1.0/config");
+    let (payload, tag) = buf[..n].split_at(n - 64);
+    let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, b"pushed-key");
+    let expected = aws_lc_rs::hmac::sign(&key, payload);
+    assert_eq!(tag, applianced::certs::hex(expected.as_ref()).as_bytes());
+    let mut message = String::new();
+    std::io::Read::read_to_string(&mut flate2::read::ZlibDecoder::new(payload), &mut message)
+        .unwrap();
+    let message: serde_json::Value = serde_json::from_str(&message).unwrap();
+    assert_eq!(
+        (message["id"].as_str(), message["ver"].as_u64()),
+        (Some("amp-from-config"), Some(3))
+    );
+    let r = req(
+        "PUT",
+        "/1.0/config".into(),
+        b"[health_manager]\ncontroller_ip_port_list = nowhere\n".to_vec(),
+    )
+    .await;
+    assert_eq!(r.status, 400, "{}", r.body);
 
     // Unknown routes and methods: Octavia's shape under /1.0, the native 403 elsewhere.
     assert_eq!(req("GET", "/nope".into(), vec![]).await.status, 403);
@@ -442,6 +524,19 @@ async fn api_1_0_answers_as_octavias_agent_does() {
         listeners,
         serde_json::json!([{"status": "ACTIVE", "uuid": LISTENER, "type": "HTTP"}])
     );
+
+    // The agent's certificate: refused material is a 400, and the old one stays.
+    let r = req(
+        "PUT",
+        "/1.0/certificate".into(),
+        b"not a certificate".to_vec(),
+    )
+    .await;
+    assert_eq!(
+        (r.status, json_of(&r)["message"].as_str()),
+        (400, Some("Invalid request"))
+    );
+    assert_eq!(client.get(a, "//").await.unwrap().status, 200);
 
     // Routes that only make sense inside an amphora VM.
     for (method, path, status) in [

@@ -379,16 +379,19 @@ impl InstanceManager {
         Ok(true)
     }
 
-    /// Brings the instance's haproxy in line with its files: rendered, checked, then
-    /// gracefully reloaded, or started when it is not running. Nothing changes on disk,
-    /// so a failed reload leaves the running workers as they were.
+    /// Brings the instance's haproxy in line with its files (certificates written since
+    /// its last reload included): gracefully reloaded, or checked and started when it is
+    /// not running. Nothing changes on disk, so a failed reload leaves the running
+    /// workers as they were.
     pub fn reload_haproxy(&self, id: &InstanceId) -> Result<Applied, InstanceError> {
         let lock = self.lock(id);
         let _guard = lock.lock().unwrap_or_else(|e| e.into_inner());
         if !self.store.has_config(id, Daemon::Haproxy) {
             return Err(InstanceError::NotFound);
         }
-        match self.sync(id, Daemon::Haproxy, Apply::Config, None) {
+        // As after a certificate change: an unchanged rendering under a running haproxy
+        // needs no `haproxy -c`, the graceful reload is the check.
+        match self.sync(id, Daemon::Haproxy, Apply::Files, None) {
             Ok(output) => Ok(Applied { output }),
             Err(SyncError::Invalid(output)) => Err(InstanceError::InvalidConfig { output }),
             Err(SyncError::Failed(output)) => Err(InstanceError::ApplyFailed { output }),

@@ -23,7 +23,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use serde_json::{Map, Value, json};
 
-use crate::agent::store::InstanceStore;
+use crate::agent::store::{Daemon, InstanceStore, running_pid};
 
 use super::translate::STATS_SOCKET;
 
@@ -203,6 +203,8 @@ impl Sender {
                         .list()
                         .unwrap_or_default()
                         .iter()
+                        // Only running load balancers are reported, as Octavia's agent does.
+                        .filter(|id| running_pid(&store.pid_file(id, Daemon::Haproxy), "haproxy").is_some())
                         .map(|id| store.run_dir(id).join(STATS_SOCKET))
                         .filter(|sock| sock.exists())
                         .filter_map(|sock| match query_socket(&sock, "show stat") {
