@@ -419,6 +419,7 @@ mod tests {
             ca_cert: "/ca.crt".into(),
             crl: "/crl.pem".into(),
             heartbeat_interval: Duration::from_secs(30),
+            appliance_ids: None,
         }
     }
 

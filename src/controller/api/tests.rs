@@ -63,6 +63,7 @@ impl Harness {
             ca_cert: ca.ca_cert_path(),
             crl: ca.crl_path(),
             heartbeat_interval: std::time::Duration::from_secs(1),
+            appliance_ids: None,
         });
         let agents = Box::new(crate::transport::client::Client::new(
             Some(ca.agent_client().unwrap()),
