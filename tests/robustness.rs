@@ -363,11 +363,23 @@ fn leftovers(dir: &Path) -> Vec<PathBuf> {
         let name = entry.file_name().to_string_lossy().into_owned();
         if entry.file_type().unwrap().is_dir() {
             found.extend(leftovers(&entry.path()));
-        } else if name.contains(".tmp.") || name.ends_with(".pair") || name.ends_with(".next") {
+        } else if (name.contains(".tmp.") && !writer_alive(&name))
+            || name.ends_with(".pair")
+            || name.ends_with(".next")
+        {
             found.push(entry.path());
         }
     }
     found
+}
+
+/// Whether the process that names a temporary file (`.NAME.tmp.PID.N`) still runs: its
+/// write is in progress (the restarted agent bringing a daemon in line), not left over.
+fn writer_alive(name: &str) -> bool {
+    name.rsplit('.')
+        .nth(1)
+        .and_then(|pid| pid.parse::<u32>().ok())
+        .is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists())
 }
 
 /// Polls `check` every 50 ms for up to `secs` seconds.
