@@ -320,14 +320,46 @@ impl ServiceManager for DirectManager {
     }
 }
 
+/// Longest a helper command (`haproxy -c`, `ip`) may run before it is killed.
+pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// Runs `program` with `args` (no input) to completion: Ok with what it printed (stdout
-/// then stderr, trimmed) on success, Err with it otherwise.
+/// then stderr, trimmed) on success, Err with it otherwise; killed after
+/// [`COMMAND_TIMEOUT`].
 pub fn run_captured<S: AsRef<std::ffi::OsStr>>(program: &Path, args: &[S]) -> OpResult {
-    let out = Command::new(program)
+    run_captured_within(program, args, COMMAND_TIMEOUT)
+}
+
+/// [`run_captured`], killed (and an error) after `timeout`.
+pub fn run_captured_within<S: AsRef<std::ffi::OsStr>>(
+    program: &Path,
+    args: &[S],
+    timeout: Duration,
+) -> OpResult {
+    let child = Command::new(program)
         .args(args)
         .stdin(Stdio::null())
-        .output()
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
         .map_err(|e| format!("cannot run {}: {e}", program.display()))?;
+    let pid = Pid::from_raw(child.id() as i32);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    let out = match rx.recv_timeout(timeout) {
+        Ok(out) => out.map_err(|e| format!("{}: {e}", program.display()))?,
+        Err(_) => {
+            let _ = kill(pid, Signal::SIGKILL);
+            let _ = rx.recv();
+            return Err(format!(
+                "{} did not finish within {} ms; killed",
+                program.display(),
+                timeout.as_millis()
+            ));
+        }
+    };
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
@@ -443,7 +475,7 @@ impl SystemdManager {
     }
 
     fn systemctl(&self, args: &[&str]) -> OpResult {
-        run_captured(&self.systemctl, args)
+        run_captured_within(&self.systemctl, args, self.timeout)
     }
 
     /// `systemctl VERB UNIT`, reported as "UNIT DONE" plus its output.
@@ -519,6 +551,18 @@ impl ServiceManager for SystemdManager {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_command_that_hangs_is_killed_at_its_timeout() {
+        let started = Instant::now();
+        let r = run_captured_within(Path::new("sleep"), &["30"], Duration::from_millis(300));
+        assert!(r.unwrap_err().contains("did not finish"));
+        assert!(started.elapsed() < Duration::from_secs(5));
+        assert_eq!(
+            run_captured_within(Path::new("echo"), &["hi"], Duration::from_secs(5)).unwrap(),
+            "hi"
+        );
+    }
 
     #[test]
     fn show_proc_counts() {
