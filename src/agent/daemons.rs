@@ -551,6 +551,7 @@ impl ServiceManager for SystemdManager {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Instant;
 
     #[test]
     fn a_command_that_hangs_is_killed_at_its_timeout() {
