@@ -3,6 +3,21 @@
 
 use std::time::{Duration, Instant};
 
+/// A command that runs `program` as user and group `id` (no supplementary group), keeping
+/// only the capability to bind privileged ports, through util-linux's `setpriv`; the
+/// caller (root) adds the program's arguments.
+pub fn command_as(id: u32, program: impl AsRef<std::ffi::OsStr>) -> std::process::Command {
+    let mut cmd = std::process::Command::new("setpriv");
+    cmd.arg(format!("--reuid={id}"))
+        .arg(format!("--regid={id}"))
+        .arg("--clear-groups")
+        .arg("--inh-caps=-all,+net_bind_service")
+        .arg("--ambient-caps=+net_bind_service")
+        .arg("--")
+        .arg(program);
+    cmd
+}
+
 /// The state letter of process `pid` (`R`, `S`, `Z` for one that has exited and only
 /// waits to be reaped, ...), `None` when there is no such process.
 pub fn process_state(pid: u32) -> Option<char> {

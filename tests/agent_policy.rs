@@ -70,6 +70,24 @@ impl Setup {
     async fn get(&self, path: &str) -> Resp {
         self.api.get(self.agent.addr, path).await.unwrap()
     }
+
+    /// Uploads a bundle for www.example.com to instance `ID`; returns its PKI.
+    async fn put_www_certificate(&self) -> Pki {
+        let pki = Pki::new();
+        let www = pki.issue(
+            "www",
+            "www.example.com",
+            &["--server", "--san", "www.example.com"],
+        );
+        let r = self
+            .put(
+                &format!("/instances/{ID}/certificates/www.example.com.pem"),
+                &www.bundle(),
+            )
+            .await;
+        assert_eq!(r.status, 201, "{}", r.body);
+        pki
+    }
 }
 
 fn defaults() -> &'static str {
@@ -409,19 +427,7 @@ async fn files_of_the_instance_itself_are_served_by_daemons_with_their_own_user(
         .put(&format!("/instances/{ID}/custom503"), CUSTOM_503.as_bytes())
         .await;
     assert_eq!(r.status, 201, "{}", r.body);
-    let pki = Pki::new();
-    let www = pki.issue(
-        "www",
-        "www.example.com",
-        &["--server", "--san", "www.example.com"],
-    );
-    let r = s
-        .put(
-            &format!("/instances/{ID}/certificates/www.example.com.pem"),
-            &www.bundle(),
-        )
-        .await;
-    assert_eq!(r.status, 201, "{}", r.body);
+    let pki = s.put_www_certificate().await;
     let tls_port = free_port();
     let config = format!(
         "{}  errorfile 503 {{CUSTOM503}}\nfrontend fe\n  bind {{MYIP}}:{port}\n  http-request return status 200 content-type text/plain file {{CUSTOM503}}\nfrontend tls\n  bind {{MYIP}}:{tls_port} ssl crt {{CERTS}}/www.example.com.pem\n  default_backend down\nbackend down\n  server s 127.0.0.2:1\n",
@@ -502,19 +508,7 @@ end)
     // The agent's key is readable by the agent (root) and the test: a real read check.
     assert!(std::fs::read(&key).is_ok());
 
-    let pki = Pki::new();
-    let www = pki.issue(
-        "www",
-        "www.example.com",
-        &["--server", "--san", "www.example.com"],
-    );
-    let r = s
-        .put(
-            &format!("/instances/{ID}/certificates/www.example.com.pem"),
-            &www.bundle(),
-        )
-        .await;
-    assert_eq!(r.status, 201, "{}", r.body);
+    s.put_www_certificate().await;
     let port = free_port();
     let config = format!(
         "global\n  lua-load {}\n{}frontend fe\n  bind {{MYIP}}:{port}\n  http-request use-service lua.probe\n",

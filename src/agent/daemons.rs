@@ -87,14 +87,8 @@ impl DirectManager {
             .filter(|uid| *uid != 0 && nix::unistd::geteuid().is_root());
         match owner {
             Some(uid) => {
-                let mut cmd = Command::new("setpriv");
-                cmd.arg(format!("--reuid={uid}"))
-                    .arg(format!("--regid={uid}"))
-                    .arg("--clear-groups")
-                    .arg("--inh-caps=-all,+net_bind_service")
-                    .arg("--ambient-caps=+net_bind_service")
-                    .arg("--")
-                    .args(argv);
+                let mut cmd = crate::process::command_as(uid, &argv[0]);
+                cmd.args(&argv[1..]);
                 cmd
             }
             None => {

@@ -202,17 +202,7 @@ impl ProcessBackend {
         // An isolated appliance's agent runs as its own user, without groups, keeping only
         // the capability to bind privileged ports (for its daemons).
         let mut cmd = match self.owner(id) {
-            Some(uid) => {
-                let mut cmd = Command::new("setpriv");
-                cmd.arg(format!("--reuid={uid}"))
-                    .arg(format!("--regid={uid}"))
-                    .arg("--clear-groups")
-                    .arg("--inh-caps=-all,+net_bind_service")
-                    .arg("--ambient-caps=+net_bind_service")
-                    .arg("--")
-                    .arg(&self.binary);
-                cmd
-            }
+            Some(uid) => crate::process::command_as(uid, &self.binary),
             None => Command::new(&self.binary),
         };
         cmd.arg("agent")
