@@ -40,7 +40,7 @@ pub enum InstanceError {
     NotFound,
     #[error("Invalid configuration")]
     InvalidConfig { output: String },
-    #[error("Forbidden directive: {}", .0[0])]
+    #[error("Forbidden directive: {}", first_violation(.0))]
     ForbiddenDirective(Vec<Violation>),
     #[error("Apply failed; the previous state was restored")]
     ApplyFailed { output: String },
@@ -54,6 +54,14 @@ pub enum InstanceError {
     Certificate(#[from] CertError),
     #[error("I/O error: {0}")]
     Io(#[from] io::Error),
+}
+
+/// The first refused line, for the message (the list is never empty when refused).
+fn first_violation(violations: &[Violation]) -> String {
+    violations
+        .first()
+        .map(ToString::to_string)
+        .unwrap_or_default()
 }
 
 /// A change that was applied: the first line is `OK`, then `output`.
