@@ -696,7 +696,9 @@ fn haproxy_words(line: &str) -> Result<Vec<Vec<u8>>, Expansion> {
                 in_word = true;
             }
             b'#' if quote == 0 => break,
-            b' ' | b'\t' if quote == 0 => {
+            // haproxy splits words at C's isspace(): vertical tab, form feed and a bare
+            // carriage return separate words as a space does.
+            b' ' | b'\t' | b'\x0b' | b'\x0c' | b'\r' if quote == 0 => {
                 if in_word {
                     words.push(std::mem::take(&mut word));
                     in_word = false;
@@ -975,6 +977,18 @@ mod tests {
         for (text, directive) in cases {
             let text = text.replace("{C}", &format!("{INST}/certificates"));
             assert_eq!(refused(&text), (2, directive.to_string()), "{text}");
+        }
+    }
+
+    #[test]
+    fn haproxy_words_split_where_haproxy_splits_them() {
+        // haproxy separates words at every C isspace() character (checked against
+        // haproxy 2.6: "\x0blua-load /x.lua" loads /x.lua).
+        for space in ["\x0b", "\x0c", "\r"] {
+            let text = format!("global\n{space}lua-load{space}/tmp/x.lua");
+            assert_eq!(refused(&text), (2, "lua-load".to_string()), "{text:?}");
+            let text = format!("frontend fe\n  bind :443 ssl{space}crt{space}/etc/ssl/x.pem");
+            assert_eq!(refused(&text), (2, "bind crt".to_string()), "{text:?}");
         }
     }
 
