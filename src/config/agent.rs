@@ -232,16 +232,18 @@ pub struct Limits {
 }
 
 impl Default for Limits {
+    /// The transport's own defaults, with the agent's body limits and one worker.
     fn default() -> Self {
+        let t = crate::transport::ServerLimits::default();
         Limits {
-            handshake_timeout: HumanDuration::secs(10),
-            header_timeout: HumanDuration::secs(10),
-            idle_timeout: HumanDuration::secs(60),
+            handshake_timeout: HumanDuration(t.handshake_timeout),
+            header_timeout: HumanDuration(t.header_timeout),
+            idle_timeout: HumanDuration(t.idle_timeout),
             body_timeout: HumanDuration::secs(60),
-            shutdown_timeout: HumanDuration::secs(30),
-            max_connections: 1024,
+            shutdown_timeout: HumanDuration(t.shutdown_timeout),
+            max_connections: t.max_connections,
             max_body_bytes: 1024 * 1024,
-            max_header_bytes: 16 * 1024,
+            max_header_bytes: t.max_header_bytes,
             worker_threads: 1,
         }
     }
@@ -282,15 +284,7 @@ pub struct AgentOverrides {
     pub run_dir: Option<PathBuf>,
 }
 
-/// TLS file paths once validated as present.
-#[derive(Debug, Clone)]
-pub struct TlsPaths {
-    pub cert: PathBuf,
-    pub key: PathBuf,
-    pub client_ca: PathBuf,
-    pub server_ca: PathBuf,
-    pub crls: Vec<PathBuf>,
-}
+pub use crate::transport::tls::TlsPaths;
 
 impl AgentConfig {
     /// Loads the configuration: the file at `path` (a missing default file is allowed

@@ -14,6 +14,11 @@ use std::time::Duration;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
+use crate::controller::fleet::ids::ApplianceId;
+use crate::controller::fleet::ports::{
+    Backend, BackendError, Capabilities, Catalogue, CatalogueEntry, MachineAction, MachineSpec,
+    MachineState, Region,
+};
 use crate::fsutil::{ensure_dir, write_atomic};
 use crate::pki::Issued;
 
@@ -74,13 +79,7 @@ impl ProcessBackend {
     }
 
     /// Writes the appliance's certificate, key and agent configuration (idempotent).
-    pub fn provision(
-        &self,
-        id: &str,
-        slot: i64,
-        address: IpAddr,
-        issued: &Issued,
-    ) -> io::Result<()> {
+    fn provision(&self, id: &str, slot: i64, address: IpAddr, issued: &Issued) -> io::Result<()> {
         let dir = self.dir(id);
         ensure_dir(&self.root, 0o750)?;
         ensure_dir(&dir, 0o750)?;
@@ -188,7 +187,7 @@ impl ProcessBackend {
     }
 
     /// Starts the appliance's agent unless it already runs; returns its pid.
-    pub fn start(&self, id: &str) -> Result<i32, String> {
+    fn start(&self, id: &str) -> Result<i32, BackendError> {
         if let Some(pid) = self.pid(id) {
             return Ok(pid);
         }
@@ -197,8 +196,7 @@ impl ProcessBackend {
         let log = fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(&log_path)
-            .map_err(|e| format!("{}: {e}", log_path.display()))?;
+            .open(&log_path)?;
         // An isolated appliance's agent runs as its own user, without groups, keeping only
         // the capability to bind privileged ports (for its daemons).
         let mut cmd = match self.owner(id) {
@@ -209,7 +207,7 @@ impl ProcessBackend {
             .arg("--config")
             .arg(self.config_path(id))
             .stdin(Stdio::null())
-            .stdout(log.try_clone().map_err(|e| e.to_string())?)
+            .stdout(log.try_clone()?)
             .stderr(log)
             .current_dir(&dir);
         for var in [
@@ -224,20 +222,18 @@ impl ProcessBackend {
             cmd.env_remove(var);
         }
         std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
-        let mut child = cmd
-            .spawn()
-            .map_err(|e| format!("cannot run {}: {e}", self.binary.display()))?;
-        let pid = i32::try_from(child.id()).map_err(|e| e.to_string())?;
-        write_atomic(&dir.join("agent.pid"), format!("{pid}\n").as_bytes(), 0o644)
-            .map_err(|e| format!("agent.pid: {e}"))?;
+        let mut child = cmd.spawn().map_err(|e| {
+            BackendError::Failed(format!("cannot run {}: {e}", self.binary.display()))
+        })?;
+        let pid = i32::try_from(child.id()).map_err(io::Error::other)?;
+        write_atomic(&dir.join("agent.pid"), format!("{pid}\n").as_bytes(), 0o644)?;
         // Reaped when it exits, so that it does not linger as a zombie.
         std::thread::Builder::new()
             .name(format!("reap-{pid}"))
             .stack_size(64 * 1024)
             .spawn(move || {
                 let _ = child.wait();
-            })
-            .map_err(|e| e.to_string())?;
+            })?;
         Ok(pid)
     }
 
@@ -280,7 +276,7 @@ impl ProcessBackend {
 
     /// Stops the appliance like a power-off: SIGTERM to the agent (it reports `stopped`),
     /// killed after a grace period, then its haproxy and stunnel.
-    pub fn stop(&self, id: &str) -> Result<(), String> {
+    fn stop(&self, id: &str) -> Result<(), BackendError> {
         if let Some(pid) = self.pid(id) {
             let pid = Pid::from_raw(pid);
             let _ = kill(pid, Signal::SIGCONT);
@@ -289,7 +285,9 @@ impl ProcessBackend {
                 tracing::warn!(appliance = id, "agent ignored SIGTERM; killing it");
                 let _ = kill(pid, Signal::SIGKILL);
                 if !gone_within(|| self.pid(id).is_none(), Duration::from_secs(5)) {
-                    return Err(format!("agent of {id} (pid {pid}) does not stop"));
+                    return Err(BackendError::Failed(format!(
+                        "agent of {id} (pid {pid}) does not stop"
+                    )));
                 }
             }
         }
@@ -307,10 +305,10 @@ impl ProcessBackend {
     }
 
     /// Pauses (SIGSTOP) or resumes (SIGCONT) the agent and its daemons.
-    pub fn signal_all(&self, id: &str, signal: Signal) -> Result<(), String> {
+    fn signal_all(&self, id: &str, signal: Signal) -> Result<(), BackendError> {
         let agent = self
             .pid(id)
-            .ok_or_else(|| format!("the agent of {id} is not running"))?;
+            .ok_or_else(|| BackendError::Failed(format!("the agent of {id} is not running")))?;
         for pid in std::iter::once(agent).chain(self.daemon_pids(id)) {
             let _ = kill(Pid::from_raw(pid), signal);
         }
@@ -318,12 +316,12 @@ impl ProcessBackend {
     }
 
     /// Stops the appliance and removes its directories.
-    pub fn destroy(&self, id: &str) -> Result<(), String> {
+    fn destroy(&self, id: &str) -> Result<(), BackendError> {
         self.stop(id)?;
         if let Ok(run) = fs::read_link(self.dir(id).join("run")) {
             match fs::remove_dir_all(&run) {
                 Err(e) if e.kind() != io::ErrorKind::NotFound => {
-                    return Err(format!("{}: {e}", run.display()));
+                    return Err(io::Error::new(e.kind(), format!("{}: {e}", run.display())).into());
                 }
                 _ => {}
             }
@@ -331,7 +329,9 @@ impl ProcessBackend {
         match fs::remove_dir_all(self.dir(id)) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(format!("{}: {e}", self.dir(id).display())),
+            Err(e) => {
+                Err(io::Error::new(e.kind(), format!("{}: {e}", self.dir(id).display())).into())
+            }
         }
     }
 }
@@ -339,6 +339,11 @@ impl ProcessBackend {
 /// Whether `pid` has exited and waits to be reaped.
 fn is_zombie(pid: i32) -> bool {
     u32::try_from(pid).is_ok_and(|p| crate::process::process_state(p) == Some('Z'))
+}
+
+/// Whether `pid` is stopped by a signal (suspended).
+fn is_stopped(pid: i32) -> bool {
+    u32::try_from(pid).is_ok_and(|p| crate::process::process_state(p) == Some('T'))
 }
 
 /// Whether `gone` turns true within `timeout`.
@@ -362,33 +367,105 @@ fn toml_string(s: &str) -> String {
     out
 }
 
-impl crate::controller::fleet::ports::Backend for ProcessBackend {
+impl Backend for ProcessBackend {
+    fn name(&self) -> &'static str {
+        "process"
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            create: true,
+            power: true,
+            suspend: true,
+            regions: false,
+        }
+    }
+
+    /// One image (this build of the agent), one flavor (no limits beyond the host's),
+    /// one network (the loopback addresses of the slots).
+    fn catalogue(&self) -> Catalogue {
+        let entry = |id: &str, name: &str, description: String| CatalogueEntry {
+            id: id.to_string(),
+            name: name.to_string(),
+            description,
+        };
+        let last = self
+            .max_appliances
+            .checked_sub(1)
+            .and_then(|n| self.address(i64::from(n)));
+        Catalogue {
+            images: vec![entry(
+                concat!("applianced-", env!("CARGO_PKG_VERSION")),
+                "applianced",
+                format!(
+                    "the applianced agent {} ({})",
+                    env!("CARGO_PKG_VERSION"),
+                    self.binary.display()
+                ),
+            )],
+            flavors: vec![entry(
+                "default",
+                "default",
+                "no resource limits beyond the host's".into(),
+            )],
+            networks: vec![entry(
+                "loopback",
+                "loopback",
+                match last {
+                    Some(last) => format!("{} to {last}", self.first_address),
+                    None => "no addresses".into(),
+                },
+            )],
+        }
+    }
+
+    fn regions(&self) -> Vec<Region> {
+        vec![Region {
+            name: "local".into(),
+            priority: 0,
+            capacity: self.max_appliances,
+        }]
+    }
+
     fn address(&self, slot: i64) -> Option<IpAddr> {
         ProcessBackend::address(self, slot)
     }
 
-    fn provisioned(&self, id: &str) -> bool {
-        self.config_path(id).exists()
+    fn create(&self, spec: &MachineSpec<'_>) -> Result<MachineState, BackendError> {
+        let id = spec.id.as_str();
+        // An agent still running from an earlier attempt holds the old certificate.
+        if self.pid(id).is_some() {
+            self.stop(id)?;
+        }
+        self.provision(id, spec.slot, spec.address, spec.issued)?;
+        let pid = self.start(id)?;
+        Ok(MachineState::Running { pid: Some(pid) })
     }
 
-    fn provision(&self, id: &str, slot: i64, address: IpAddr, issued: &Issued) -> io::Result<()> {
-        ProcessBackend::provision(self, id, slot, address, issued)
+    fn get(&self, id: &ApplianceId) -> MachineState {
+        let id = id.as_str();
+        if !self.config_path(id).exists() {
+            return MachineState::Absent;
+        }
+        match self.pid(id) {
+            None => MachineState::Stopped,
+            Some(pid) if is_stopped(pid) => MachineState::Suspended,
+            Some(pid) => MachineState::Running { pid: Some(pid) },
+        }
     }
 
-    fn start(&self, id: &str) -> Result<i32, String> {
-        ProcessBackend::start(self, id)
+    fn action(&self, id: &ApplianceId, action: MachineAction) -> Result<(), BackendError> {
+        let id = id.as_str();
+        match action {
+            MachineAction::Start => self.start(id).map(drop),
+            MachineAction::Stop => self.stop(id),
+            MachineAction::Suspend => self.signal_all(id, Signal::SIGSTOP),
+            MachineAction::Resume => self.signal_all(id, Signal::SIGCONT),
+        }
     }
 
-    fn stop(&self, id: &str) -> Result<(), String> {
-        ProcessBackend::stop(self, id)
-    }
-
-    fn signal_all(&self, id: &str, signal: Signal) -> Result<(), String> {
-        ProcessBackend::signal_all(self, id, signal)
-    }
-
-    fn destroy(&self, id: &str) -> Result<(), String> {
-        ProcessBackend::destroy(self, id)
+    fn delete(&self, id: &ApplianceId) -> Result<(), BackendError> {
+        self.destroy(id.as_str())
     }
 }
 
@@ -423,6 +500,50 @@ mod tests {
         let edge = backend("127.255.255.254", 10);
         assert_eq!(edge.address(1), Some("127.255.255.255".parse().unwrap()));
         assert_eq!(edge.address(2), None, "leaves 127/8");
+    }
+
+    #[test]
+    fn catalogue_regions_and_capabilities_describe_the_loopback_slots() {
+        let b = backend("127.0.1.1", 250);
+        assert_eq!(b.name(), "process");
+        let c = b.capabilities();
+        assert!(c.create && c.power && c.suspend && !c.regions, "{c:?}");
+        let cat = b.catalogue();
+        assert_eq!(cat.images.len(), 1);
+        assert!(cat.images[0].id.starts_with("applianced-"));
+        assert_eq!(cat.flavors[0].name, "default");
+        assert_eq!(cat.networks[0].description, "127.0.1.1 to 127.0.1.250");
+        assert_eq!(
+            b.regions(),
+            [Region {
+                name: "local".into(),
+                priority: 0,
+                capacity: 250
+            }]
+        );
+    }
+
+    #[test]
+    fn machine_states_come_from_the_files_and_the_pid() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut b = backend("127.0.1.1", 10);
+        b.root = dir.path().to_path_buf();
+        let id = ApplianceId::from("a1".to_string());
+        assert_eq!(b.get(&id), MachineState::Absent);
+        fs::create_dir_all(b.dir("a1")).unwrap();
+        fs::write(b.config_path("a1"), "").unwrap();
+        assert_eq!(b.get(&id), MachineState::Stopped);
+        // A pid file naming a process that is not this appliance's agent is not it.
+        fs::write(
+            b.dir("a1").join("agent.pid"),
+            format!("{}\n", std::process::id()),
+        )
+        .unwrap();
+        assert_eq!(b.get(&id), MachineState::Stopped);
+        b.delete(&id).unwrap();
+        assert_eq!(b.get(&id), MachineState::Absent);
+        assert!(!b.dir("a1").exists());
+        b.delete(&id).unwrap();
     }
 
     #[test]

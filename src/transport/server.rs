@@ -57,16 +57,15 @@ pub struct ServerLimits {
 }
 
 impl Default for ServerLimits {
-    /// The same defaults as the agent's `[limits]`.
+    /// What both roles use unless configured otherwise.
     fn default() -> Self {
-        let l = crate::config::agent::Limits::default();
         ServerLimits {
-            handshake_timeout: l.handshake_timeout.0,
-            header_timeout: l.header_timeout.0,
-            idle_timeout: l.idle_timeout.0,
-            shutdown_timeout: l.shutdown_timeout.0,
-            max_connections: l.max_connections,
-            max_header_bytes: l.max_header_bytes,
+            handshake_timeout: Duration::from_secs(10),
+            header_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            shutdown_timeout: Duration::from_secs(30),
+            max_connections: 1024,
+            max_header_bytes: 16 * 1024,
         }
     }
 }

@@ -7,7 +7,7 @@
 //! while open ones keep the configuration they were accepted with.
 
 use std::fmt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rustls::client::danger::HandshakeSignatureValid;
@@ -20,7 +20,17 @@ use rustls::{
 };
 
 use crate::certs::{self, CertError, CertInfo};
-use crate::config::agent::TlsPaths;
+
+/// Where a server's TLS material is: its certificate chain and key, the CA bundles that
+/// verify clients and the servers it calls, and the revocation lists.
+#[derive(Debug, Clone)]
+pub struct TlsPaths {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub client_ca: PathBuf,
+    pub server_ca: PathBuf,
+    pub crls: Vec<PathBuf>,
+}
 
 /// Who is calling: read from the verified client certificate.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -65,7 +65,7 @@ pub struct Action {
 #[utoipa::path(operation_id = "create_appliance", post, path = "/v1/appliances", tag = "appliances", request_body = CreateAppliance,
     responses(
         (status = 202, description = "Queued: the task, with the appliance", body = TaskView),
-        (status = 409, description = "The external_id was used with another request"),
+        (status = 409, description = "The external_id was used with another request, or the backend cannot create appliances (`not-supported-by-backend`)"),
         (status = 422, description = "Invalid values"),
         (status = 503, description = "No capacity left"),
     ))]
@@ -140,7 +140,7 @@ pub async fn delete(
         (status = 200, description = "Extended: the appliance", body = ApplianceView),
         (status = 202, description = "Queued: the task, with the appliance", body = TaskView),
         (status = 404, description = "No such appliance"),
-        (status = 409, description = "Not allowed in the appliance's state"),
+        (status = 409, description = "Not allowed in the appliance's state, or not something its backend can do (`not-supported-by-backend`)"),
         (status = 422, description = "Unknown action or bad minutes"),
     ))]
 pub async fn act(

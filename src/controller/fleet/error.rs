@@ -2,6 +2,7 @@
 
 use serde_json::{Value, json};
 
+use super::ports::BackendError;
 use crate::controller::store::StoreError;
 
 #[derive(Debug, thiserror::Error)]
@@ -28,6 +29,9 @@ pub enum FleetError {
     /// Well-formed input with values the fleet refuses (422).
     #[error("{0}")]
     Invalid(String),
+    /// The appliance's backend cannot do this at all (409).
+    #[error("{0}")]
+    Unsupported(String),
     #[error("{0}")]
     BadGateway(String),
     #[error("{0}")]
@@ -41,6 +45,20 @@ impl From<StoreError> for FleetError {
         match e {
             StoreError::Conflict(what) => FleetError::Conflict(format!("{what} already exists")),
             other => FleetError::Internal(other.to_string()),
+        }
+    }
+}
+
+impl From<BackendError> for FleetError {
+    /// The compute backend failing is a bad gateway; the controller's own files failing
+    /// (a full disk) an internal error.
+    fn from(e: BackendError) -> Self {
+        match e {
+            BackendError::Local(e) => {
+                FleetError::Internal(format!("cannot write the appliance's files: {e}"))
+            }
+            BackendError::Failed(e) => FleetError::BadGateway(format!("backend: {e}")),
+            e @ BackendError::Unsupported { .. } => FleetError::Unsupported(e.to_string()),
         }
     }
 }
@@ -60,6 +78,7 @@ impl FleetError {
             FleetError::Conflict(_) => (409, "conflict"),
             FleetError::BadRequest(_) => (400, "invalid-input"),
             FleetError::Invalid(_) => (422, "invalid-input"),
+            FleetError::Unsupported(_) => (409, "not-supported-by-backend"),
             FleetError::BadGateway(_) => (502, "bad-gateway"),
             FleetError::NoCapacity(_) => (503, "no-capacity"),
             FleetError::Internal(_) => (500, "internal"),

@@ -18,7 +18,11 @@ use super::lifecycle::{self, Due, Event, State, Timers};
 use super::records::{Appliance, Changes, DeliveryState, Moved, NewTask, Record, Task, TaskState};
 use super::store::{Store, StoreError};
 use crate::config::controller::ControllerConfig;
-use ports::{AgentClient, Backend, CallError, Incoming, Outgoing, Verb};
+use ids::ApplianceId;
+use ports::{
+    AgentClient, Backend, CallError, Incoming, MachineAction, MachineSpec, MachineState, Outgoing,
+    Verb,
+};
 
 pub mod agents;
 mod callbacks;
@@ -33,6 +37,8 @@ pub mod users;
 pub mod views;
 mod webhooks;
 
+#[cfg(test)]
+pub(crate) mod fakes;
 #[cfg(test)]
 mod tests;
 
@@ -345,10 +351,13 @@ async fn blocking<T: Send + 'static>(
         .map_err(|e| FleetError::Internal(e.to_string()))?
 }
 
-/// The compute backend failed to do what it was asked: a bad gateway. (The CA and the
-/// controller's own files failing are internal errors instead.)
-fn backend_failed(e: String) -> FleetError {
-    FleetError::BadGateway(format!("backend: {e}"))
+/// Runs a call of the compute backend on the blocking pool.
+async fn on_backend<T: Send + 'static>(
+    backend: &Arc<dyn Backend>,
+    f: impl FnOnce(&dyn Backend) -> Result<T, ports::BackendError> + Send + 'static,
+) -> Result<T, FleetError> {
+    let backend = backend.clone();
+    blocking(move || f(backend.as_ref()).map_err(FleetError::from)).await
 }
 
 /// A second unfinished task for one appliance, in the API's words.

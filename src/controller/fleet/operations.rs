@@ -195,13 +195,21 @@ impl Fleet {
         if let Some(url) = &body.callback_url {
             check_callback_url(url, self.webhooks())?;
         }
+        // The catalogue has one template: the backend's own machine.
+        let template = self.backend.name();
         match body.template.as_deref() {
-            None | Some("process") => body.template = Some("process".into()),
+            None => body.template = Some(template.into()),
+            Some(t) if t == template => {}
             Some(other) => {
                 return Err(invalid(format!(
-                    "template {other:?} is not in the catalogue (process)"
+                    "template {other:?} is not in the catalogue ({template})"
                 )));
             }
+        }
+        if !self.backend.capabilities().create {
+            return Err(FleetError::Unsupported(format!(
+                "the {template} backend cannot create appliances"
+            )));
         }
         let canonical = serde_json::to_string(&body).unwrap_or_default();
         let hash = auth::token_hash(&format!("{}\n{canonical}", user.id));
@@ -317,6 +325,15 @@ impl Fleet {
         }
         if minutes.is_some() {
             return Err(invalid("minutes is only for extend"));
+        }
+        if let Some(machine) = machine_action(event)
+            && !machine.supported_by(self.backend.capabilities())
+        {
+            return Err(FleetError::Unsupported(format!(
+                "the {} backend cannot {} appliances",
+                self.backend.name(),
+                machine.name()
+            )));
         }
         acting_as(
             actor,
@@ -508,5 +525,16 @@ impl Fleet {
             Some(t) if sees(user, &t.owner_id) => Ok(t),
             _ => Err(FleetError::NoSuchTask),
         }
+    }
+}
+
+/// The backend action a lifecycle move needs, if it needs one.
+fn machine_action(event: Event) -> Option<MachineAction> {
+    match event {
+        Event::Start => Some(MachineAction::Start),
+        Event::Stop => Some(MachineAction::Stop),
+        Event::Suspend => Some(MachineAction::Suspend),
+        Event::Resume => Some(MachineAction::Resume),
+        _ => None,
     }
 }

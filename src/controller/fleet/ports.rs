@@ -7,8 +7,9 @@ use std::net::IpAddr;
 use std::pin::Pin;
 
 use bytes::Bytes;
-use nix::sys::signal::Signal;
+use serde::Serialize;
 
+use super::ids::ApplianceId;
 use crate::pki::Issued;
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -65,27 +66,131 @@ pub trait AgentClient: Send + Sync {
     fn call(&self, request: Outgoing) -> BoxFuture<'_, Result<Incoming, CallError>>;
 }
 
-/// The compute backend: where appliances run. Its calls block (files, processes), so
-/// the fleet makes them on the blocking pool.
+/// What a backend can do to its machines, so that the fleet refuses (409) what an
+/// appliance's backend cannot do instead of failing half-way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Capabilities {
+    /// Creates machines (otherwise they join from outside).
+    pub create: bool,
+    /// Powers machines off and on again (`stop`, `start`).
+    pub power: bool,
+    /// Pauses and resumes machines (`suspend`, `resume`).
+    pub suspend: bool,
+    /// Serves more than one region.
+    pub regions: bool,
+}
+
+/// An action on an existing machine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MachineAction {
+    Start,
+    Stop,
+    Suspend,
+    Resume,
+}
+
+impl MachineAction {
+    pub fn name(self) -> &'static str {
+        match self {
+            MachineAction::Start => "start",
+            MachineAction::Stop => "stop",
+            MachineAction::Suspend => "suspend",
+            MachineAction::Resume => "resume",
+        }
+    }
+
+    /// Whether a backend with these capabilities can do it.
+    pub fn supported_by(self, c: Capabilities) -> bool {
+        match self {
+            MachineAction::Start | MachineAction::Stop => c.power,
+            MachineAction::Suspend | MachineAction::Resume => c.suspend,
+        }
+    }
+}
+
+/// A machine as its backend sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MachineState {
+    /// Never created, or deleted.
+    Absent,
+    /// Created, not running.
+    Stopped,
+    /// Running (with its process id where the backend has one).
+    Running { pid: Option<i32> },
+    /// Paused.
+    Suspended,
+}
+
+/// One entry of a backend's catalogue: an image, a flavor or a network.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CatalogueEntry {
+    pub id: String,
+    pub name: String,
+    pub description: String,
+}
+
+/// What appliances can be made from.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Catalogue {
+    pub images: Vec<CatalogueEntry>,
+    pub flavors: Vec<CatalogueEntry>,
+    pub networks: Vec<CatalogueEntry>,
+}
+
+/// Where a backend places machines: placement prefers a lower `priority` and never
+/// exceeds `capacity` machines.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Region {
+    pub name: String,
+    pub priority: u32,
+    pub capacity: u32,
+}
+
+/// What a machine is made with.
+pub struct MachineSpec<'a> {
+    pub id: &'a ApplianceId,
+    /// Its placement slot, which names its management address.
+    pub slot: i64,
+    pub address: IpAddr,
+    /// The agent's certificate and key, issued by the controller's CA.
+    pub issued: &'a Issued,
+}
+
+/// Why a backend did not do what it was asked.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    /// The controller's own side failed (its files, a full disk): an internal error.
+    #[error("{0}")]
+    Local(#[from] std::io::Error),
+    /// The backend refused or failed: a bad gateway.
+    #[error("{0}")]
+    Failed(String),
+    /// The backend cannot do this at all.
+    #[error("the {backend} backend cannot {action} appliances")]
+    Unsupported {
+        backend: &'static str,
+        action: &'static str,
+    },
+}
+
+/// The compute backend: where appliances run. Its calls block (files, processes, cloud
+/// APIs), so the fleet makes them on the blocking pool.
 pub trait Backend: Send + Sync + 'static {
+    /// The backend's name in configurations and problems (`process`).
+    fn name(&self) -> &'static str;
+    fn capabilities(&self) -> Capabilities;
+    /// Images, flavors and networks.
+    fn catalogue(&self) -> Catalogue;
+    fn regions(&self) -> Vec<Region>;
     /// The management address of a slot, if the backend has that many.
     fn address(&self, slot: i64) -> Option<IpAddr>;
-    /// Whether the appliance's files are written.
-    fn provisioned(&self, id: &str) -> bool;
-    /// Writes the appliance's certificate, key and configuration (idempotent).
-    fn provision(
-        &self,
-        id: &str,
-        slot: i64,
-        address: IpAddr,
-        issued: &Issued,
-    ) -> std::io::Result<()>;
-    /// Starts the appliance (idempotent); its process id.
-    fn start(&self, id: &str) -> Result<i32, String>;
-    /// Stops it, gracefully first.
-    fn stop(&self, id: &str) -> Result<(), String>;
-    /// Sends every process of the appliance a signal (suspend, resume).
-    fn signal_all(&self, id: &str, signal: Signal) -> Result<(), String>;
-    /// Stops it and removes its files.
-    fn destroy(&self, id: &str) -> Result<(), String>;
+    /// Makes the machine and starts it, idempotently: a machine that exists already is
+    /// made again to the spec (a new certificate replaces the old one). Its state after.
+    fn create(&self, spec: &MachineSpec<'_>) -> Result<MachineState, BackendError>;
+    /// The machine's state now.
+    fn get(&self, id: &ApplianceId) -> MachineState;
+    /// Acts on an existing machine (idempotent: starting a running one does nothing).
+    fn action(&self, id: &ApplianceId, action: MachineAction) -> Result<(), BackendError>;
+    /// Stops the machine and removes everything it had (idempotent).
+    fn delete(&self, id: &ApplianceId) -> Result<(), BackendError>;
 }

@@ -52,21 +52,27 @@ impl Fleet {
             .and_then(|s| s.parse().ok())
             .ok_or_else(|| FleetError::Internal(format!("appliance {id} has no address")))?;
         let slot = a.slot.unwrap_or_default();
-        let config_written = self.backend.provisioned(id);
-        if a.cert_serial.is_none() || !config_written {
-            let (ca, backend, id2) = (self.ca.clone(), self.backend.clone(), id.to_string());
+        let machine = ApplianceId::from(id.to_string());
+        let m = machine.clone();
+        let mut state = on_backend(&self.backend, move |b| Ok(b.get(&m))).await?;
+        if a.cert_serial.is_none() || state == MachineState::Absent {
+            let (ca, backend, m) = (self.ca.clone(), self.backend.clone(), machine.clone());
             let issued = blocking(move || {
                 let issued = ca
-                    .issue_appliance(&id2, &address.to_string())
+                    .issue_appliance(m.as_str(), &address.to_string())
                     .map_err(|e| FleetError::Internal(format!("the CA cannot issue: {e}")))?;
-                backend
-                    .provision(&id2, slot, address, &issued)
-                    .map_err(|e| {
-                        FleetError::Internal(format!("cannot write the appliance's files: {e}"))
-                    })?;
-                Ok(issued)
+                let spec = MachineSpec {
+                    id: &m,
+                    slot,
+                    address,
+                    issued: &issued,
+                };
+                let made = backend.create(&spec)?;
+                Ok((issued, made))
             })
             .await?;
+            let (issued, made) = issued;
+            state = made;
             let (serial, not_after) = (issued.serial.clone(), issued.not_after.unix_timestamp());
             self.apply(
                 id,
@@ -80,9 +86,18 @@ impl Fleet {
             )
             .await?;
         }
-        let backend = self.backend.clone();
-        let id2 = id.to_string();
-        let pid = blocking(move || backend.start(&id2).map_err(backend_failed)).await?;
+        if !matches!(state, MachineState::Running { .. }) {
+            let m = machine.clone();
+            state = on_backend(&self.backend, move |b| {
+                b.action(&m, MachineAction::Start)?;
+                Ok(b.get(&m))
+            })
+            .await?;
+        }
+        let pid = match state {
+            MachineState::Running { pid } => pid,
+            _ => None,
+        };
         self.apply(
             id,
             Event::Spawned,
@@ -97,13 +112,11 @@ impl Fleet {
     pub(super) async fn allocate_slot(&self, id: &str) -> Result<Appliance, FleetError> {
         for _ in 0..10 {
             let used = self.store.used_slots().await?;
-            let slot = (0..i64::from(self.config.backend.max_appliances))
+            let capacity: u32 = self.backend.regions().iter().map(|r| r.capacity).sum();
+            let slot = (0..i64::from(capacity))
                 .find(|s| !used.contains(s))
                 .ok_or_else(|| {
-                    FleetError::NoCapacity(format!(
-                        "all {} appliance slots are in use",
-                        self.config.backend.max_appliances
-                    ))
+                    FleetError::NoCapacity(format!("all {capacity} appliance slots are in use"))
                 })?;
             let address = self
                 .backend
@@ -136,9 +149,11 @@ impl Fleet {
     }
 
     pub(super) async fn stop(&self, id: &str) -> Result<Value, FleetError> {
-        let backend = self.backend.clone();
-        let id2 = id.to_string();
-        blocking(move || backend.stop(&id2).map_err(backend_failed)).await?;
+        let machine = ApplianceId::from(id.to_string());
+        on_backend(&self.backend, move |b| {
+            b.action(&machine, MachineAction::Stop)
+        })
+        .await?;
         let a = self.appliance(id).await?;
         // The appliance's own `stopped` usually arrives first; otherwise the backend's
         // word that the processes are gone confirms it.
@@ -168,9 +183,8 @@ impl Fleet {
             .await?;
             (self.on_revoke)();
         }
-        let backend = self.backend.clone();
-        let id2 = id.to_string();
-        blocking(move || backend.destroy(&id2).map_err(backend_failed)).await?;
+        let machine = ApplianceId::from(id.to_string());
+        on_backend(&self.backend, move |b| b.delete(&machine)).await?;
         self.apply(
             id,
             Event::Destroyed,

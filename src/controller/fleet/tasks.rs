@@ -112,23 +112,21 @@ impl Fleet {
         match kind {
             TaskKind::Create => self.provision(&appliance_id).await,
             TaskKind::Start => {
-                let backend = self.backend.clone();
-                let id = appliance_id.clone();
-                blocking(move || backend.start(&id).map_err(backend_failed)).await?;
+                let id = ApplianceId::from(appliance_id.clone());
+                on_backend(&self.backend, move |b| b.action(&id, MachineAction::Start)).await?;
                 self.view(&appliance_id).await
             }
             TaskKind::Stop => self.stop(&appliance_id).await,
             TaskKind::Suspend | TaskKind::Resume => {
-                let (event, signal) = if kind == TaskKind::Suspend {
-                    (Event::Suspend, nix::sys::signal::Signal::SIGSTOP)
+                let (event, action) = if kind == TaskKind::Suspend {
+                    (Event::Suspend, MachineAction::Suspend)
                 } else {
-                    (Event::Resume, nix::sys::signal::Signal::SIGCONT)
+                    (Event::Resume, MachineAction::Resume)
                 };
                 let a = self.appliance(&appliance_id).await?;
                 lifecycle::next(a.state, event).ok_or_else(|| illegal(&a, event))?;
-                let backend = self.backend.clone();
-                let id = appliance_id.clone();
-                blocking(move || backend.signal_all(&id, signal).map_err(backend_failed)).await?;
+                let id = ApplianceId::from(appliance_id.clone());
+                on_backend(&self.backend, move |b| b.action(&id, action)).await?;
                 let now = self.clock.now();
                 // Heartbeats were not expected while suspended.
                 self.apply(

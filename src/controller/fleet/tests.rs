@@ -2,108 +2,14 @@
 //! receivers that answer as told, and a clock the test moves. Hours of appliance life
 //! (expiry, its warning, watchdogs, leases, retries, webhook backoff) in milliseconds.
 
-use std::collections::VecDeque;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicI64, Ordering};
 
+use super::fakes::{FakeBackend, FakeClock, Script};
 use super::ports::*;
 use super::*;
 use crate::callback::{Callback, CallbackEvent};
 use crate::controller::fleet::operations::CreateRequest;
 use crate::controller::store::{Role, User};
-
-/// A backend that records what it is asked.
-#[derive(Default)]
-struct FakeBackend {
-    calls: Mutex<Vec<String>>,
-    /// Writing the appliance's files fails (a full disk).
-    disk_full: std::sync::atomic::AtomicBool,
-    /// Starting fails (the backend refuses).
-    refuse_start: std::sync::atomic::AtomicBool,
-}
-
-impl FakeBackend {
-    fn calls(&self) -> Vec<String> {
-        self.calls.lock().unwrap().clone()
-    }
-}
-
-impl Backend for FakeBackend {
-    fn address(&self, slot: i64) -> Option<IpAddr> {
-        Some(IpAddr::from([127, 0, 46, u8::try_from(slot + 1).ok()?]))
-    }
-    fn provisioned(&self, _: &str) -> bool {
-        false
-    }
-    fn provision(
-        &self,
-        id: &str,
-        _: i64,
-        _: IpAddr,
-        _: &crate::pki::Issued,
-    ) -> std::io::Result<()> {
-        self.calls.lock().unwrap().push(format!("provision {id}"));
-        if self.disk_full.load(Ordering::SeqCst) {
-            return Err(std::io::Error::other("no space left on device"));
-        }
-        Ok(())
-    }
-    fn start(&self, id: &str) -> Result<i32, String> {
-        self.calls.lock().unwrap().push(format!("start {id}"));
-        if self.refuse_start.load(Ordering::SeqCst) {
-            return Err("cannot start".into());
-        }
-        Ok(4242)
-    }
-    fn stop(&self, id: &str) -> Result<(), String> {
-        self.calls.lock().unwrap().push(format!("stop {id}"));
-        Ok(())
-    }
-    fn signal_all(&self, id: &str, signal: nix::sys::signal::Signal) -> Result<(), String> {
-        self.calls.lock().unwrap().push(format!("{signal} {id}"));
-        Ok(())
-    }
-    fn destroy(&self, id: &str) -> Result<(), String> {
-        self.calls.lock().unwrap().push(format!("destroy {id}"));
-        Ok(())
-    }
-}
-
-/// An HTTPS peer that answers from a script (then 200 `{}`), recording each request.
-#[derive(Default)]
-struct Script {
-    answers: Mutex<VecDeque<Result<u16, CallError>>>,
-    seen: Mutex<Vec<Outgoing>>,
-}
-
-impl AgentClient for Arc<Script> {
-    fn call(&self, request: Outgoing) -> BoxFuture<'_, Result<Incoming, CallError>> {
-        self.seen.lock().unwrap().push(request);
-        let next = self.answers.lock().unwrap().pop_front().unwrap_or(Ok(200));
-        Box::pin(async move {
-            next.map(|status| Incoming {
-                status,
-                content_type: Some("application/json".into()),
-                body: Bytes::from_static(b"{\"appliance_id\": \"x\"}"),
-            })
-        })
-    }
-}
-
-/// A clock the test moves.
-struct FakeClock(AtomicI64);
-
-impl Clock for FakeClock {
-    fn now(&self) -> i64 {
-        self.0.load(Ordering::SeqCst)
-    }
-}
-
-impl FakeClock {
-    fn advance(&self, secs: i64) {
-        self.0.fetch_add(secs, Ordering::SeqCst);
-    }
-}
 
 struct Setup {
     fleet: Arc<Fleet>,
@@ -241,10 +147,7 @@ async fn expiry_its_warning_and_the_stop_run_on_the_clock() {
     let s = setup().await;
     let id = s.create("lb", None).await;
     assert_eq!(s.state(&id).await, State::Booting);
-    assert_eq!(
-        s.backend.calls(),
-        [format!("provision {id}"), format!("start {id}")]
-    );
+    assert_eq!(s.backend.calls(), [format!("create {id}")]);
     assert_eq!(s.report(&id, CallbackEvent::Launched).await, State::Active);
     let a = s.fleet.appliance(&id).await.unwrap();
     assert_eq!(
@@ -485,4 +388,46 @@ async fn a_disk_failure_is_internal_and_a_backend_failure_a_bad_gateway() {
     let problem: Value = serde_json::from_str(task.problem.as_deref().unwrap()).unwrap();
     assert_eq!(problem["status"], 502, "{problem}");
     assert_eq!(problem["type"], "urn:applianced:problem:bad-gateway");
+}
+
+#[tokio::test]
+async fn what_the_backend_cannot_do_is_refused_before_anything_is_queued() {
+    let s = setup().await;
+    let id = s.create("lb", None).await;
+    assert_eq!(s.report(&id, CallbackEvent::Launched).await, State::Active);
+    let machine = ids::ApplianceId::from(id.clone());
+    s.backend.capabilities.lock().unwrap().suspend = false;
+    for action in ["suspend", "resume"] {
+        let e = s
+            .fleet
+            .act(&s.user, &machine, action, None)
+            .await
+            .err()
+            .unwrap();
+        assert_eq!(e.status_and_kind(), (409, "not-supported-by-backend"));
+        assert_eq!(
+            e.to_string(),
+            format!("the process backend cannot {action} appliances")
+        );
+    }
+    assert_eq!(s.run_tasks().await, 0, "nothing queued");
+    assert_eq!(s.state(&id).await, State::Active);
+    assert_eq!(s.backend.calls(), [format!("create {id}")], "nothing asked");
+    // What it can do still runs.
+    s.fleet.act(&s.user, &machine, "stop", None).await.unwrap();
+    assert_eq!(s.run_tasks().await, 1);
+    assert_eq!(s.state(&id).await, State::Stopped);
+    assert_eq!(s.backend.get(&machine), MachineState::Stopped);
+    // A backend that cannot create refuses creates.
+    s.backend.capabilities.lock().unwrap().create = false;
+    let request = CreateRequest {
+        name: "lb2".into(),
+        ttl_minutes: None,
+        external_id: None,
+        callback_url: None,
+        template: None,
+    };
+    let e = s.fleet.create(&s.user, request).await.err().unwrap();
+    assert_eq!(e.status_and_kind(), (409, "not-supported-by-backend"));
+    assert_eq!(s.run_tasks().await, 0);
 }

@@ -1,0 +1,159 @@
+//! Fakes of the fleet's ports for unit and in-process tests: a backend that records what
+//! it is asked, HTTPS peers that answer from a script, and a clock the test moves.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+
+use super::Clock;
+use super::ids::ApplianceId;
+use super::ports::*;
+
+/// A backend that records what it is asked and keeps its machines' states.
+pub struct FakeBackend {
+    pub calls: Mutex<Vec<String>>,
+    pub machines: Mutex<HashMap<String, MachineState>>,
+    pub capabilities: Mutex<Capabilities>,
+    /// Writing the appliance's files fails (a full disk).
+    pub disk_full: AtomicBool,
+    /// Starting fails (the backend refuses).
+    pub refuse_start: AtomicBool,
+}
+
+impl Default for FakeBackend {
+    fn default() -> Self {
+        FakeBackend {
+            calls: Mutex::default(),
+            machines: Mutex::default(),
+            capabilities: Mutex::new(Capabilities {
+                create: true,
+                power: true,
+                suspend: true,
+                regions: false,
+            }),
+            disk_full: Default::default(),
+            refuse_start: Default::default(),
+        }
+    }
+}
+
+impl FakeBackend {
+    pub fn calls(&self) -> Vec<String> {
+        self.calls.lock().unwrap().clone()
+    }
+
+    fn record(&self, call: &str, id: &ApplianceId) {
+        self.calls.lock().unwrap().push(format!("{call} {id}"));
+    }
+
+    fn set(&self, id: &ApplianceId, state: MachineState) {
+        self.machines
+            .lock()
+            .unwrap()
+            .insert(id.as_str().to_string(), state);
+    }
+}
+
+impl Backend for FakeBackend {
+    fn name(&self) -> &'static str {
+        "process"
+    }
+    fn capabilities(&self) -> Capabilities {
+        *self.capabilities.lock().unwrap()
+    }
+    fn catalogue(&self) -> Catalogue {
+        Catalogue::default()
+    }
+    fn regions(&self) -> Vec<Region> {
+        vec![Region {
+            name: "test".into(),
+            priority: 0,
+            capacity: 200,
+        }]
+    }
+    fn address(&self, slot: i64) -> Option<IpAddr> {
+        Some(IpAddr::from([127, 0, 46, u8::try_from(slot + 1).ok()?]))
+    }
+    fn create(&self, spec: &MachineSpec<'_>) -> Result<MachineState, BackendError> {
+        self.record("create", spec.id);
+        if self.disk_full.load(Ordering::SeqCst) {
+            return Err(std::io::Error::other("no space left on device").into());
+        }
+        if self.refuse_start.load(Ordering::SeqCst) {
+            self.set(spec.id, MachineState::Stopped);
+            return Err(BackendError::Failed("cannot start".into()));
+        }
+        let state = MachineState::Running { pid: Some(4242) };
+        self.set(spec.id, state);
+        Ok(state)
+    }
+    fn get(&self, id: &ApplianceId) -> MachineState {
+        let machines = self.machines.lock().unwrap();
+        machines
+            .get(id.as_str())
+            .copied()
+            .unwrap_or(MachineState::Absent)
+    }
+    fn action(&self, id: &ApplianceId, action: MachineAction) -> Result<(), BackendError> {
+        self.record(action.name(), id);
+        if !action.supported_by(self.capabilities()) {
+            return Err(BackendError::Unsupported {
+                backend: "process",
+                action: action.name(),
+            });
+        }
+        let state = match action {
+            MachineAction::Start | MachineAction::Resume => {
+                MachineState::Running { pid: Some(4242) }
+            }
+            MachineAction::Stop => MachineState::Stopped,
+            MachineAction::Suspend => MachineState::Suspended,
+        };
+        self.set(id, state);
+        Ok(())
+    }
+    fn delete(&self, id: &ApplianceId) -> Result<(), BackendError> {
+        self.record("delete", id);
+        self.machines.lock().unwrap().remove(id.as_str());
+        Ok(())
+    }
+}
+
+/// An HTTPS peer that answers from a script (then 200 `{}`), recording each request.
+#[derive(Default)]
+pub struct Script {
+    pub answers: Mutex<VecDeque<Result<u16, CallError>>>,
+    pub seen: Mutex<Vec<Outgoing>>,
+}
+
+impl AgentClient for Arc<Script> {
+    fn call(&self, request: Outgoing) -> BoxFuture<'_, Result<Incoming, CallError>> {
+        self.seen.lock().unwrap().push(request);
+        let next = self.answers.lock().unwrap().pop_front().unwrap_or(Ok(200));
+        Box::pin(async move {
+            next.map(|status| Incoming {
+                status,
+                content_type: Some("application/json".into()),
+                body: Bytes::from_static(b"{\"appliance_id\": \"x\"}"),
+            })
+        })
+    }
+}
+
+/// A clock the test moves.
+pub struct FakeClock(pub AtomicI64);
+
+impl Clock for FakeClock {
+    fn now(&self) -> i64 {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+impl FakeClock {
+    pub fn advance(&self, secs: i64) {
+        self.0.fetch_add(secs, Ordering::SeqCst);
+    }
+}
