@@ -676,8 +676,22 @@ async fn a_full_disk_answers_507_and_changes_nothing() {
         .await
         .unwrap();
     assert_eq!(r.status, 201, "{}", r.body);
+    // A file that exists before the disk fills: a failed overwrite must leave it as it
+    // is, with nothing to restore.
+    let r = client
+        .request(
+            agent.addr,
+            "PUT",
+            &format!("/instances/{ID}/custom503"),
+            b"HTTP/1.0 503 Service Unavailable\r\n\r\nv1 down",
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 201, "{}", r.body);
     let cfg = Path::new(&root).join(format!("state/instances/{ID}/haproxy.cfg"));
     let before = std::fs::read(&cfg).unwrap();
+    let custom503 = cfg.with_file_name("custom503.http");
+    let before_503 = std::fs::read(&custom503).unwrap();
 
     // Fill the disk.
     {
@@ -731,14 +745,16 @@ async fn a_full_disk_answers_507_and_changes_nothing() {
         404
     );
 
-    // Nothing changed: same file, no new file, haproxy serves the old configuration.
+    // Nothing changed: same files, no new file, haproxy serves the old configuration.
     assert_eq!(std::fs::read(&cfg).unwrap(), before);
+    assert_eq!(std::fs::read(&custom503).unwrap(), before_503);
     let dir = Path::new(&root).join(format!("state/instances/{ID}"));
-    let names: Vec<_> = std::fs::read_dir(&dir)
+    let mut names: Vec<_> = std::fs::read_dir(&dir)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
-    assert_eq!(names, vec!["haproxy.cfg".to_owned()], "{names:?}");
+    names.sort();
+    assert_eq!(names, ["custom503.http", "haproxy.cfg"], "{names:?}");
     assert!(http_get(port).unwrap().ends_with("v1"));
     let log = agent.log_text();
     assert!(!log.contains("cannot restore"), "{log}");
