@@ -592,16 +592,17 @@ async fn undeliverable_chains_and_overlong_names_are_refused_cleanly() {
     assert_eq!(r.status, 201, "{}", r.body);
     assert_eq!(client.get(agent.addr, "/status").await.unwrap().status, 200);
 
-    // A certificate file name of 240 characters (a legal DNS name): its temporary file
-    // stays within NAME_MAX, so it is stored, not a 500.
+    // A certificate file name of 255 characters, the most a file name may have (its
+    // stem a legal DNS name): its temporary file stays within NAME_MAX, so it is stored,
+    // not a 500.
     let long_name = format!(
         "{}.{}.{}.{}.example",
-        "a".repeat(60),
-        "b".repeat(60),
-        "c".repeat(60),
-        "d".repeat(45)
+        "a".repeat(63),
+        "b".repeat(63),
+        "c".repeat(63),
+        "d".repeat(51)
     );
-    assert_eq!(long_name.len() + 4, 240);
+    assert_eq!(long_name.len() + 4, 255);
     let bundle = s
         .pki
         .issue("long", &long_name, &["--server", "--san", &long_name])
