@@ -330,6 +330,7 @@ async fn users_tokens_and_the_admin_role() {
         "[]",
         "null",
         r#"["x"]"#,
+        r#"["x", null, "long enough password"]"#,
         r#"{"name": "x", "extra": 1}"#,
         r#"{"name": 1}"#,
     ] {
@@ -436,7 +437,13 @@ async fn appliances_are_visible_to_their_owner_and_admins_only() {
         "conflict",
         "reused key",
     );
-    for bad in [r#"["lb", 30]"#, "", r#"{"name": "x", "ttl": 1}"#] {
+    // An array is not the object it resembles, even with a value for every field.
+    for bad in [
+        r#"["lb", 30]"#,
+        r#"["lb-3", 30, null, null, null]"#,
+        "",
+        r#"{"name": "x", "ttl": 1}"#,
+    ] {
         problem(
             &h.call("POST", "/v1/appliances", admin, bad).await,
             400,
