@@ -245,8 +245,13 @@ mod tests {
         with_pending(|buf| buf.len())
     }
 
+    /// Held by each test here: `flush_all` in one would write what another's worker
+    /// holds, doing the flusher's work in its place.
+    static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
     #[test]
     fn a_busy_workers_lines_are_written_within_the_flush_period() {
+        let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
         std::thread::spawn(|| {
             worker_parks();
             Collect.write_all(b"busy worker line\n").unwrap();
@@ -268,6 +273,7 @@ mod tests {
 
     #[test]
     fn flush_all_reaches_every_worker() {
+        let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
         let (tx, rx) = std::sync::mpsc::channel();
         let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
         let worker = std::thread::spawn(move || {

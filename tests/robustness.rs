@@ -592,16 +592,17 @@ async fn undeliverable_chains_and_overlong_names_are_refused_cleanly() {
     assert_eq!(r.status, 201, "{}", r.body);
     assert_eq!(client.get(agent.addr, "/status").await.unwrap().status, 200);
 
-    // A certificate file name of 240 characters (a legal DNS name): its temporary file
-    // stays within NAME_MAX, so it is stored, not a 500.
+    // A certificate file name of 255 characters, the most a file name may have (its
+    // stem a legal DNS name): its temporary file stays within NAME_MAX, so it is stored,
+    // not a 500.
     let long_name = format!(
         "{}.{}.{}.{}.example",
-        "a".repeat(60),
-        "b".repeat(60),
-        "c".repeat(60),
-        "d".repeat(45)
+        "a".repeat(63),
+        "b".repeat(63),
+        "c".repeat(63),
+        "d".repeat(51)
     );
-    assert_eq!(long_name.len() + 4, 240);
+    assert_eq!(long_name.len() + 4, 255);
     let bundle = s
         .pki
         .issue("long", &long_name, &["--server", "--san", &long_name])
@@ -676,8 +677,22 @@ async fn a_full_disk_answers_507_and_changes_nothing() {
         .await
         .unwrap();
     assert_eq!(r.status, 201, "{}", r.body);
+    // A file that exists before the disk fills: a failed overwrite must leave it as it
+    // is, with nothing to restore.
+    let r = client
+        .request(
+            agent.addr,
+            "PUT",
+            &format!("/instances/{ID}/custom503"),
+            b"HTTP/1.0 503 Service Unavailable\r\n\r\nv1 down",
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 201, "{}", r.body);
     let cfg = Path::new(&root).join(format!("state/instances/{ID}/haproxy.cfg"));
     let before = std::fs::read(&cfg).unwrap();
+    let custom503 = cfg.with_file_name("custom503.http");
+    let before_503 = std::fs::read(&custom503).unwrap();
 
     // Fill the disk.
     {
@@ -731,14 +746,16 @@ async fn a_full_disk_answers_507_and_changes_nothing() {
         404
     );
 
-    // Nothing changed: same file, no new file, haproxy serves the old configuration.
+    // Nothing changed: same files, no new file, haproxy serves the old configuration.
     assert_eq!(std::fs::read(&cfg).unwrap(), before);
+    assert_eq!(std::fs::read(&custom503).unwrap(), before_503);
     let dir = Path::new(&root).join(format!("state/instances/{ID}"));
-    let names: Vec<_> = std::fs::read_dir(&dir)
+    let mut names: Vec<_> = std::fs::read_dir(&dir)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
-    assert_eq!(names, vec!["haproxy.cfg".to_owned()], "{names:?}");
+    names.sort();
+    assert_eq!(names, ["custom503.http", "haproxy.cfg"], "{names:?}");
     assert!(http_get(port).unwrap().ends_with("v1"));
     let log = agent.log_text();
     assert!(!log.contains("cannot restore"), "{log}");

@@ -210,6 +210,13 @@ mod tests {
             let lock = locks.get(&i);
             let _held = lock.lock().unwrap();
         }
+        // The map itself, not only what `len` counts: at most the last key is left,
+        // until the next call.
+        let entries = locks.map.lock().unwrap().len();
+        assert!(
+            entries <= 1,
+            "{entries} entries after 1000 keys used in turn"
+        );
         assert_eq!(locks.len(), 0);
         let a = locks.get(&1);
         let again = locks.get(&1);
