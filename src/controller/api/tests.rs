@@ -10,8 +10,11 @@ use http_body_util::BodyExt;
 use serde_json::Value;
 
 use super::router;
+use crate::callback::{Callback, CallbackEvent};
 use crate::config::controller::{ControllerConfig, Zone};
 use crate::controller::fleet::Fleet;
+use crate::controller::fleet::fakes::{FakeBackend, Script};
+use crate::controller::fleet::ports::{AgentClient, Backend, CallError};
 use crate::controller::store::{Role, Store};
 use crate::controller::{auth, backend::ProcessBackend, ca::ControllerCa};
 
@@ -32,6 +35,20 @@ struct Answer {
 
 impl Harness {
     async fn new() -> Harness {
+        Harness::build(None).await
+    }
+
+    /// A harness whose backend and agents are fakes the test controls.
+    async fn with_fakes() -> (Harness, Arc<FakeBackend>, Arc<Script>) {
+        let (backend, agents) = (
+            Arc::new(FakeBackend::default()),
+            Arc::new(Script::default()),
+        );
+        let h = Harness::build(Some((backend.clone(), agents.clone()))).await;
+        (h, backend, agents)
+    }
+
+    async fn build(fakes: Option<(Arc<FakeBackend>, Arc<Script>)>) -> Harness {
         let dir = tempfile::tempdir().unwrap();
         let config_path = dir.path().join("controller.toml");
         std::fs::write(
@@ -51,7 +68,7 @@ impl Harness {
                 .expect("sqlite store"),
         );
         let ca = Arc::new(ControllerCa::open(&dir.path().join("ca"), 30, 14).unwrap());
-        let backend = Arc::new(ProcessBackend {
+        let process = Arc::new(ProcessBackend {
             root: dir.path().join("appliances"),
             run_root: dir.path().join("run"),
             binary: "/nonexistent".into(),
@@ -65,10 +82,16 @@ impl Harness {
             heartbeat_interval: std::time::Duration::from_secs(1),
             appliance_ids: None,
         });
-        let agents = Box::new(crate::transport::client::Client::new(
-            Some(ca.agent_client().unwrap()),
-            std::time::Duration::from_secs(1),
-        ));
+        let (backend, agents): (Arc<dyn Backend>, Box<dyn AgentClient>) = match fakes {
+            Some((backend, agents)) => (backend, Box::new(agents)),
+            None => (
+                process,
+                Box::new(crate::transport::client::Client::new(
+                    Some(ca.agent_client().unwrap()),
+                    std::time::Duration::from_secs(1),
+                )),
+            ),
+        };
         let hooks = Box::new(crate::transport::client::Client::new(
             None,
             std::time::Duration::from_secs(1),
@@ -611,4 +634,118 @@ async fn appliances_are_visible_to_their_owner_and_admins_only() {
     let p = h.call("POST", "/v1/ping?async=true", admin, "").await;
     assert_eq!(p.status, 202, "{}", p.text);
     drop(h.fleet.clone());
+}
+
+#[tokio::test]
+async fn backend_and_agent_failures_are_problems() {
+    let (h, backend, agents) = Harness::with_fakes().await;
+    let now = crate::certs::now_unix();
+    // The controller's own files fail: the task's problem is internal, without details.
+    backend
+        .disk_full
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let a = h
+        .call(
+            "POST",
+            "/v1/appliances",
+            Some(&h.member),
+            r#"{"name": "lb-1"}"#,
+        )
+        .await;
+    assert_eq!(a.status, 202, "{}", a.text);
+    let task = a.body["id"].as_str().unwrap().to_string();
+    assert_eq!(h.fleet.run_queued_tasks(now).await, 1);
+    let t = h
+        .call("GET", &format!("/v1/tasks/{task}"), Some(&h.member), "")
+        .await;
+    assert_eq!(t.body["state"], "failed", "{}", t.text);
+    assert_eq!(t.body["problem"]["type"], "urn:applianced:problem:internal");
+    assert_eq!(t.body["problem"]["detail"], "internal error", "{}", t.text);
+    backend
+        .disk_full
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    // No room left in any region: 503.
+    backend
+        .capacity
+        .store(0, std::sync::atomic::Ordering::SeqCst);
+    let a = h
+        .call(
+            "POST",
+            "/v1/appliances",
+            Some(&h.member),
+            r#"{"name": "lb-0"}"#,
+        )
+        .await;
+    let task = a.body["id"].as_str().unwrap().to_string();
+    assert_eq!(h.fleet.run_queued_tasks(now).await, 1);
+    let t = h
+        .call("GET", &format!("/v1/tasks/{task}"), Some(&h.member), "")
+        .await;
+    assert_eq!(t.body["problem"]["status"], 503, "{}", t.text);
+    assert_eq!(
+        t.body["problem"]["type"],
+        "urn:applianced:problem:no-capacity"
+    );
+    backend
+        .capacity
+        .store(200, std::sync::atomic::Ordering::SeqCst);
+
+    let a = h
+        .call(
+            "POST",
+            "/v1/appliances",
+            Some(&h.member),
+            r#"{"name": "lb-2"}"#,
+        )
+        .await;
+    let id = a.body["appliance"]["id"].as_str().unwrap().to_string();
+    assert_eq!(h.fleet.run_queued_tasks(now).await, 1);
+    let launched = Callback {
+        event: CallbackEvent::Launched,
+        appliance_id: None,
+        status: None,
+    };
+    h.fleet.callback(&id, launched).await.unwrap();
+    // What the appliance's backend cannot do: 409 before anything is queued.
+    backend.capabilities.lock().unwrap().suspend = false;
+    let actions = format!("/v1/appliances/{id}/actions");
+    let a = h
+        .call(
+            "POST",
+            &actions,
+            Some(&h.member),
+            r#"{"action": "suspend"}"#,
+        )
+        .await;
+    problem(&a, 409, "not-supported-by-backend", "suspend");
+    assert_eq!(
+        a.body["detail"],
+        "the process backend cannot suspend appliances"
+    );
+    assert_eq!(h.fleet.run_queued_tasks(now).await, 0, "nothing queued");
+    // An agent that cannot be reached, every attempt: 502.
+    for _ in 0..10 {
+        agents
+            .answers
+            .lock()
+            .unwrap()
+            .push_back(Err(CallError::NotSent("connection refused".into())));
+    }
+    let a = h
+        .call(
+            "GET",
+            &format!("/v1/appliances/{id}/agent/status"),
+            Some(&h.member),
+            "",
+        )
+        .await;
+    problem(&a, 502, "bad-gateway", "pass-through");
+    assert!(
+        a.body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("connection refused"),
+        "{}",
+        a.text
+    );
 }

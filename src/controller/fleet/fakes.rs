@@ -3,7 +3,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -17,6 +17,8 @@ pub struct FakeBackend {
     pub calls: Mutex<Vec<String>>,
     pub machines: Mutex<HashMap<String, MachineState>>,
     pub capabilities: Mutex<Capabilities>,
+    /// Machines its one region holds.
+    pub capacity: AtomicU32,
     /// Writing the appliance's files fails (a full disk).
     pub disk_full: AtomicBool,
     /// Starting fails (the backend refuses).
@@ -34,6 +36,7 @@ impl Default for FakeBackend {
                 suspend: true,
                 regions: false,
             }),
+            capacity: AtomicU32::new(200),
             disk_full: Default::default(),
             refuse_start: Default::default(),
         }
@@ -71,7 +74,7 @@ impl Backend for FakeBackend {
         vec![Region {
             name: "test".into(),
             priority: 0,
-            capacity: 200,
+            capacity: self.capacity.load(Ordering::SeqCst),
         }]
     }
     fn address(&self, slot: i64) -> Option<IpAddr> {
@@ -155,5 +158,22 @@ impl Clock for FakeClock {
 impl FakeClock {
     pub fn advance(&self, secs: i64) {
         self.0.fetch_add(secs, Ordering::SeqCst);
+    }
+}
+
+impl super::Fleet {
+    /// Claims and runs every queued task at `now`, as a worker would; how many ran.
+    pub(crate) async fn run_queued_tasks(&self, now: i64) -> usize {
+        let mut ran = 0;
+        while let Some(task) = self
+            .store
+            .claim_task(&self.lease_owner, now, now + super::LEASE_SECS)
+            .await
+            .unwrap()
+        {
+            self.run_claimed(task).await;
+            ran += 1;
+        }
+        ran
     }
 }

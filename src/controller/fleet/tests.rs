@@ -81,21 +81,7 @@ async fn setup() -> Setup {
 impl Setup {
     /// Claims and runs every queued task, as a worker would.
     async fn run_tasks(&self) -> usize {
-        let mut ran = 0;
-        loop {
-            let now = self.clock.now();
-            let claimed = self
-                .fleet
-                .store
-                .claim_task(&self.fleet.lease_owner, now, now + LEASE_SECS)
-                .await
-                .unwrap();
-            let Some(task) = claimed else {
-                return ran;
-            };
-            self.fleet.run_claimed(task).await;
-            ran += 1;
-        }
+        self.fleet.run_queued_tasks(self.clock.now()).await
     }
 
     async fn create(&self, name: &str, callback_url: Option<&str>) -> String {
