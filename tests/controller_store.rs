@@ -5,7 +5,9 @@ mod common;
 
 use applianced::controller::auth;
 use applianced::controller::lifecycle::State;
-use applianced::controller::records::{Appliance, Changes, Moved, NewTask, Record, TaskState};
+use applianced::controller::records::{
+    Appliance, Changes, Moved, NewTask, Record, TaskKind, TaskState,
+};
 use applianced::controller::store::{Backend, Role, Store, StoreError};
 
 async fn scenario(store: Store) {
@@ -136,7 +138,7 @@ async fn moves_and_tasks(store: &Store, owner: &str, now: i64) {
         request: "{}".into(),
     };
     let create = store
-        .create_appliance(&a, &task("create"), None)
+        .create_appliance(&a, &task(TaskKind::Create), None)
         .await
         .unwrap();
     let record = || Record {
@@ -144,7 +146,7 @@ async fn moves_and_tasks(store: &Store, owner: &str, now: i64) {
         detail: None,
         actor: None,
     };
-    let stop = task("stop");
+    let stop = task(TaskKind::Stop);
     // Expiry: to `stopping`, with its event and the stop task.
     let no_changes = Changes::default();
     let expire = || {
@@ -183,7 +185,7 @@ async fn moves_and_tasks(store: &Store, owner: &str, now: i64) {
     };
     let queued = store.task(&stop_id).await.unwrap().unwrap();
     assert_eq!(
-        (queued.kind.as_str(), queued.state.as_str()),
+        (queued.kind.name(), queued.state.as_str()),
         ("stop", "queued")
     );
     assert_eq!(

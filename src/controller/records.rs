@@ -103,6 +103,49 @@ impl TaskState {
     }
 }
 
+/// What a task does; stored by name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TaskKind {
+    Create,
+    Start,
+    Stop,
+    Suspend,
+    Resume,
+    Destroy,
+    RotateCertificate,
+    Ping,
+}
+
+impl TaskKind {
+    pub const ALL: [TaskKind; 8] = [
+        TaskKind::Create,
+        TaskKind::Start,
+        TaskKind::Stop,
+        TaskKind::Suspend,
+        TaskKind::Resume,
+        TaskKind::Destroy,
+        TaskKind::RotateCertificate,
+        TaskKind::Ping,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            TaskKind::Create => "create",
+            TaskKind::Start => "start",
+            TaskKind::Stop => "stop",
+            TaskKind::Suspend => "suspend",
+            TaskKind::Resume => "resume",
+            TaskKind::Destroy => "destroy",
+            TaskKind::RotateCertificate => "rotate-certificate",
+            TaskKind::Ping => "ping",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<TaskKind> {
+        TaskKind::ALL.into_iter().find(|k| k.name() == name)
+    }
+}
+
 /// Where a webhook delivery is; stored by name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DeliveryState {
@@ -204,7 +247,7 @@ pub struct Delivery {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Task {
     pub id: String,
-    pub kind: String,
+    pub kind: TaskKind,
     pub appliance_id: Option<String>,
     pub owner_id: String,
     pub state: TaskState,
@@ -227,7 +270,7 @@ impl Task {
     fn from_row(r: &AnyRow) -> Result<Task, sqlx::Error> {
         Ok(Task {
             id: r.try_get("id")?,
-            kind: r.try_get("kind")?,
+            kind: decode_name(r, "kind", TaskKind::parse)?,
             appliance_id: r.try_get("appliance_id")?,
             owner_id: r.try_get("owner_id")?,
             state: decode_name(r, "state", TaskState::parse)?,
@@ -250,7 +293,7 @@ impl Task {
 
 /// A task to queue.
 pub struct NewTask<'a> {
-    pub kind: &'a str,
+    pub kind: TaskKind,
     pub appliance_id: Option<&'a str>,
     pub owner_id: &'a str,
     pub request: String,
@@ -788,7 +831,7 @@ async fn insert_task(tx: &mut Tx<'_>, task: &NewTask<'_>, now: i64) -> Result<St
          VALUES ($1, $2, $3, $4, 'queued', $5, $6)",
     )
     .bind(&id)
-    .bind(task.kind)
+    .bind(task.kind.name())
     .bind(task.appliance_id)
     .bind(task.owner_id)
     .bind(&task.request)

@@ -106,7 +106,7 @@ impl From<&Task> for TaskView {
         };
         TaskView {
             id: t.id.clone(),
-            kind: t.kind.clone(),
+            kind: t.kind.name().to_string(),
             state: t.state.as_str().to_string(),
             appliance_id: t.appliance_id.clone(),
             owner_id: t.owner_id.clone(),

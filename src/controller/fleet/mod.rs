@@ -95,48 +95,7 @@ impl Check {
     }
 }
 
-/// What a task does; stored by name.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TaskKind {
-    Create,
-    Start,
-    Stop,
-    Suspend,
-    Resume,
-    Destroy,
-    RotateCertificate,
-    Ping,
-}
-
-impl TaskKind {
-    pub const ALL: [TaskKind; 8] = [
-        TaskKind::Create,
-        TaskKind::Start,
-        TaskKind::Stop,
-        TaskKind::Suspend,
-        TaskKind::Resume,
-        TaskKind::Destroy,
-        TaskKind::RotateCertificate,
-        TaskKind::Ping,
-    ];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            TaskKind::Create => "create",
-            TaskKind::Start => "start",
-            TaskKind::Stop => "stop",
-            TaskKind::Suspend => "suspend",
-            TaskKind::Resume => "resume",
-            TaskKind::Destroy => "destroy",
-            TaskKind::RotateCertificate => "rotate-certificate",
-            TaskKind::Ping => "ping",
-        }
-    }
-
-    pub fn parse(name: &str) -> Option<TaskKind> {
-        TaskKind::ALL.into_iter().find(|k| k.name() == name)
-    }
-}
+pub use super::records::TaskKind;
 
 /// The time, in Unix seconds; a fake in tests.
 pub trait Clock: Send + Sync {
@@ -277,7 +236,7 @@ impl Fleet {
         &self,
         id: &str,
         event: Event,
-        kind: &str,
+        kind: TaskKind,
         owner_id: &str,
         request: Value,
     ) -> Result<String, FleetError> {

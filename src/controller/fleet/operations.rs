@@ -237,7 +237,7 @@ impl Fleet {
         let mut request: Value = serde_json::from_str(&canonical).unwrap_or_default();
         request["actor"] = Value::String(user.name.clone());
         let new_task = NewTask {
-            kind: TaskKind::Create.name(),
+            kind: TaskKind::Create,
             appliance_id: Some(&appliance.id),
             owner_id: &user.id,
             request: request.to_string(),
@@ -355,14 +355,15 @@ impl Fleet {
         if lifecycle::next(a.state, event).is_none() {
             return Err(illegal(a, event));
         }
+        let kind = task_for(event)
+            .ok_or_else(|| FleetError::Internal(format!("{} queues no task", event.name())))?;
         let task_id = if matches!(event, Event::Start | Event::Stop) {
             // Moved and queued in one transaction: the task cannot run (and the
             // appliance cannot report `launched` or `stopped`) before the move is recorded.
-            self.apply_and_queue(&a.id, event, event.name(), &user.id, request)
+            self.apply_and_queue(&a.id, event, kind, &user.id, request)
                 .await?
         } else {
-            self.queue(event.name(), Some(&a.id), &user.id, request)
-                .await?
+            self.queue(kind, Some(&a.id), &user.id, request).await?
         };
         let task = self.queued_task(&task_id).await?;
         Ok(Queued {
@@ -432,7 +433,7 @@ impl Fleet {
             let request = json!({"targets": [a.id], "single": true, "check": check.name()});
             let id = acting_as(
                 Some(user.name.clone()),
-                self.queue(TaskKind::Ping.name(), None, &user.id, request),
+                self.queue(TaskKind::Ping, None, &user.id, request),
             )
             .await?;
             return Ok(PingOutcome::Queued(self.queued_task(&id).await?));
@@ -483,7 +484,7 @@ impl Fleet {
             let request = json!({"targets": targets, "check": check.name()});
             let id = acting_as(
                 Some(user.name.clone()),
-                self.queue(TaskKind::Ping.name(), None, &user.id, request),
+                self.queue(TaskKind::Ping, None, &user.id, request),
             )
             .await?;
             return Ok(PingOutcome::Queued(self.queued_task(&id).await?));
@@ -535,6 +536,19 @@ fn machine_action(event: Event) -> Option<MachineAction> {
         Event::Stop => Some(MachineAction::Stop),
         Event::Suspend => Some(MachineAction::Suspend),
         Event::Resume => Some(MachineAction::Resume),
+        _ => None,
+    }
+}
+
+/// The task an operator's action queues.
+fn task_for(event: Event) -> Option<TaskKind> {
+    match event {
+        Event::Start => Some(TaskKind::Start),
+        Event::Stop => Some(TaskKind::Stop),
+        Event::Suspend => Some(TaskKind::Suspend),
+        Event::Resume => Some(TaskKind::Resume),
+        Event::Destroy => Some(TaskKind::Destroy),
+        Event::RotateCertificate => Some(TaskKind::RotateCertificate),
         _ => None,
     }
 }

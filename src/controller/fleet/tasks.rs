@@ -5,7 +5,7 @@ use super::*;
 impl Fleet {
     pub async fn queue(
         &self,
-        kind: &str,
+        kind: TaskKind,
         appliance_id: Option<&str>,
         owner_id: &str,
         request: Value,
@@ -58,7 +58,7 @@ impl Fleet {
             )))
         } else {
             if task.attempts > 1 {
-                tracing::info!(task = %task.id, kind = %task.kind, attempt = task.attempts, "resuming an interrupted task");
+                tracing::info!(task = %task.id, kind = task.kind.name(), attempt = task.attempts, "resuming an interrupted task");
             }
             // The steps' events name the user who asked for the task, if one did.
             let actor = serde_json::from_str::<Value>(&task.request)
@@ -73,7 +73,7 @@ impl Fleet {
                 if let FleetError::Internal(detail) = e {
                     tracing::error!(task = %task.id, error = %detail, "task failed");
                 } else {
-                    tracing::warn!(task = %task.id, kind = %task.kind, error = %e, "task failed");
+                    tracing::warn!(task = %task.id, kind = task.kind.name(), error = %e, "task failed");
                 }
                 (TaskState::Failed, None, Some(e.problem().to_string()))
             }
@@ -91,7 +91,7 @@ impl Fleet {
             .await
         {
             Ok(true) => {
-                tracing::info!(task = %task.id, kind = %task.kind, state = state.as_str(), "task finished")
+                tracing::info!(task = %task.id, kind = task.kind.name(), state = state.as_str(), "task finished")
             }
             Ok(false) => {
                 tracing::warn!(task = %task.id, "task lease lost before it finished")
@@ -103,12 +103,7 @@ impl Fleet {
     pub(super) async fn run_task(&self, task: &Task) -> Result<Value, FleetError> {
         let request: Value = serde_json::from_str(&task.request).unwrap_or(Value::Null);
         let appliance_id = task.appliance_id.clone().unwrap_or_default();
-        let Some(kind) = TaskKind::parse(&task.kind) else {
-            return Err(FleetError::Internal(format!(
-                "unknown task kind {:?}",
-                task.kind
-            )));
-        };
+        let kind = task.kind;
         match kind {
             TaskKind::Create => self.provision(&appliance_id).await,
             TaskKind::Start => {

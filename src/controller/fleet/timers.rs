@@ -37,7 +37,7 @@ impl Fleet {
             let result = match lifecycle::due(&clock, now, &timers) {
                 None => Ok(()),
                 Some(Due::Rotate) => self
-                    .queue("rotate-certificate", Some(&id), &owner, json!({}))
+                    .queue(TaskKind::RotateCertificate, Some(&id), &owner, json!({}))
                     .await
                     .map(|_| ()),
                 // The stop is queued with the move: if another operation still runs,
@@ -46,7 +46,7 @@ impl Fleet {
                     .apply_and_queue(
                         &id,
                         Event::Expired,
-                        "stop",
+                        TaskKind::Stop,
                         &owner,
                         json!({"reason": "expired"}),
                     )
