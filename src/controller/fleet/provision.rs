@@ -57,7 +57,7 @@ impl Fleet {
         let mut state = on_backend(&self.backend, move |b| Ok(b.get(&m))).await?;
         if a.cert_serial.is_none() || state == MachineState::Absent {
             let (ca, backend, m) = (self.ca.clone(), self.backend.clone(), machine.clone());
-            let issued = blocking(move || {
+            let (issued, made) = blocking(move || {
                 let issued = ca
                     .issue_appliance(m.as_str(), &address.to_string())
                     .map_err(|e| FleetError::Internal(format!("the CA cannot issue: {e}")))?;
@@ -71,7 +71,6 @@ impl Fleet {
                 Ok((issued, made))
             })
             .await?;
-            let (issued, made) = issued;
             state = made;
             let (serial, not_after) = (issued.serial.clone(), issued.not_after.unix_timestamp());
             self.apply(
