@@ -138,8 +138,9 @@ impl Event {
     /// Operator actions by their API name.
     pub fn action(name: &str) -> Option<Event> {
         Some(match name {
-            "start" => Event::Start,
-            "stop" => Event::Stop,
+            // `on` and `off` are seed 000's names for them.
+            "start" | "on" => Event::Start,
+            "stop" | "off" => Event::Stop,
             "suspend" => Event::Suspend,
             "resume" => Event::Resume,
             "extend" => Event::Extend,

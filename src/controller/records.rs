@@ -781,6 +781,19 @@ impl Store {
         Ok(done.rows_affected())
     }
 
+    /// Cancels a task that is queued and has never run; false when it is not (any more).
+    pub async fn cancel_task(&self, id: &str, now: i64) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE tasks SET state = 'cancelled', finished_at = $1 \
+             WHERE id = $2 AND state = 'queued' AND attempts = 0",
+        )
+        .bind(now)
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
     /// Finishes a task this controller holds. False when the lease was lost.
     pub async fn finish_task(
         &self,

@@ -265,6 +265,15 @@ impl Store {
         Ok(row.map(|r| User::from_row(&r)).transpose()?)
     }
 
+    /// Removes one token (log out); false when there was no such token.
+    pub async fn delete_token(&self, token_hash: &str) -> Result<bool, StoreError> {
+        let done = sqlx::query("DELETE FROM tokens WHERE token_hash = $1")
+            .bind(token_hash)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
     /// Removes expired tokens; returns how many.
     pub async fn delete_expired_tokens(&self, now: i64) -> Result<u64, StoreError> {
         let done = sqlx::query("DELETE FROM tokens WHERE expires_at <= $1")

@@ -54,8 +54,8 @@ pub struct ListQuery {
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Action {
-    /// `start`, `stop`, `suspend`, `resume`, `destroy`, `rotate-certificate` (202 and a
-    /// task), or `extend` (200, with `minutes`).
+    /// `start` (or `on`), `stop` (or `off`), `suspend`, `resume`, `destroy`,
+    /// `rotate-certificate` (202 and a task), or `extend` (200, with `minutes`).
     action: String,
     #[serde(default, deserialize_with = "super::extract::whole_number")]
     minutes: Option<u32>,

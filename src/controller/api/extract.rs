@@ -57,6 +57,21 @@ impl FromRequestParts<ApiState> for Caller {
     }
 }
 
+/// The bearer token of a request, once it authenticates a user (to log it out).
+pub struct TokenCaller(pub String);
+
+impl FromRequestParts<ApiState> for TokenCaller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &ApiState) -> Result<Self, ApiError> {
+        let token = credentials(parts, "Bearer ")
+            .ok_or(FleetError::Unauthorized("a bearer token is required"))?;
+        let user = state.fleet.authenticate(Some(token), None).await?;
+        ActorSlot::record(parts, &user);
+        Ok(TokenCaller(token.to_string()))
+    }
+}
+
 /// The user a request's basic credentials (name and password) belong to.
 pub struct PasswordCaller(pub User);
 

@@ -184,7 +184,7 @@ impl Modify for Conventions {
 /// The admin zone's API routes and the OpenAPI document describing them.
 fn admin_api() -> (Router<ApiState>, utoipa::openapi::OpenApi) {
     let (router, mut doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())
-        .routes(routes!(tokens::create))
+        .routes(routes!(tokens::create, tokens::delete))
         .routes(routes!(users::list, users::create))
         .routes(routes!(users::get, users::delete))
         .routes(routes!(appliances::list, appliances::create))
@@ -195,6 +195,7 @@ fn admin_api() -> (Router<ApiState>, utoipa::openapi::OpenApi) {
         .routes(routes!(pings::many))
         .routes(routes!(tasks::list))
         .routes(routes!(tasks::get))
+        .routes(routes!(tasks::cancel))
         .routes(routes!(openapi_json))
         .split_for_parts();
     // The appliance zone's one route is part of the same contract.

@@ -36,3 +36,20 @@ pub async fn get(
         pending(view)
     })
 }
+
+/// Cancel a task that is queued and has not run yet (not a start or stop, which moved
+/// their appliance when queued; a cancelled create leaves its appliance failed).
+#[utoipa::path(operation_id = "cancel_task", post, path = "/v1/tasks/{id}/cancel", tag = "tasks", params(("id" = String, Path)),
+    responses(
+        (status = 200, description = "Cancelled", body = TaskView),
+        (status = 404, description = "No such task (or not the caller's)"),
+        (status = 409, description = "Running, done, interrupted once, or a start or stop"),
+    ))]
+pub async fn cancel(
+    State(s): State<ApiState>,
+    Caller(me): Caller,
+    Id(id): Id<TaskId>,
+) -> Result<Response, ApiError> {
+    let task = s.fleet.cancel_task(&me, &id).await?;
+    Ok(ok(TaskView::from(&task)))
+}

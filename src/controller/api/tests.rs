@@ -174,6 +174,7 @@ async fn every_documented_operation_is_routed_and_asks_for_credentials() {
     let expected = [
         "DELETE /v1/appliances/{id}",
         "DELETE /v1/appliances/{id}/agent/{path}",
+        "DELETE /v1/tokens",
         "DELETE /v1/users/{id}",
         "GET /v1/appliances",
         "GET /v1/appliances/{id}",
@@ -190,6 +191,7 @@ async fn every_documented_operation_is_routed_and_asks_for_credentials() {
         "POST /v1/appliances/{id}/ping",
         "POST /v1/events",
         "POST /v1/ping",
+        "POST /v1/tasks/{id}/cancel",
         "POST /v1/tokens",
         "POST /v1/users",
         "PUT /v1/appliances/{id}/agent/{path}",
@@ -235,7 +237,7 @@ async fn every_documented_operation_is_routed_and_asks_for_credentials() {
         problem(&a, 404, "not-found", &format!("{method} {path}"));
     }
     for (method, path, allow) in [
-        ("GET", "/v1/tokens", "POST"),
+        ("GET", "/v1/tokens", "POST,DELETE"),
         ("PUT", "/v1/users/abc", "GET,HEAD,DELETE"),
         ("TRACE", "/v1/appliances", "GET,HEAD,POST"),
         (
@@ -748,4 +750,152 @@ async fn backend_and_agent_failures_are_problems() {
         "{}",
         a.text
     );
+}
+
+#[tokio::test]
+async fn seed_verbs_task_cancellation_and_log_out() {
+    let (h, backend, _agents) = Harness::with_fakes().await;
+    let now = crate::certs::now_unix();
+    let launched = || Callback {
+        event: CallbackEvent::Launched,
+        appliance_id: None,
+        status: None,
+    };
+    let cancel = |task: &Value| format!("/v1/tasks/{}/cancel", task.as_str().unwrap());
+    // A create cancelled before it ran: its appliance is failed and nothing was made.
+    let a = h
+        .call(
+            "POST",
+            "/v1/appliances",
+            Some(&h.member),
+            r#"{"name": "lb-1"}"#,
+        )
+        .await;
+    let (task, first) = (a.body["id"].clone(), a.body["appliance"]["id"].clone());
+    let c = h.call("POST", &cancel(&task), Some(&h.member), "").await;
+    assert_eq!(c.status, 200, "{}", c.text);
+    assert_eq!(
+        (&c.body["state"], &c.body["kind"]),
+        (&"cancelled".into(), &"create".into())
+    );
+    assert_eq!(
+        h.fleet.run_queued_tasks(now).await,
+        0,
+        "nothing left to run"
+    );
+    let g = h
+        .call(
+            "GET",
+            &format!("/v1/appliances/{}", first.as_str().unwrap()),
+            Some(&h.member),
+            "",
+        )
+        .await;
+    assert_eq!(g.body["state"], "failed", "{}", g.text);
+    assert!(backend.calls().is_empty(), "{:?}", backend.calls());
+    problem(
+        &h.call("POST", &cancel(&task), Some(&h.member), "").await,
+        409,
+        "conflict",
+        "cancelled twice",
+    );
+    problem(
+        &h.call("POST", "/v1/tasks/nothing/cancel", Some(&h.member), "")
+            .await,
+        404,
+        "not-found",
+        "no such task",
+    );
+
+    // `off` and `on` are `stop` and `start`; those tasks are not cancelled.
+    let a = h
+        .call(
+            "POST",
+            "/v1/appliances",
+            Some(&h.member),
+            r#"{"name": "lb-2"}"#,
+        )
+        .await;
+    let (create, id) = (
+        a.body["id"].clone(),
+        a.body["appliance"]["id"].as_str().unwrap().to_string(),
+    );
+    assert_eq!(h.fleet.run_queued_tasks(now).await, 1);
+    problem(
+        &h.call("POST", &cancel(&create), Some(&h.member), "").await,
+        409,
+        "conflict",
+        "a task that is done",
+    );
+    h.fleet.callback(&id, launched()).await.unwrap();
+    let actions = format!("/v1/appliances/{id}/actions");
+    let off = h
+        .call("POST", &actions, Some(&h.member), r#"{"action": "off"}"#)
+        .await;
+    assert_eq!(
+        (off.status.as_u16(), &off.body["kind"]),
+        (202, &"stop".into()),
+        "{}",
+        off.text
+    );
+    let refused = h
+        .call("POST", &cancel(&off.body["id"]), Some(&h.member), "")
+        .await;
+    problem(&refused, 409, "conflict", "a stop");
+    assert!(
+        refused.body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("moved its appliance")
+    );
+    assert_eq!(h.fleet.run_queued_tasks(now).await, 1);
+    let on = h
+        .call("POST", &actions, Some(&h.member), r#"{"action": "on"}"#)
+        .await;
+    assert_eq!(
+        (on.status.as_u16(), &on.body["kind"]),
+        (202, &"start".into()),
+        "{}",
+        on.text
+    );
+    assert_eq!(h.fleet.run_queued_tasks(now).await, 1);
+    h.fleet.callback(&id, launched()).await.unwrap();
+    // A suspend cancelled before it ran changes nothing.
+    let suspend = h
+        .call(
+            "POST",
+            &actions,
+            Some(&h.member),
+            r#"{"action": "suspend"}"#,
+        )
+        .await;
+    assert_eq!(suspend.status, 202, "{}", suspend.text);
+    let c = h
+        .call("POST", &cancel(&suspend.body["id"]), Some(&h.admin), "")
+        .await;
+    assert_eq!(
+        c.body["state"], "cancelled",
+        "admins cancel anyone's: {}",
+        c.text
+    );
+    assert_eq!(h.fleet.run_queued_tasks(now).await, 0);
+    let g = h
+        .call("GET", &format!("/v1/appliances/{id}"), Some(&h.member), "")
+        .await;
+    assert_eq!(g.body["state"], "active", "{}", g.text);
+    assert!(!backend.calls().iter().any(|c| c.starts_with("suspend")));
+
+    // Log out: the token stops working at once.
+    let out = h.call("DELETE", "/v1/tokens", Some(&h.member), "").await;
+    assert_eq!(out.status, 204, "{}", out.text);
+    for (method, path) in [("GET", "/v1/tasks"), ("DELETE", "/v1/tokens")] {
+        problem(
+            &h.call(method, path, Some(&h.member), "").await,
+            401,
+            "unauthorized",
+            path,
+        );
+    }
+    let still = h.call("GET", "/v1/tasks", Some(&h.admin), "").await;
+    assert_eq!(still.status, 200, "other tokens still work");
 }

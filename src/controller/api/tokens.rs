@@ -1,11 +1,12 @@
 //! `POST /v1/tokens`: a bearer token for basic credentials.
 
 use axum::extract::State;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
+use http::StatusCode;
 use serde::Deserialize;
 use utoipa::ToSchema;
 
-use super::extract::{OptionalBody, PasswordCaller};
+use super::extract::{OptionalBody, PasswordCaller, TokenCaller};
 use super::views::{TokenView, UserView, created};
 use super::{ApiError, ApiState};
 
@@ -37,4 +38,18 @@ pub async fn create(
         expires_at: crate::certs::format_unix(issued.expires_at),
         user: UserView::from(&issued.user),
     }))
+}
+
+/// Log out: the bearer token the request carries stops working at once.
+#[utoipa::path(operation_id = "delete_token", delete, path = "/v1/tokens", tag = "users",
+    security(("bearer" = [])),
+    responses(
+        (status = 204, description = "Logged out"),
+    ))]
+pub async fn delete(
+    TokenCaller(token): TokenCaller,
+    State(s): State<ApiState>,
+) -> Result<Response, ApiError> {
+    s.fleet.revoke_token(&token).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
 }

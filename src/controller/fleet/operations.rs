@@ -313,7 +313,7 @@ impl Fleet {
         let a = self.visible(user, id).await?;
         let event = Event::action(action).ok_or_else(|| {
             invalid(format!(
-                "action {action:?}: start, stop, suspend, resume, extend, destroy or rotate-certificate"
+                "action {action:?}: start (or on), stop (or off), suspend, resume, extend, destroy or rotate-certificate"
             ))
         })?;
         // The moves and tasks this causes are recorded as the user's.
@@ -526,6 +526,52 @@ impl Fleet {
             Some(t) if sees(user, &t.owner_id) => Ok(t),
             _ => Err(FleetError::NoSuchTask),
         }
+    }
+
+    /// Cancels a task that is queued and has never run. Start and stop tasks moved their
+    /// appliance when they were queued, so they are not cancelled (act again instead); a
+    /// cancelled create leaves its appliance failed, with nothing made.
+    pub async fn cancel_task(&self, user: &User, id: &TaskId) -> Result<Task, FleetError> {
+        let task = self.task(user, id).await?;
+        let not_now = |why: &str| {
+            FleetError::Conflict(format!(
+                "task {} ({}) cannot be cancelled: {why}",
+                task.id,
+                task.kind.name()
+            ))
+        };
+        if task.state != TaskState::Queued || task.attempts > 0 {
+            return Err(not_now(&format!(
+                "it is {}; only a queued task that has not run can be",
+                if task.state == TaskState::Queued {
+                    "queued again after an interrupted run"
+                } else {
+                    task.state.as_str()
+                }
+            )));
+        }
+        if matches!(task.kind, TaskKind::Start | TaskKind::Stop) {
+            return Err(not_now(
+                "it moved its appliance when it was queued; start or stop it again instead",
+            ));
+        }
+        if !self.store.cancel_task(&task.id, self.clock.now()).await? {
+            return Err(not_now("it started meanwhile"));
+        }
+        if let (TaskKind::Create, Some(appliance)) = (task.kind, &task.appliance_id) {
+            let detail = json!({"cancelled_task": task.id});
+            acting_as(
+                Some(user.name.clone()),
+                self.apply(
+                    appliance,
+                    Event::ProvisionFailed,
+                    |_| Changes::default(),
+                    Some(detail),
+                ),
+            )
+            .await?;
+        }
+        self.task(user, id).await
     }
 }
 

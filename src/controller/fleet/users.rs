@@ -113,6 +113,15 @@ impl Fleet {
         Ok(user)
     }
 
+    /// Logs out: the bearer token stops working at once.
+    pub async fn revoke_token(&self, token: &str) -> Result<(), FleetError> {
+        if self.store.delete_token(&auth::token_hash(token)).await? {
+            Ok(())
+        } else {
+            Err(FleetError::Unauthorized("unknown or expired token"))
+        }
+    }
+
     /// A new bearer token for `user`, living `ttl_seconds` (default 8 h, at most 24 h).
     pub async fn issue_token(
         &self,
