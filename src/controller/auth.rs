@@ -87,8 +87,13 @@ pub fn generate_password() -> String {
     out
 }
 
+/// A user name the controller does not accept.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("user name {0:?}: 1 to 64 letters, digits, '.', '_', '-' or '@'")]
+pub struct BadUserName(pub String);
+
 /// Checks an operator name: 1 to 64 letters, digits, `.`, `_`, `-` or `@` (after trimming).
-pub fn check_user_name(name: &str) -> Result<&str, String> {
+pub fn check_user_name(name: &str) -> Result<&str, BadUserName> {
     let name = name.trim();
     let ok = !name.is_empty()
         && name.len() <= 64
@@ -98,9 +103,7 @@ pub fn check_user_name(name: &str) -> Result<&str, String> {
     if ok {
         Ok(name)
     } else {
-        Err(format!(
-            "user name {name:?}: 1 to 64 letters, digits, '.', '_', '-' or '@'"
-        ))
+        Err(BadUserName(name.to_string()))
     }
 }
 

@@ -111,18 +111,19 @@ impl ControllerCa {
 
     /// The TLS client configuration for calling agents: trusts this CA only and
     /// presents the controller's client certificate.
-    pub fn agent_client(&self) -> Result<Arc<ClientConfig>, String> {
-        let (crt, key) = self
-            .kept("controller-client", || {
-                let mut r = IssueRequest::server(CONTROLLER_CN);
-                r.server = false;
-                r.client = true;
-                r
-            })
-            .map_err(|e| e.to_string())?;
-        let roots = certs::load_certs(&self.ca_cert_path())?;
-        let identity = (certs::load_certs(&crt)?, certs::load_key(&key)?);
-        Ok(Arc::new(client_config(&roots, Some(identity))?))
+    pub fn agent_client(&self) -> Result<Arc<ClientConfig>, PkiError> {
+        let (crt, key) = self.kept("controller-client", || {
+            let mut r = IssueRequest::server(CONTROLLER_CN);
+            r.server = false;
+            r.client = true;
+            r
+        })?;
+        let load = || -> Result<ClientConfig, String> {
+            let roots = certs::load_certs(&self.ca_cert_path())?;
+            let identity = (certs::load_certs(&crt)?, certs::load_key(&key)?);
+            client_config(&roots, Some(identity))
+        };
+        Ok(Arc::new(load().map_err(PkiError::Invalid)?))
     }
 
     /// A server certificate for a listener the configuration gives none, for `sans`.

@@ -416,7 +416,7 @@ fn agent_client(
     config: &ControllerConfig,
 ) -> Result<Box<dyn fleet::ports::AgentClient>, String> {
     Ok(Box::new(Client::new(
-        Some(ca.agent_client()?),
+        Some(ca.agent_client().map_err(|e| e.to_string())?),
         config.tasks.agent_timeout.0,
     )))
 }
