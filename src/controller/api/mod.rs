@@ -31,6 +31,7 @@ use utoipa_axum::routes;
 pub mod agent;
 pub mod appliances;
 pub mod callbacks;
+pub mod catalogue;
 pub mod error;
 pub mod extract;
 pub mod pings;
@@ -196,6 +197,16 @@ fn admin_api() -> (Router<ApiState>, utoipa::openapi::OpenApi) {
         .routes(routes!(tasks::list))
         .routes(routes!(tasks::get))
         .routes(routes!(tasks::cancel))
+        .routes(routes!(catalogue::list_images))
+        .routes(routes!(catalogue::get_image))
+        .routes(routes!(catalogue::list_flavors))
+        .routes(routes!(catalogue::get_flavor))
+        .routes(routes!(catalogue::list_networks))
+        .routes(routes!(catalogue::get_network))
+        .routes(routes!(catalogue::list_regions))
+        .routes(routes!(catalogue::get_region))
+        .routes(routes!(catalogue::list_templates))
+        .routes(routes!(catalogue::get_template))
         .routes(routes!(openapi_json))
         .split_for_parts();
     // The appliance zone's one route is part of the same contract.

@@ -180,9 +180,19 @@ async fn every_documented_operation_is_routed_and_asks_for_credentials() {
         "GET /v1/appliances/{id}",
         "GET /v1/appliances/{id}/agent/{path}",
         "GET /v1/appliances/{id}/events",
+        "GET /v1/flavors",
+        "GET /v1/flavors/{id}",
+        "GET /v1/images",
+        "GET /v1/images/{id}",
+        "GET /v1/networks",
+        "GET /v1/networks/{id}",
         "GET /v1/openapi.json",
+        "GET /v1/regions",
+        "GET /v1/regions/{id}",
         "GET /v1/tasks",
         "GET /v1/tasks/{id}",
+        "GET /v1/templates",
+        "GET /v1/templates/{id}",
         "GET /v1/users",
         "GET /v1/users/{id}",
         "POST /v1/appliances",
@@ -898,4 +908,55 @@ async fn seed_verbs_task_cancellation_and_log_out() {
     }
     let still = h.call("GET", "/v1/tasks", Some(&h.admin), "").await;
     assert_eq!(still.status, 200, "other tokens still work");
+}
+
+#[tokio::test]
+async fn the_catalogue_by_id_or_by_name() {
+    let h = &Harness::new().await;
+    let get = |path: String| async move {
+        let a = h.call("GET", &path, Some(&h.member), "").await;
+        assert_eq!(a.status, 200, "{path}: {}", a.text);
+        a.body
+    };
+    let images = get("/v1/images".into()).await;
+    assert_eq!(images.as_array().unwrap().len(), 1, "{images}");
+    let image = images[0].clone();
+    assert_eq!(image["name"], "applianced");
+    let id = image["id"].as_str().unwrap().to_string();
+    assert!(id.starts_with("applianced-"), "{id}");
+    assert_eq!(get(format!("/v1/images/{id}")).await, image, "by id");
+    assert_eq!(get("/v1/images/applianced".into()).await, image, "by name");
+    let flavors = get("/v1/flavors".into()).await;
+    assert_eq!(flavors[0]["name"], "default", "{flavors}");
+    assert_eq!(get("/v1/flavors/default".into()).await, flavors[0]);
+    let networks = get("/v1/networks".into()).await;
+    assert_eq!(
+        networks[0]["description"], "127.0.44.1 to 127.0.44.4",
+        "the four configured slots: {networks}"
+    );
+    assert_eq!(get("/v1/networks/loopback".into()).await, networks[0]);
+    let regions = get("/v1/regions".into()).await;
+    assert_eq!(
+        regions,
+        serde_json::json!([{"name": "local", "priority": 0, "capacity": 4}])
+    );
+    assert_eq!(get("/v1/regions/local".into()).await, regions[0]);
+    let templates = get("/v1/templates".into()).await;
+    assert_eq!(
+        templates,
+        serde_json::json!([{"name": "process", "backend": "process", "image": id,
+            "flavor": "default", "network": "loopback", "region": "local"}])
+    );
+    assert_eq!(get("/v1/templates/process".into()).await, templates[0]);
+    for (path, detail) in [
+        ("/v1/images/nothing", "no image \"nothing\""),
+        ("/v1/flavors/large", "no flavor \"large\""),
+        ("/v1/networks/x", "no network \"x\""),
+        ("/v1/regions/mars", "no region \"mars\""),
+        ("/v1/templates/ec2", "no template \"ec2\""),
+    ] {
+        let a = h.call("GET", path, Some(&h.member), "").await;
+        problem(&a, 404, "not-found", path);
+        assert_eq!(a.body["detail"], detail);
+    }
 }

@@ -19,6 +19,9 @@ pub enum FleetError {
     NoSuchUser,
     #[error("no such resource")]
     NoSuchTask,
+    /// No such catalogue entry, region or template (the message names what was asked).
+    #[error("{0}")]
+    NoSuchEntry(String),
     #[error("{0}")]
     Forbidden(String),
     #[error("{0}")]
@@ -71,9 +74,10 @@ impl FleetError {
             FleetError::Unauthorized(_) => (401, "unauthorized"),
             FleetError::AdminOnly => (403, "forbidden"),
             FleetError::PassThroughReadOnly => (403, "pass-through-read-only"),
-            FleetError::NotFound | FleetError::NoSuchUser | FleetError::NoSuchTask => {
-                (404, "not-found")
-            }
+            FleetError::NotFound
+            | FleetError::NoSuchUser
+            | FleetError::NoSuchTask
+            | FleetError::NoSuchEntry(_) => (404, "not-found"),
             FleetError::Forbidden(_) => (403, "forbidden"),
             FleetError::Conflict(_) => (409, "conflict"),
             FleetError::BadRequest(_) => (400, "invalid-input"),

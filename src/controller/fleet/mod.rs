@@ -26,6 +26,7 @@ use ports::{
 
 pub mod agents;
 mod callbacks;
+pub mod catalogue;
 mod error;
 pub mod ids;
 pub mod operations;

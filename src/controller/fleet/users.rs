@@ -160,7 +160,8 @@ impl Fleet {
         new: NewUser,
     ) -> Result<(User, Option<String>), FleetError> {
         admin(caller)?;
-        let name = auth::check_user_name(&new.name).map_err(|e| FleetError::BadRequest(e.to_string()))?;
+        let name =
+            auth::check_user_name(&new.name).map_err(|e| FleetError::BadRequest(e.to_string()))?;
         let role = match new.role.as_deref() {
             None | Some("member") => Role::Member,
             Some("admin") => Role::Admin,
