@@ -144,6 +144,41 @@ impl Harness {
     }
 }
 
+impl Harness {
+    /// The member creates an appliance: the 202 answer (its task, with the appliance).
+    async fn create(&self, name: &str) -> Answer {
+        let body = format!(r#"{{"name": "{name}"}}"#);
+        let a = self
+            .call("POST", "/v1/appliances", Some(&self.member), &body)
+            .await;
+        assert_eq!(a.status, 202, "{}", a.text);
+        a
+    }
+
+    /// The member acts on an appliance.
+    async fn act(&self, id: &str, action: &str) -> Answer {
+        let path = format!("/v1/appliances/{id}/actions");
+        let body = format!(r#"{{"action": "{action}"}}"#);
+        self.call("POST", &path, Some(&self.member), &body).await
+    }
+
+    /// The member's view of a task.
+    async fn task(&self, id: &Value) -> Answer {
+        let path = format!("/v1/tasks/{}", id.as_str().unwrap());
+        self.call("GET", &path, Some(&self.member), "").await
+    }
+
+    /// The appliance reports that it launched.
+    async fn launched(&self, id: &str) {
+        let cb = Callback {
+            event: CallbackEvent::Launched,
+            appliance_id: None,
+            status: None,
+        };
+        self.fleet.callback(id, cb).await.unwrap();
+    }
+}
+
 /// Asserts a problem document of `status` and `kind`.
 fn problem(a: &Answer, status: u16, kind: &str, what: &str) {
     assert_eq!(a.status.as_u16(), status, "{what}: {}", a.text);
@@ -650,139 +685,64 @@ async fn appliances_are_visible_to_their_owner_and_admins_only() {
 
 #[tokio::test]
 async fn backend_and_agent_failures_are_problems() {
+    use std::sync::atomic::Ordering::SeqCst;
     let (h, backend, agents) = Harness::with_fakes().await;
     let now = crate::certs::now_unix();
     // The controller's own files fail: the task's problem is internal, without details.
-    backend
-        .disk_full
-        .store(true, std::sync::atomic::Ordering::SeqCst);
-    let a = h
-        .call(
-            "POST",
-            "/v1/appliances",
-            Some(&h.member),
-            r#"{"name": "lb-1"}"#,
-        )
-        .await;
-    assert_eq!(a.status, 202, "{}", a.text);
-    let task = a.body["id"].as_str().unwrap().to_string();
+    backend.disk_full.store(true, SeqCst);
+    let a = h.create("lb-1").await;
     assert_eq!(h.fleet.run_queued_tasks(now).await, 1);
-    let t = h
-        .call("GET", &format!("/v1/tasks/{task}"), Some(&h.member), "")
-        .await;
+    let t = h.task(&a.body["id"]).await;
     assert_eq!(t.body["state"], "failed", "{}", t.text);
     assert_eq!(t.body["problem"]["type"], "urn:applianced:problem:internal");
     assert_eq!(t.body["problem"]["detail"], "internal error", "{}", t.text);
-    backend
-        .disk_full
-        .store(false, std::sync::atomic::Ordering::SeqCst);
+    backend.disk_full.store(false, SeqCst);
     // No room left in any region: 503.
-    backend
-        .capacity
-        .store(0, std::sync::atomic::Ordering::SeqCst);
-    let a = h
-        .call(
-            "POST",
-            "/v1/appliances",
-            Some(&h.member),
-            r#"{"name": "lb-0"}"#,
-        )
-        .await;
-    let task = a.body["id"].as_str().unwrap().to_string();
+    backend.capacity.store(0, SeqCst);
+    let a = h.create("lb-0").await;
     assert_eq!(h.fleet.run_queued_tasks(now).await, 1);
-    let t = h
-        .call("GET", &format!("/v1/tasks/{task}"), Some(&h.member), "")
-        .await;
+    let t = h.task(&a.body["id"]).await;
     assert_eq!(t.body["problem"]["status"], 503, "{}", t.text);
-    assert_eq!(
-        t.body["problem"]["type"],
-        "urn:applianced:problem:no-capacity"
-    );
-    backend
-        .capacity
-        .store(200, std::sync::atomic::Ordering::SeqCst);
+    let kind = &t.body["problem"]["type"];
+    assert_eq!(kind, "urn:applianced:problem:no-capacity");
+    backend.capacity.store(200, SeqCst);
 
-    let a = h
-        .call(
-            "POST",
-            "/v1/appliances",
-            Some(&h.member),
-            r#"{"name": "lb-2"}"#,
-        )
-        .await;
+    let a = h.create("lb-2").await;
     let id = a.body["appliance"]["id"].as_str().unwrap().to_string();
     assert_eq!(h.fleet.run_queued_tasks(now).await, 1);
-    let launched = Callback {
-        event: CallbackEvent::Launched,
-        appliance_id: None,
-        status: None,
-    };
-    h.fleet.callback(&id, launched).await.unwrap();
+    h.launched(&id).await;
     // What the appliance's backend cannot do: 409 before anything is queued.
     backend.capabilities.lock().unwrap().suspend = false;
-    let actions = format!("/v1/appliances/{id}/actions");
-    let a = h
-        .call(
-            "POST",
-            &actions,
-            Some(&h.member),
-            r#"{"action": "suspend"}"#,
-        )
-        .await;
+    let a = h.act(&id, "suspend").await;
     problem(&a, 409, "not-supported-by-backend", "suspend");
-    assert_eq!(
-        a.body["detail"],
-        "the process backend cannot suspend appliances"
-    );
+    let detail = &a.body["detail"];
+    assert_eq!(detail, "the process backend cannot suspend appliances");
     assert_eq!(h.fleet.run_queued_tasks(now).await, 0, "nothing queued");
     // An agent that cannot be reached, every attempt: 502.
     for _ in 0..10 {
-        agents
-            .answers
-            .lock()
-            .unwrap()
-            .push_back(Err(CallError::NotSent("connection refused".into())));
+        let refused = CallError::NotSent("connection refused".into());
+        agents.answers.lock().unwrap().push_back(Err(refused));
     }
-    let a = h
-        .call(
-            "GET",
-            &format!("/v1/appliances/{id}/agent/status"),
-            Some(&h.member),
-            "",
-        )
-        .await;
+    let status = format!("/v1/appliances/{id}/agent/status");
+    let a = h.call("GET", &status, Some(&h.member), "").await;
     problem(&a, 502, "bad-gateway", "pass-through");
-    assert!(
-        a.body["detail"]
-            .as_str()
-            .unwrap()
-            .contains("connection refused"),
-        "{}",
-        a.text
-    );
+    let detail = a.body["detail"].as_str().unwrap();
+    assert!(detail.contains("connection refused"), "{}", a.text);
 }
 
 #[tokio::test]
 async fn seed_verbs_task_cancellation_and_log_out() {
     let (h, backend, _agents) = Harness::with_fakes().await;
     let now = crate::certs::now_unix();
-    let launched = || Callback {
-        event: CallbackEvent::Launched,
-        appliance_id: None,
-        status: None,
+    let cancel = |task: &Value| {
+        let path = format!("/v1/tasks/{}/cancel", task.as_str().unwrap());
+        let h = &h;
+        async move { h.call("POST", &path, Some(&h.member), "").await }
     };
-    let cancel = |task: &Value| format!("/v1/tasks/{}/cancel", task.as_str().unwrap());
     // A create cancelled before it ran: its appliance is failed and nothing was made.
-    let a = h
-        .call(
-            "POST",
-            "/v1/appliances",
-            Some(&h.member),
-            r#"{"name": "lb-1"}"#,
-        )
-        .await;
-    let (task, first) = (a.body["id"].clone(), a.body["appliance"]["id"].clone());
-    let c = h.call("POST", &cancel(&task), Some(&h.member), "").await;
+    let a = h.create("lb-1").await;
+    let (task, first) = (&a.body["id"], a.body["appliance"]["id"].as_str().unwrap());
+    let c = cancel(task).await;
     assert_eq!(c.status, 200, "{}", c.text);
     assert_eq!(
         (&c.body["state"], &c.body["kind"]),
@@ -796,72 +756,41 @@ async fn seed_verbs_task_cancellation_and_log_out() {
     let g = h
         .call(
             "GET",
-            &format!("/v1/appliances/{}", first.as_str().unwrap()),
+            &format!("/v1/appliances/{first}"),
             Some(&h.member),
             "",
         )
         .await;
     assert_eq!(g.body["state"], "failed", "{}", g.text);
     assert!(backend.calls().is_empty(), "{:?}", backend.calls());
-    problem(
-        &h.call("POST", &cancel(&task), Some(&h.member), "").await,
-        409,
-        "conflict",
-        "cancelled twice",
-    );
-    problem(
-        &h.call("POST", "/v1/tasks/nothing/cancel", Some(&h.member), "")
-            .await,
-        404,
-        "not-found",
-        "no such task",
-    );
+    problem(&cancel(task).await, 409, "conflict", "cancelled twice");
+    let nothing = cancel(&Value::from("nothing")).await;
+    problem(&nothing, 404, "not-found", "no such task");
 
     // `off` and `on` are `stop` and `start`; those tasks are not cancelled.
-    let a = h
-        .call(
-            "POST",
-            "/v1/appliances",
-            Some(&h.member),
-            r#"{"name": "lb-2"}"#,
-        )
-        .await;
-    let (create, id) = (
-        a.body["id"].clone(),
-        a.body["appliance"]["id"].as_str().unwrap().to_string(),
-    );
+    let a = h.create("lb-2").await;
+    let id = a.body["appliance"]["id"].as_str().unwrap().to_string();
     assert_eq!(h.fleet.run_queued_tasks(now).await, 1);
     problem(
-        &h.call("POST", &cancel(&create), Some(&h.member), "").await,
+        &cancel(&a.body["id"]).await,
         409,
         "conflict",
         "a task that is done",
     );
-    h.fleet.callback(&id, launched()).await.unwrap();
-    let actions = format!("/v1/appliances/{id}/actions");
-    let off = h
-        .call("POST", &actions, Some(&h.member), r#"{"action": "off"}"#)
-        .await;
+    h.launched(&id).await;
+    let off = h.act(&id, "off").await;
     assert_eq!(
         (off.status.as_u16(), &off.body["kind"]),
         (202, &"stop".into()),
         "{}",
         off.text
     );
-    let refused = h
-        .call("POST", &cancel(&off.body["id"]), Some(&h.member), "")
-        .await;
+    let refused = cancel(&off.body["id"]).await;
     problem(&refused, 409, "conflict", "a stop");
-    assert!(
-        refused.body["detail"]
-            .as_str()
-            .unwrap()
-            .contains("moved its appliance")
-    );
+    let detail = refused.body["detail"].as_str().unwrap();
+    assert!(detail.contains("moved its appliance"), "{detail}");
     assert_eq!(h.fleet.run_queued_tasks(now).await, 1);
-    let on = h
-        .call("POST", &actions, Some(&h.member), r#"{"action": "on"}"#)
-        .await;
+    let on = h.act(&id, "on").await;
     assert_eq!(
         (on.status.as_u16(), &on.body["kind"]),
         (202, &"start".into()),
@@ -869,25 +798,13 @@ async fn seed_verbs_task_cancellation_and_log_out() {
         on.text
     );
     assert_eq!(h.fleet.run_queued_tasks(now).await, 1);
-    h.fleet.callback(&id, launched()).await.unwrap();
-    // A suspend cancelled before it ran changes nothing.
-    let suspend = h
-        .call(
-            "POST",
-            &actions,
-            Some(&h.member),
-            r#"{"action": "suspend"}"#,
-        )
-        .await;
+    h.launched(&id).await;
+    // A suspend cancelled before it ran changes nothing; admins cancel anyone's.
+    let suspend = h.act(&id, "suspend").await;
     assert_eq!(suspend.status, 202, "{}", suspend.text);
-    let c = h
-        .call("POST", &cancel(&suspend.body["id"]), Some(&h.admin), "")
-        .await;
-    assert_eq!(
-        c.body["state"], "cancelled",
-        "admins cancel anyone's: {}",
-        c.text
-    );
+    let path = format!("/v1/tasks/{}/cancel", suspend.body["id"].as_str().unwrap());
+    let c = h.call("POST", &path, Some(&h.admin), "").await;
+    assert_eq!(c.body["state"], "cancelled", "{}", c.text);
     assert_eq!(h.fleet.run_queued_tasks(now).await, 0);
     let g = h
         .call("GET", &format!("/v1/appliances/{id}"), Some(&h.member), "")
@@ -899,12 +816,8 @@ async fn seed_verbs_task_cancellation_and_log_out() {
     let out = h.call("DELETE", "/v1/tokens", Some(&h.member), "").await;
     assert_eq!(out.status, 204, "{}", out.text);
     for (method, path) in [("GET", "/v1/tasks"), ("DELETE", "/v1/tokens")] {
-        problem(
-            &h.call(method, path, Some(&h.member), "").await,
-            401,
-            "unauthorized",
-            path,
-        );
+        let a = h.call(method, path, Some(&h.member), "").await;
+        problem(&a, 401, "unauthorized", path);
     }
     let still = h.call("GET", "/v1/tasks", Some(&h.admin), "").await;
     assert_eq!(still.status, 200, "other tokens still work");
