@@ -100,6 +100,17 @@ async fn scenario(store: Store) {
 
     moves_and_tasks(&store, &member.id, now).await;
 
+    // Logging out removes one token, once.
+    let (_, short) = auth::new_token();
+    store
+        .insert_token(&admin.id, &short, now, now + 60)
+        .await
+        .unwrap();
+    assert!(store.delete_token(&short).await.unwrap());
+    assert!(!store.delete_token(&short).await.unwrap());
+    assert!(store.user_for_token(&short, now).await.unwrap().is_none());
+    assert!(store.user_for_token(&hash, now).await.unwrap().is_some());
+
     // Deleting a user takes its tokens along.
     assert!(store.delete_user(&admin.id).await.unwrap());
     assert!(!store.delete_user(&admin.id).await.unwrap());
@@ -171,6 +182,8 @@ async fn moves_and_tasks(store: &Store, owner: &str, now: i64) {
         .unwrap()
         .unwrap();
     assert_eq!(claimed.id, create);
+    // A task that ran once is not cancelled.
+    assert!(!store.cancel_task(&create, now).await.unwrap());
     assert!(
         store
             .finish_task(&create, "c1", TaskState::Succeeded, None, None, now)
@@ -188,6 +201,13 @@ async fn moves_and_tasks(store: &Store, owner: &str, now: i64) {
         (queued.kind.name(), queued.state.as_str()),
         ("stop", "queued")
     );
+    // A queued task that never ran is cancelled, once; the store does not judge which
+    // kinds may be (the fleet does).
+    assert!(store.cancel_task(&stop_id, now).await.unwrap());
+    let cancelled = store.task(&stop_id).await.unwrap().unwrap();
+    assert_eq!(cancelled.state, TaskState::Cancelled);
+    assert_eq!(cancelled.finished_at, Some(now));
+    assert!(!store.cancel_task(&stop_id, now).await.unwrap());
     assert_eq!(
         store.appliance(&a.id).await.unwrap().unwrap().state,
         State::Stopping
