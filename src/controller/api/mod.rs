@@ -290,8 +290,12 @@ pub fn router(zone: Zone, fleet: Arc<Fleet>) -> Router {
         Zone::Appliance => {
             Router::new().route("/v1/events", axum::routing::post(callbacks::report))
         }
-        // Integrations (service accounts) are not served yet.
-        Zone::Api => Router::new(),
+        // Integrations: the documentation and the document so far (service accounts,
+        // which will act here, are not served yet).
+        Zone::Api => Router::new()
+            .route("/", axum::routing::get(documentation))
+            .route("/{file}", axum::routing::get(documentation))
+            .route("/v1/openapi.json", axum::routing::get(openapi_json)),
     };
     routes
         .fallback(no_route)

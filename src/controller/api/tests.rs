@@ -318,6 +318,19 @@ async fn the_documentation_page_and_the_document() {
         assert_eq!(a.status, 200, "{asset}");
         assert!(!a.text.is_empty());
     }
+    // Integrations' listeners serve the same page and document, and nothing else yet.
+    let api = router(Zone::Api, h.fleet.clone());
+    for path in ["/", "/swagger-ui.css", "/v1/openapi.json"] {
+        let req = Request::builder().uri(path).body(Body::empty()).unwrap();
+        let r = super::serve(&api, req).await;
+        assert_eq!(r.status(), StatusCode::OK, "api zone: {path}");
+    }
+    let req = Request::builder()
+        .uri("/v1/users")
+        .body(Body::empty())
+        .unwrap();
+    let r = super::serve(&api, req).await;
+    assert_eq!(r.status(), StatusCode::NOT_FOUND, "api zone: /v1/users");
     // The page loads this API's document, which is generated, not kept by hand.
     let init = h.call("GET", "/swagger-initializer.js", None, "").await;
     assert!(init.text.contains("/v1/openapi.json"), "{}", init.text);
