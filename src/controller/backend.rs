@@ -196,7 +196,8 @@ impl ProcessBackend {
         let log = fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(&log_path)?;
+            .open(&log_path)
+            .map_err(at(&log_path))?;
         // An isolated appliance's agent runs as its own user, without groups, keeping only
         // the capability to bind privileged ports (for its daemons).
         let mut cmd = match self.owner(id) {
@@ -320,18 +321,14 @@ impl ProcessBackend {
         self.stop(id)?;
         if let Ok(run) = fs::read_link(self.dir(id).join("run")) {
             match fs::remove_dir_all(&run) {
-                Err(e) if e.kind() != io::ErrorKind::NotFound => {
-                    return Err(io::Error::new(e.kind(), format!("{}: {e}", run.display())).into());
-                }
+                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(at(&run)(e).into()),
                 _ => {}
             }
         }
         match fs::remove_dir_all(self.dir(id)) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            Err(e) => {
-                Err(io::Error::new(e.kind(), format!("{}: {e}", self.dir(id).display())).into())
-            }
+            Err(e) => Err(at(&self.dir(id))(e).into()),
         }
     }
 }
@@ -339,6 +336,11 @@ impl ProcessBackend {
 /// Whether `pid` has exited and waits to be reaped.
 fn is_zombie(pid: i32) -> bool {
     u32::try_from(pid).is_ok_and(|p| crate::process::process_state(p) == Some('Z'))
+}
+
+/// An I/O error that names the path it happened on.
+fn at(path: &Path) -> impl FnOnce(io::Error) -> io::Error + '_ {
+    move |e| io::Error::new(e.kind(), format!("{}: {e}", path.display()))
 }
 
 /// Whether `pid` is stopped by a signal (suspended).
