@@ -57,9 +57,7 @@ impl From<BackendError> for FleetError {
     /// (a full disk) an internal error.
     fn from(e: BackendError) -> Self {
         match e {
-            BackendError::Local(e) => {
-                FleetError::Internal(format!("cannot write the appliance's files: {e}"))
-            }
+            BackendError::Local(e) => FleetError::Internal(format!("the appliance's files: {e}")),
             BackendError::Failed(e) => FleetError::BadGateway(format!("backend: {e}")),
             e @ BackendError::Unsupported { .. } => FleetError::Unsupported(e.to_string()),
         }
