@@ -91,64 +91,60 @@ pub async fn forward(
 }
 
 // The OpenAPI operations of the pass-through (served by `forward`, routed in `mod.rs`
-// with the path as a wildcard).
+// with the path as a wildcard): one per method, the same but for a body and who may.
 
-/// Read from the appliance's agent API.
-#[utoipa::path(operation_id = "agent_get", get, path = "/v1/appliances/{id}/agent/{path}", tag = "agent",
-    params(("id" = String, Path), ("path" = String, Path, description = "the agent's path")),
-    responses(
-        (status = 404, description = "No such appliance"),
-        (status = 409, description = "Its agent is not running"),
-        (status = 502, description = "The agent does not answer"),
-        (status = "default", description = "The agent's answer, as it came",
-            content((String = "text/plain"), (Object = "application/json"), (String = "text/html"),
-                (String = "application/x-pem-file"))),
-    ))]
-pub async fn get_doc() {}
+macro_rules! pass_through_doc {
+    ($name:ident, $op:literal, $method:ident, $doc:literal,
+     [$($body:tt)*], [$($admin_only:tt)*]) => {
+        #[doc = $doc]
+        #[utoipa::path(operation_id = $op, $method, path = "/v1/appliances/{id}/agent/{path}", tag = "agent",
+            params(("id" = String, Path), ("path" = String, Path, description = "the agent's path")),
+            $($body)*
+            responses(
+                $($admin_only)*
+                (status = 404, description = "No such appliance"),
+                (status = 409, description = "Its agent is not running"),
+                (status = 502, description = "The agent does not answer"),
+                (status = "default", description = "The agent's answer, as it came",
+                    content((String = "text/plain"), (Object = "application/json"), (String = "text/html"),
+                        (String = "application/x-pem-file"))),
+            ))]
+        pub async fn $name() {}
+    };
+}
 
-/// Write to the appliance's agent API (admins).
-#[utoipa::path(operation_id = "agent_put", put, path = "/v1/appliances/{id}/agent/{path}", tag = "agent",
-    params(("id" = String, Path), ("path" = String, Path, description = "the agent's path")),
-    request_body(content = String, content_type = "text/plain"),
-    responses(
-        (status = 403, description = "Writes need the admin role"),
-        (status = 404, description = "No such appliance"),
-        (status = 409, description = "Its agent is not running"),
-        (status = 502, description = "The agent does not answer"),
-        (status = "default", description = "The agent's answer, as it came",
-            content((String = "text/plain"), (Object = "application/json"), (String = "text/html"),
-                (String = "application/x-pem-file"))),
-    ))]
-pub async fn put_doc() {}
-
-/// Post to the appliance's agent API (admins).
-#[utoipa::path(operation_id = "agent_post", post, path = "/v1/appliances/{id}/agent/{path}", tag = "agent",
-    params(("id" = String, Path), ("path" = String, Path, description = "the agent's path")),
-    request_body(content = String, content_type = "text/plain"),
-    responses(
-        (status = 403, description = "Writes need the admin role"),
-        (status = 404, description = "No such appliance"),
-        (status = 409, description = "Its agent is not running"),
-        (status = 502, description = "The agent does not answer"),
-        (status = "default", description = "The agent's answer, as it came",
-            content((String = "text/plain"), (Object = "application/json"), (String = "text/html"),
-                (String = "application/x-pem-file"))),
-    ))]
-pub async fn post_doc() {}
-
-/// Delete through the appliance's agent API (admins).
-#[utoipa::path(operation_id = "agent_delete", delete, path = "/v1/appliances/{id}/agent/{path}", tag = "agent",
-    params(("id" = String, Path), ("path" = String, Path, description = "the agent's path")),
-    responses(
-        (status = 403, description = "Writes need the admin role"),
-        (status = 404, description = "No such appliance"),
-        (status = 409, description = "Its agent is not running"),
-        (status = 502, description = "The agent does not answer"),
-        (status = "default", description = "The agent's answer, as it came",
-            content((String = "text/plain"), (Object = "application/json"), (String = "text/html"),
-                (String = "application/x-pem-file"))),
-    ))]
-pub async fn delete_doc() {}
+pass_through_doc!(
+    get_doc,
+    "agent_get",
+    get,
+    "Read from the appliance's agent API.",
+    [],
+    []
+);
+pass_through_doc!(
+    put_doc,
+    "agent_put",
+    put,
+    "Write to the appliance's agent API (admins).",
+    [request_body(content = String, content_type = "text/plain"),],
+    [(status = 403, description = "Writes need the admin role"),]
+);
+pass_through_doc!(
+    post_doc,
+    "agent_post",
+    post,
+    "Post to the appliance's agent API (admins).",
+    [request_body(content = String, content_type = "text/plain"),],
+    [(status = 403, description = "Writes need the admin role"),]
+);
+pass_through_doc!(
+    delete_doc,
+    "agent_delete",
+    delete,
+    "Delete through the appliance's agent API (admins).",
+    [],
+    [(status = 403, description = "Writes need the admin role"),]
+);
 
 #[cfg(test)]
 mod tests {
