@@ -157,9 +157,14 @@ impl Harness {
 
     /// The member acts on an appliance.
     async fn act(&self, id: &str, action: &str) -> Answer {
+        self.act_as(Some(&self.member), id, action).await
+    }
+
+    /// Whoever `token` names acts on an appliance.
+    async fn act_as(&self, token: Option<&str>, id: &str, action: &str) -> Answer {
         let path = format!("/v1/appliances/{id}/actions");
         let body = format!(r#"{{"action": "{action}"}}"#);
-        self.call("POST", &path, Some(&self.member), &body).await
+        self.call("POST", &path, token, &body).await
     }
 
     /// The member's view of a task.
@@ -575,14 +580,7 @@ async fn appliances_are_visible_to_their_owner_and_admins_only() {
             &path,
         );
     }
-    let r = h
-        .call(
-            "POST",
-            &format!("/v1/appliances/{id}/actions"),
-            member,
-            r#"{"action": "stop"}"#,
-        )
-        .await;
+    let r = h.act_as(member, &id, "stop").await;
     problem(&r, 404, "not-found", "action");
     assert_eq!(
         h.call("GET", "/v1/appliances", member, "").await.body,
@@ -644,25 +642,13 @@ async fn appliances_are_visible_to_their_owner_and_admins_only() {
     assert_eq!(events.body[0]["actor"], "member");
     // Actions and their checks.
     problem(
-        &h.call(
-            "POST",
-            &format!("/v1/appliances/{id}/actions"),
-            admin,
-            r#"{"action": "explode"}"#,
-        )
-        .await,
+        &h.act_as(admin, &id, "explode").await,
         422,
         "invalid-input",
         "explode",
     );
     problem(
-        &h.call(
-            "POST",
-            &format!("/v1/appliances/{id}/actions"),
-            admin,
-            r#"{"action": "start"}"#,
-        )
-        .await,
+        &h.act_as(admin, &id, "start").await,
         409,
         "conflict",
         "start while requested",

@@ -11,6 +11,17 @@ use crate::callback::{Callback, CallbackEvent};
 use crate::controller::fleet::operations::CreateRequest;
 use crate::controller::store::{Role, User};
 
+/// A create request for `name` with the defaults.
+fn request(name: &str) -> CreateRequest {
+    CreateRequest {
+        name: name.into(),
+        ttl_minutes: None,
+        external_id: None,
+        callback_url: None,
+        template: None,
+    }
+}
+
 struct Setup {
     fleet: Arc<Fleet>,
     backend: Arc<FakeBackend>,
@@ -90,17 +101,25 @@ impl Setup {
             .create(
                 &self.user,
                 CreateRequest {
-                    name: name.into(),
                     ttl_minutes: Some(30),
-                    external_id: None,
                     callback_url: callback_url.map(String::from),
-                    template: None,
+                    ..request(name)
                 },
             )
             .await
             .unwrap();
         assert_eq!(self.run_tasks().await, 1);
         q.appliance.unwrap().id
+    }
+
+    /// Creates an appliance whose create task fails, runs it: the task's problem.
+    async fn failed_create(&self) -> Value {
+        let q = self.fleet.create(&self.user, request("lb")).await.unwrap();
+        assert_eq!(self.run_tasks().await, 1);
+        let id = ids::TaskId::from(q.task.id.clone());
+        let task = self.fleet.task(&self.user, &id).await.unwrap();
+        assert_eq!(task.state, TaskState::Failed, "{task:?}");
+        serde_json::from_str(task.problem.as_deref().unwrap()).unwrap()
     }
 
     async fn report(&self, id: &str, event: CallbackEvent) -> State {
@@ -305,20 +324,7 @@ async fn webhooks_are_signed_and_retried_with_backoff() {
 #[tokio::test]
 async fn an_interrupted_task_is_resumed_and_a_dead_lease_expires() {
     let s = setup().await;
-    let q = s
-        .fleet
-        .create(
-            &s.user,
-            CreateRequest {
-                name: "lb".into(),
-                ttl_minutes: None,
-                external_id: None,
-                callback_url: None,
-                template: None,
-            },
-        )
-        .await
-        .unwrap();
+    let q = s.fleet.create(&s.user, request("lb")).await.unwrap();
     // Another controller claimed it and died.
     let now = s.clock.now();
     let claimed = s
@@ -343,35 +349,14 @@ async fn an_interrupted_task_is_resumed_and_a_dead_lease_expires() {
 #[tokio::test]
 async fn a_disk_failure_is_internal_and_a_backend_failure_a_bad_gateway() {
     let s = setup().await;
-    let request = || CreateRequest {
-        name: "lb".into(),
-        ttl_minutes: None,
-        external_id: None,
-        callback_url: None,
-        template: None,
-    };
     s.backend.disk_full.store(true, Ordering::SeqCst);
-    let q = s.fleet.create(&s.user, request()).await.unwrap();
-    assert_eq!(s.run_tasks().await, 1);
-    let task = s
-        .fleet
-        .task(&s.user, &ids::TaskId::from(q.task.id.clone()))
-        .await
-        .unwrap();
-    let problem: Value = serde_json::from_str(task.problem.as_deref().unwrap()).unwrap();
+    let problem = s.failed_create().await;
     assert_eq!(problem["status"], 500, "{problem}");
     assert_eq!(problem["type"], "urn:applianced:problem:internal");
     assert_eq!(problem["detail"], "internal error", "no internals shown");
     s.backend.disk_full.store(false, Ordering::SeqCst);
     s.backend.refuse_start.store(true, Ordering::SeqCst);
-    let q = s.fleet.create(&s.user, request()).await.unwrap();
-    assert_eq!(s.run_tasks().await, 1);
-    let task = s
-        .fleet
-        .task(&s.user, &ids::TaskId::from(q.task.id.clone()))
-        .await
-        .unwrap();
-    let problem: Value = serde_json::from_str(task.problem.as_deref().unwrap()).unwrap();
+    let problem = s.failed_create().await;
     assert_eq!(problem["status"], 502, "{problem}");
     assert_eq!(problem["type"], "urn:applianced:problem:bad-gateway");
 }
@@ -406,14 +391,7 @@ async fn what_the_backend_cannot_do_is_refused_before_anything_is_queued() {
     assert_eq!(s.backend.get(&machine), MachineState::Stopped);
     // A backend that cannot create refuses creates.
     s.backend.capabilities.lock().unwrap().create = false;
-    let request = CreateRequest {
-        name: "lb2".into(),
-        ttl_minutes: None,
-        external_id: None,
-        callback_url: None,
-        template: None,
-    };
-    let e = s.fleet.create(&s.user, request).await.err().unwrap();
+    let e = s.fleet.create(&s.user, request("lb2")).await.err().unwrap();
     assert_eq!(e.status_and_kind(), (409, "not-supported-by-backend"));
     assert_eq!(s.run_tasks().await, 0);
 }
