@@ -77,16 +77,13 @@ impl Fleet {
 
     /// The templates: the backend's own, made of the first entry of each list.
     pub fn templates(&self, user: &User) -> Vec<Template> {
-        let first = |kind| {
-            self.catalogue_list(user, kind)
-                .first()
-                .map(|e| e.id.clone())
-        };
-        let region = self.regions(user).first().map(|r| r.name.clone());
+        let catalogue = self.backend.catalogue();
+        let first = |list: &[CatalogueEntry]| list.first().map(|e| e.id.clone());
+        let region = self.regions(user).into_iter().next().map(|r| r.name);
         match (
-            first(Kind::Image),
-            first(Kind::Flavor),
-            first(Kind::Network),
+            first(&catalogue.images),
+            first(&catalogue.flavors),
+            first(&catalogue.networks),
             region,
         ) {
             (Some(image), Some(flavor), Some(network), Some(region)) => vec![Template {

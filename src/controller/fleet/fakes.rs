@@ -68,7 +68,16 @@ impl Backend for FakeBackend {
         *self.capabilities.lock().unwrap()
     }
     fn catalogue(&self) -> Catalogue {
-        Catalogue::default()
+        let entry = |id: &str| CatalogueEntry {
+            id: id.into(),
+            name: id.into(),
+            description: String::new(),
+        };
+        Catalogue {
+            images: vec![entry("image")],
+            flavors: vec![entry("flavor")],
+            networks: vec![entry("network")],
+        }
     }
     fn regions(&self) -> Vec<Region> {
         vec![Region {

@@ -195,20 +195,27 @@ impl Fleet {
         if let Some(url) = &body.callback_url {
             check_callback_url(url, self.webhooks())?;
         }
-        // The catalogue has one template: the backend's own machine.
-        let template = self.backend.name();
-        match body.template.as_deref() {
-            None => body.template = Some(template.into()),
-            Some(t) if t == template => {}
-            Some(other) => {
-                return Err(invalid(format!(
-                    "template {other:?} is not in the catalogue ({template})"
-                )));
-            }
+        let templates = self.templates(user);
+        let names = || {
+            let names: Vec<&str> = templates.iter().map(|t| t.name.as_str()).collect();
+            names.join(", ")
+        };
+        let template = match body.template.as_deref() {
+            None => templates.first(),
+            Some(t) => templates.iter().find(|known| known.name == t),
         }
+        .ok_or_else(|| {
+            invalid(format!(
+                "template {:?} is not in the catalogue ({})",
+                body.template.as_deref().unwrap_or_default(),
+                names()
+            ))
+        })?;
+        body.template = Some(template.name.clone());
         if !self.backend.capabilities().create {
             return Err(FleetError::Unsupported(format!(
-                "the {template} backend cannot create appliances"
+                "the {} backend cannot create appliances",
+                template.backend
             )));
         }
         let canonical = serde_json::to_string(&body).unwrap_or_default();
