@@ -366,8 +366,7 @@ impl ControllerApp {
 /// and the pass-through, which keeps the agent's path as it came.
 fn normalise(uri: &http::Uri) -> Option<http::Uri> {
     let path = uri.path();
-    if path == "/" || !path.ends_with('/') || path.contains("/agent/") || path.ends_with("/agent/")
-    {
+    if path == "/" || !path.ends_with('/') || path.contains("/agent/") {
         return None;
     }
     let trimmed = path.trim_end_matches('/');
