@@ -113,6 +113,10 @@ enum UserCommand {
         /// Give the user the admin role (default: member).
         #[arg(long)]
         admin: bool,
+        /// Do not give the user a personal team (by default it gets one of its name,
+        /// which it owns).
+        #[arg(long)]
+        no_team: bool,
     },
 }
 
@@ -160,9 +164,14 @@ pub fn main() -> i32 {
             config,
             command:
                 Some(ControllerCommand::User {
-                    command: UserCommand::Add { name, admin },
+                    command:
+                        UserCommand::Add {
+                            name,
+                            admin,
+                            no_team,
+                        },
                 }),
-        } => user_add(&config, &name, admin),
+        } => user_add(&config, &name, admin, !no_team),
         Command::Controller {
             config,
             command: None,
@@ -196,8 +205,8 @@ pub fn main() -> i32 {
     }
 }
 
-fn user_add(config: &std::path::Path, name: &str, admin: bool) -> i32 {
-    use crate::controller::{auth, store};
+fn user_add(config: &std::path::Path, name: &str, admin: bool, personal_team: bool) -> i32 {
+    use crate::controller::{auth, store, teams};
     let config = match crate::config::controller::ControllerConfig::load(config) {
         Ok(c) => c,
         Err(e) => {
@@ -206,7 +215,11 @@ fn user_add(config: &std::path::Path, name: &str, admin: bool) -> i32 {
         }
     };
     let name = match crate::controller::auth::check_user_name(name) {
-        Ok(n) => n,
+        Ok(n) if !crate::controller::fleet::teams::looks_like_id(n) => n,
+        Ok(n) => {
+            eprintln!("applianced: user name {n:?} is shaped like an id");
+            return exit::FAILURE;
+        }
         Err(e) => {
             eprintln!("applianced: {e}");
             return exit::FAILURE;
@@ -230,11 +243,17 @@ fn user_add(config: &std::path::Path, name: &str, admin: bool) -> i32 {
     let password = auth::generate_password();
     let result = runtime.block_on(async {
         let store = store::Store::open(&config.database.url, 1).await?;
+        let hash = auth::hash_password(&password);
         let user = store
             .create_user(
-                name,
-                role,
-                &auth::hash_password(&password),
+                store::NewUserRecord {
+                    name,
+                    role,
+                    password_hash: &hash,
+                    display_name: None,
+                    email: None,
+                },
+                personal_team.then(|| teams::Quotas::configured(&config.teams)),
                 crate::certs::now_unix(),
             )
             .await;
@@ -249,6 +268,9 @@ fn user_add(config: &std::path::Path, name: &str, admin: bool) -> i32 {
                 role.as_str(),
                 user.id
             );
+            if personal_team {
+                println!("team {} created, owned by the user", user.name);
+            }
             println!("password: {password}");
             exit::OK
         }

@@ -6,23 +6,54 @@ mod common;
 use applianced::controller::auth;
 use applianced::controller::lifecycle::State;
 use applianced::controller::records::{
-    Appliance, Changes, Moved, NewTask, Record, TaskKind, TaskState,
+    Appliance, Changes, Created, Moved, NewTask, Record, TaskKind, TaskState,
 };
-use applianced::controller::store::{Backend, Role, Store, StoreError};
+use applianced::controller::store::{Backend, NewUserRecord, Role, Store, StoreError, User};
+use applianced::controller::teams::{MembershipChange, Quotas, TeamDeletion, TeamRole};
+
+/// Records a user with its personal team (unlimited).
+async fn add_user(
+    store: &Store,
+    name: &str,
+    role: Role,
+    hash: &str,
+    now: i64,
+) -> Result<User, StoreError> {
+    let record = NewUserRecord {
+        name,
+        role,
+        password_hash: hash,
+        display_name: None,
+        email: None,
+    };
+    store
+        .create_user(record, Some(Quotas::default()), now)
+        .await
+}
 
 async fn scenario(store: Store) {
     let now = 1_800_000_000;
     assert!(store.users().await.unwrap().is_empty());
 
-    let admin = store
-        .create_user("alice", Role::Admin, &auth::hash_password("pw-a"), now)
-        .await
-        .unwrap();
-    let member = store
-        .create_user("bob", Role::Member, &auth::hash_password("pw-b"), now)
-        .await
-        .unwrap();
-    match store.create_user("alice", Role::Member, "x", now).await {
+    let admin = add_user(
+        &store,
+        "alice",
+        Role::Admin,
+        &auth::hash_password("pw-a"),
+        now,
+    )
+    .await
+    .unwrap();
+    let member = add_user(
+        &store,
+        "bob",
+        Role::Member,
+        &auth::hash_password("pw-b"),
+        now,
+    )
+    .await
+    .unwrap();
+    match add_user(&store, "alice", Role::Member, "x", now).await {
         Err(StoreError::Conflict(what)) => assert!(what.contains("alice")),
         other => panic!("duplicate name accepted: {other:?}"),
     }
@@ -124,6 +155,8 @@ async fn moves_and_tasks(store: &Store, owner: &str, now: i64) {
     let a = Appliance {
         id: auth::new_id(),
         name: "m".into(),
+        // The owner's personal team has the owner's id.
+        team_id: owner.into(),
         owner_id: owner.into(),
         external_id: None,
         request_hash: String::new(),
@@ -148,10 +181,13 @@ async fn moves_and_tasks(store: &Store, owner: &str, now: i64) {
         owner_id: owner,
         request: "{}".into(),
     };
-    let create = store
+    let Created::Queued(create) = store
         .create_appliance(&a, &task(TaskKind::Create), None)
         .await
-        .unwrap();
+        .unwrap()
+    else {
+        panic!("not created");
+    };
     let record = || Record {
         kind: "expired",
         detail: None,
@@ -229,6 +265,188 @@ async fn moves_and_tasks(store: &Store, owner: &str, now: i64) {
     assert_eq!(event_kinds(store, &a.id).await.len(), 2);
 }
 
+/// Teams under concurrency: creates never pass a team's quota together, and two owners
+/// demoting each other at the same moment cannot leave the team without one.
+async fn teams_under_concurrency(store: &Store, now: i64) {
+    let olga = add_user(store, "olga", Role::Member, "-", now)
+        .await
+        .unwrap();
+    let oleg = add_user(store, "oleg", Role::Member, "-", now)
+        .await
+        .unwrap();
+    let quotas = Quotas {
+        max_appliances: Some(2),
+        ..Quotas::default()
+    };
+    let team = store
+        .create_team("ops", Some(&olga.id), quotas, now)
+        .await
+        .unwrap();
+    let appliance = |i: usize| Appliance {
+        id: auth::new_id(),
+        name: format!("q{i}"),
+        team_id: team.id.clone(),
+        owner_id: olga.id.clone(),
+        external_id: None,
+        request_hash: String::new(),
+        state: State::Requested,
+        state_since: now,
+        ttl_minutes: 60,
+        callback_url: None,
+        slot: None,
+        address: None,
+        agent_port: None,
+        cert_serial: None,
+        cert_not_after: None,
+        launched_at: None,
+        expires_at: None,
+        last_heartbeat_at: None,
+        last_status: None,
+        created_at: now,
+    };
+    let appliances: Vec<Appliance> = (0..8).map(appliance).collect();
+    let tasks: Vec<NewTask> = appliances
+        .iter()
+        .map(|a| NewTask {
+            kind: TaskKind::Create,
+            appliance_id: Some(&a.id),
+            owner_id: &olga.id,
+            request: "{}".into(),
+        })
+        .collect();
+    let outcomes = futures_util::future::join_all(
+        appliances
+            .iter()
+            .zip(&tasks)
+            .map(|(a, t)| store.create_appliance(a, t, None)),
+    )
+    .await;
+    let queued = outcomes
+        .iter()
+        .filter(|o| matches!(o, Ok(Created::Queued(_))))
+        .count();
+    let refused = outcomes
+        .iter()
+        .filter(|o| matches!(o, Ok(Created::OverQuota { limit: 2, used: 2 })))
+        .count();
+    assert_eq!((queued, refused), (2, 6), "{outcomes:?}");
+    let mine = store.appliances(false).await.unwrap();
+    assert_eq!(mine.iter().filter(|a| a.team_id == team.id).count(), 2);
+    // Each queued task carries its appliance's team.
+    let created = outcomes.iter().find_map(|o| match o {
+        Ok(Created::Queued(t)) => Some(t.clone()),
+        _ => None,
+    });
+    let task = store.task(&created.unwrap()).await.unwrap().unwrap();
+    assert_eq!(task.team_id.as_deref(), Some(team.id.as_str()));
+
+    // Two owners step down at once: one of them stays owner.
+    store
+        .set_membership(&team.id, &oleg.id, TeamRole::Owner, now)
+        .await
+        .unwrap();
+    let (a, b) = futures_util::future::join(
+        store.set_membership(&team.id, &olga.id, TeamRole::Viewer, now),
+        store.set_membership(&team.id, &oleg.id, TeamRole::Viewer, now),
+    )
+    .await;
+    let mut outcomes = [a.unwrap(), b.unwrap()];
+    outcomes.sort_by_key(|o| format!("{o:?}"));
+    assert_eq!(
+        outcomes,
+        [MembershipChange::Done, MembershipChange::LastOwner]
+    );
+    let owners = store
+        .members(&team.id)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|m| m.role == TeamRole::Owner)
+        .count();
+    assert_eq!(owners, 1);
+    // A team with live appliances is not deleted.
+    assert_eq!(
+        store.delete_team(&team.id).await.unwrap(),
+        TeamDeletion::OwnsAppliances(2)
+    );
+}
+
+/// A database made before teams existed: every user gets a personal team (its id and
+/// name are the user's) that owns the user's appliances and tasks; an appliance whose
+/// user was deleted gets a team of its own.
+async fn upgrade_to_teams(url: &str) {
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::any::AnyPoolOptions::new()
+        .max_connections(1)
+        .connect(url)
+        .await
+        .unwrap();
+    sqlx::migrate!("./migrations")
+        .run_to(3, &pool)
+        .await
+        .unwrap();
+    for q in [
+        "INSERT INTO users (id, name, role, password_hash, created_at) VALUES          ('u1', 'alice', 'admin', 'h', 10), ('u2', 'bob', 'member', 'h', 20)",
+        "INSERT INTO appliances (id, name, owner_id, external_id, request_hash, state,          state_since, ttl_minutes, created_at, updated_at) VALUES          ('a1', 'lb', 'u2', 'k', 'r', 'active', 1, 60, 1, 1),          ('a2', 'lb', 'u1', 'k2', 'r', 'deleted', 1, 60, 1, 1),          ('a3', 'old', 'gone', NULL, 'r', 'active', 1, 60, 1, 1)",
+        "INSERT INTO tasks (id, kind, appliance_id, owner_id, state, request, created_at)          VALUES ('t1', 'create', 'a1', 'u2', 'succeeded', '{}', 1),          ('t2', 'ping', NULL, 'u1', 'succeeded', '{}', 2)",
+    ] {
+        sqlx::query(q).execute(&pool).await.unwrap();
+    }
+    pool.close().await;
+    let store = Store::open(url, 2).await.unwrap();
+    let teams: Vec<(String, String)> = store
+        .teams()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|t| (t.id, t.name))
+        .collect();
+    assert_eq!(
+        teams,
+        [
+            ("u1".to_string(), "alice".to_string()),
+            ("u2".into(), "bob".into()),
+            ("gone".into(), "former-gone".into()),
+        ]
+    );
+    let bobs = store.memberships_of("u2").await.unwrap();
+    assert_eq!(bobs.len(), 1);
+    assert_eq!(
+        (bobs[0].team_id.as_str(), bobs[0].role),
+        ("u2", TeamRole::Owner)
+    );
+    assert!(store.members("gone").await.unwrap().is_empty());
+    let team_of = |id: &'static str| {
+        let store = &store;
+        async move { store.appliance(id).await.unwrap().unwrap().team_id }
+    };
+    assert_eq!(team_of("a1").await, "u2");
+    assert_eq!(team_of("a2").await, "u1");
+    assert_eq!(team_of("a3").await, "gone");
+    let a1 = store.appliance("a1").await.unwrap().unwrap();
+    assert_eq!((a1.owner_id.as_str(), a1.state), ("u2", State::Active));
+    assert!(
+        store
+            .appliance_by_external_id("u2", "k")
+            .await
+            .unwrap()
+            .is_some()
+    );
+    assert!(
+        store
+            .appliance_by_external_id("u1", "k")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let t1 = store.task("t1").await.unwrap().unwrap();
+    assert_eq!(t1.team_id.as_deref(), Some("u2"));
+    assert_eq!(store.task("t2").await.unwrap().unwrap().team_id, None);
+    let user = store.user("u2").await.unwrap().unwrap();
+    assert_eq!((user.display_name, user.email), (None, None));
+    store.close().await;
+}
+
 async fn event_kinds(store: &Store, appliance_id: &str) -> Vec<String> {
     let events = store.events(appliance_id).await.unwrap();
     events.into_iter().map(|(e, _)| e.kind).collect()
@@ -244,7 +462,13 @@ async fn sqlite_store_migrates_once_and_keeps_its_rules() {
     // Reopening applies no migration twice and keeps the data.
     let again = Store::open(&url, 4).await.unwrap();
     assert_eq!(again.users().await.unwrap().len(), 1);
+    teams_under_concurrency(&again, 1_800_000_000).await;
     again.close().await;
+    upgrade_to_teams(&format!(
+        "sqlite://{}/upgraded.db?mode=rwc",
+        dir.path().display()
+    ))
+    .await;
 }
 
 #[tokio::test]
@@ -255,7 +479,16 @@ async fn postgres_store_migrates_once_and_keeps_its_rules() {
     scenario(store).await;
     let again = Store::open(&pg.url, 4).await.unwrap();
     assert_eq!(again.users().await.unwrap().len(), 1);
+    teams_under_concurrency(&again, 1_800_000_000).await;
     again.close().await;
+    let pool = sqlx::AnyPool::connect(&pg.url).await.unwrap();
+    sqlx::query("CREATE DATABASE upgraded")
+        .execute(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    let (base, _) = pg.url.rsplit_once('/').unwrap();
+    upgrade_to_teams(&format!("{base}/upgraded")).await;
 }
 
 #[tokio::test]

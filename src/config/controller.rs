@@ -35,6 +35,25 @@ pub struct ControllerConfig {
     pub tasks: Tasks,
     #[serde(default)]
     pub webhooks: Webhooks,
+    #[serde(default)]
+    pub teams: Teams,
+}
+
+/// Teams: who may create them, and the quotas a new team starts with (absent:
+/// unlimited; admins change a team's quotas afterwards).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Teams {
+    /// Whether users who are not admins may create teams (becoming their owners).
+    /// Off by default: each team has its own quotas, so a member who could create
+    /// teams could multiply them.
+    pub members_may_create: bool,
+    /// Live appliances a new team may have.
+    pub max_appliances: Option<u32>,
+    /// Appliance-minutes a new team may use per calendar month.
+    pub max_appliance_minutes: Option<u32>,
+    /// Key pairs a new team may hold.
+    pub max_keypairs: Option<u32>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

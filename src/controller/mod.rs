@@ -26,6 +26,7 @@ pub mod https;
 pub mod lifecycle;
 pub mod records;
 pub mod store;
+pub mod teams;
 
 /// Runs the controller until SIGTERM; returns the exit code.
 pub fn run(config: ControllerConfig) -> i32 {

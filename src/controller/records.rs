@@ -11,11 +11,15 @@ use sqlx::any::AnyRow;
 use super::auth;
 use super::lifecycle::{Clock, State};
 use super::store::{Backend, Store, StoreError, decode_all, unique_to_conflict};
+use super::teams::lock_team;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Appliance {
     pub id: String,
     pub name: String,
+    /// The team it belongs to.
+    pub team_id: String,
+    /// The user who asked for it.
     pub owner_id: String,
     pub external_id: Option<String>,
     pub request_hash: String,
@@ -37,9 +41,9 @@ pub struct Appliance {
 
 macro_rules! appliance_columns {
     () => {
-        "id, name, owner_id, external_id, request_hash, state, state_since, ttl_minutes, \
-         callback_url, slot, address, agent_port, cert_serial, cert_not_after, launched_at, \
-         expires_at, last_heartbeat_at, last_status, created_at"
+        "id, name, team_id, owner_id, external_id, request_hash, state, state_since, \
+         ttl_minutes, callback_url, slot, address, agent_port, cert_serial, cert_not_after, \
+         launched_at, expires_at, last_heartbeat_at, last_status, created_at"
     };
 }
 
@@ -48,6 +52,7 @@ impl Appliance {
         Ok(Appliance {
             id: r.try_get("id")?,
             name: r.try_get("name")?,
+            team_id: r.try_get("team_id")?,
             owner_id: r.try_get("owner_id")?,
             external_id: r.try_get("external_id")?,
             request_hash: r.try_get("request_hash")?,
@@ -249,7 +254,10 @@ pub struct Task {
     pub id: String,
     pub kind: TaskKind,
     pub appliance_id: Option<String>,
+    /// The user who queued it (for the controller's own timers: the appliance's).
     pub owner_id: String,
+    /// The team of its appliance; none for a ping of many.
+    pub team_id: Option<String>,
     pub state: TaskState,
     pub request: String,
     pub result: Option<String>,
@@ -261,8 +269,8 @@ pub struct Task {
 
 macro_rules! task_columns {
     () => {
-        "id, kind, appliance_id, owner_id, state, request, result, problem, attempts, \
-         created_at, finished_at"
+        "id, kind, appliance_id, owner_id, team_id, state, request, result, problem, \
+         attempts, created_at, finished_at"
     };
 }
 
@@ -273,6 +281,7 @@ impl Task {
             kind: decode_name(r, "kind", TaskKind::parse)?,
             appliance_id: r.try_get("appliance_id")?,
             owner_id: r.try_get("owner_id")?,
+            team_id: r.try_get("team_id")?,
             state: decode_name(r, "state", TaskState::parse)?,
             request: r.try_get("request")?,
             result: r.try_get("result")?,
@@ -297,6 +306,18 @@ pub struct NewTask<'a> {
     pub appliance_id: Option<&'a str>,
     pub owner_id: &'a str,
     pub request: String,
+}
+
+/// What [`Store::create_appliance`] did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Created {
+    /// Recorded, with its create task's id.
+    Queued(String),
+    /// The team has `used` live appliances of the `limit` its quota allows; nothing
+    /// was written.
+    OverQuota { limit: i64, used: i64 },
+    /// The team is gone.
+    NoSuchTeam,
 }
 
 /// What [`Store::transition`] did.
@@ -341,16 +362,39 @@ impl Store {
         a: &Appliance,
         task: &NewTask<'_>,
         actor: Option<&str>,
-    ) -> Result<String, StoreError> {
+    ) -> Result<Created, StoreError> {
         let mut tx = self.pool.begin().await?;
+        // The team's row is locked until commit: two creates cannot both take its last
+        // slot.
+        if !lock_team(&mut tx, &a.team_id).await? {
+            return Ok(Created::NoSuchTeam);
+        }
+        let limit: Option<i64> = sqlx::query("SELECT max_appliances FROM teams WHERE id = $1")
+            .bind(&a.team_id)
+            .fetch_one(&mut *tx)
+            .await?
+            .try_get("max_appliances")?;
+        if let Some(limit) = limit {
+            let used: i64 = sqlx::query(
+                "SELECT COUNT(*) AS n FROM appliances WHERE team_id = $1 AND state <> 'deleted'",
+            )
+            .bind(&a.team_id)
+            .fetch_one(&mut *tx)
+            .await?
+            .try_get("n")?;
+            if used >= limit {
+                return Ok(Created::OverQuota { limit, used });
+            }
+        }
         sqlx::query(concat!(
             "INSERT INTO appliances (",
             appliance_columns!(),
             ", updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, \
-             $14, $15, $16, $17, $18, $19, $19)"
+             $14, $15, $16, $17, $18, $19, $20, $20)"
         ))
         .bind(&a.id)
         .bind(&a.name)
+        .bind(&a.team_id)
         .bind(&a.owner_id)
         .bind(&a.external_id)
         .bind(&a.request_hash)
@@ -370,7 +414,9 @@ impl Store {
         .bind(a.created_at)
         .execute(&mut *tx)
         .await
-        .map_err(|e| unique_to_conflict(e, "an appliance with this external_id".into()))?;
+        .map_err(|e| {
+            unique_to_conflict(e, "an appliance of this team with this external_id".into())
+        })?;
         let task_id = insert_task(&mut tx, task, a.created_at).await?;
         let record = Record {
             kind: "requested",
@@ -379,7 +425,7 @@ impl Store {
         };
         insert_event(&mut tx, a, None, a.state, &record, a.created_at).await?;
         tx.commit().await?;
-        Ok(task_id)
+        Ok(Created::Queued(task_id))
     }
 
     pub async fn appliance(&self, id: &str) -> Result<Option<Appliance>, StoreError> {
@@ -395,20 +441,22 @@ impl Store {
         .await
     }
 
+    /// The appliance of `team_id` with this idempotency key.
     pub async fn appliance_by_external_id(
         &self,
+        team_id: &str,
         external_id: &str,
     ) -> Result<Option<Appliance>, StoreError> {
-        self.one_where(
-            concat!(
-                "SELECT ",
-                appliance_columns!(),
-                " FROM appliances WHERE external_id = $1"
-            ),
-            external_id,
-            Appliance::from_row,
-        )
-        .await
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            appliance_columns!(),
+            " FROM appliances WHERE team_id = $1 AND external_id = $2"
+        ))
+        .bind(team_id)
+        .bind(external_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.as_ref().map(Appliance::from_row).transpose()?)
     }
 
     /// Appliances, oldest first: those not deleted, or only the deleted ones (filters
@@ -667,14 +715,16 @@ impl Store {
         .await
     }
 
-    /// The newest tasks, of one owner or of everybody.
-    pub async fn tasks(&self, owner: Option<&str>, limit: i64) -> Result<Vec<Task>, StoreError> {
-        let rows = match owner {
+    /// The newest tasks: those a user queued or whose team it owns, or everybody's.
+    pub async fn tasks(&self, reader: Option<&str>, limit: i64) -> Result<Vec<Task>, StoreError> {
+        let rows = match reader {
             Some(owner) => {
                 sqlx::query(concat!(
                     "SELECT ",
                     task_columns!(),
-                    " FROM tasks WHERE owner_id = $1 ORDER BY created_at DESC, id LIMIT $2"
+                    " FROM tasks WHERE owner_id = $1 OR team_id IN (SELECT team_id FROM \
+                     memberships WHERE user_id = $1 AND role = 'owner') \
+                     ORDER BY created_at DESC, id LIMIT $2"
                 ))
                 .bind(owner)
                 .bind(limit)
@@ -840,8 +890,9 @@ impl Delivery {
 async fn insert_task(tx: &mut Tx<'_>, task: &NewTask<'_>, now: i64) -> Result<String, StoreError> {
     let id = auth::new_id();
     sqlx::query(
-        "INSERT INTO tasks (id, kind, appliance_id, owner_id, state, request, created_at) \
-         VALUES ($1, $2, $3, $4, 'queued', $5, $6)",
+        "INSERT INTO tasks (id, kind, appliance_id, owner_id, team_id, state, request, \
+         created_at) VALUES ($1, $2, $3, $4, \
+         (SELECT team_id FROM appliances WHERE id = $3), 'queued', $5, $6)",
     )
     .bind(&id)
     .bind(task.kind.name())

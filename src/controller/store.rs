@@ -9,6 +9,7 @@ use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Row};
 
 use super::auth;
+use super::teams::{Quotas, insert_team};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -60,6 +61,8 @@ pub struct User {
     pub role: Role,
     pub password_hash: String,
     pub created_at: i64,
+    pub display_name: Option<String>,
+    pub email: Option<String>,
 }
 
 impl User {
@@ -70,8 +73,28 @@ impl User {
             role: Role::parse(&row.try_get::<String, _>("role")?),
             password_hash: row.try_get("password_hash")?,
             created_at: row.try_get("created_at")?,
+            display_name: row.try_get("display_name")?,
+            email: row.try_get("email")?,
         })
     }
+}
+
+/// A user to record.
+pub struct NewUserRecord<'a> {
+    pub name: &'a str,
+    pub role: Role,
+    pub password_hash: &'a str,
+    pub display_name: Option<&'a str>,
+    pub email: Option<&'a str>,
+}
+
+/// Changes to a user: `None` leaves a field; `Some(None)` clears an optional one.
+#[derive(Debug, Default)]
+pub struct UserUpdate {
+    pub display_name: Option<Option<String>>,
+    pub email: Option<Option<String>>,
+    pub password_hash: Option<String>,
+    pub role: Option<Role>,
 }
 
 pub struct Store {
@@ -82,7 +105,7 @@ pub struct Store {
 /// The columns [`User::from_row`] reads (a macro, so queries stay static strings).
 macro_rules! user_columns {
     () => {
-        "id, name, role, password_hash, created_at"
+        "id, name, role, password_hash, created_at, display_name, email"
     };
 }
 
@@ -138,30 +161,99 @@ impl Store {
         self.pool.close().await;
     }
 
+    /// Creates a user and, with `personal_team`, a team of the same name that it owns
+    /// (with those quotas), in one transaction: both or neither.
     pub async fn create_user(
         &self,
-        name: &str,
-        role: Role,
-        password_hash: &str,
+        new: NewUserRecord<'_>,
+        personal_team: Option<Quotas>,
         now: i64,
     ) -> Result<User, StoreError> {
         let user = User {
             id: auth::new_id(),
-            name: name.to_string(),
-            role,
-            password_hash: password_hash.to_string(),
+            name: new.name.to_string(),
+            role: new.role,
+            password_hash: new.password_hash.to_string(),
             created_at: now,
+            display_name: new.display_name.map(str::to_string),
+            email: new.email.map(str::to_string),
         };
-        sqlx::query("INSERT INTO users (id, name, role, password_hash, created_at) VALUES ($1, $2, $3, $4, $5)")
-            .bind(&user.id)
-            .bind(&user.name)
-            .bind(role.as_str())
-            .bind(&user.password_hash)
-            .bind(now)
-            .execute(&self.pool)
-            .await
-            .map_err(|e| unique_to_conflict(e, format!("user {name:?}")))?;
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(concat!(
+            "INSERT INTO users (",
+            user_columns!(),
+            ") VALUES ($1, $2, $3, $4, $5, $6, $7)"
+        ))
+        .bind(&user.id)
+        .bind(&user.name)
+        .bind(user.role.as_str())
+        .bind(&user.password_hash)
+        .bind(now)
+        .bind(&user.display_name)
+        .bind(&user.email)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| unique_to_conflict(e, format!("user {:?}", user.name)))?;
+        if let Some(quotas) = personal_team {
+            // The personal team's id is the user's, as the migration made them.
+            insert_team(&mut tx, &user.id, &user.name, Some(&user.id), quotas, now).await?;
+        }
+        tx.commit().await?;
         Ok(user)
+    }
+
+    /// Changes what `update` names; false when there is no such user.
+    pub async fn update_user(&self, id: &str, update: &UserUpdate) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let exists = sqlx::query("UPDATE users SET name = name WHERE id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected()
+            == 1;
+        if !exists {
+            return Ok(false);
+        }
+        let texts = [
+            (
+                "UPDATE users SET display_name = $1 WHERE id = $2",
+                update.display_name.as_ref(),
+            ),
+            (
+                "UPDATE users SET email = $1 WHERE id = $2",
+                update.email.as_ref(),
+            ),
+        ];
+        for (query, value) in texts {
+            if let Some(value) = value {
+                sqlx::query(query)
+                    .bind(value.as_deref())
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+        }
+        if let Some(hash) = &update.password_hash {
+            sqlx::query("UPDATE users SET password_hash = $1 WHERE id = $2")
+                .bind(hash)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+            // A new password ends the sessions of the old one.
+            sqlx::query("DELETE FROM tokens WHERE user_id = $1")
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        if let Some(role) = update.role {
+            sqlx::query("UPDATE users SET role = $1 WHERE id = $2")
+                .bind(role.as_str())
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(true)
     }
 
     pub async fn user(&self, id: &str) -> Result<Option<User>, StoreError> {
@@ -211,14 +303,17 @@ impl Store {
         decode_all(&rows, User::from_row)
     }
 
-    /// Deletes a user and, with it, its tokens. False when there was no such user.
+    /// Deletes a user and, with it, its tokens and memberships. False when there was no
+    /// such user.
     pub async fn delete_user(&self, id: &str) -> Result<bool, StoreError> {
         let mut tx = self.pool.begin().await?;
         // Explicit, rather than relying on each backend's foreign-key settings.
-        sqlx::query("DELETE FROM tokens WHERE user_id = $1")
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
+        for query in [
+            "DELETE FROM tokens WHERE user_id = $1",
+            "DELETE FROM memberships WHERE user_id = $1",
+        ] {
+            sqlx::query(query).bind(id).execute(&mut *tx).await?;
+        }
         let done = sqlx::query("DELETE FROM users WHERE id = $1")
             .bind(id)
             .execute(&mut *tx)
@@ -255,8 +350,9 @@ impl Store {
         now: i64,
     ) -> Result<Option<User>, StoreError> {
         let row = sqlx::query(
-            "SELECT u.id, u.name, u.role, u.password_hash, u.created_at FROM tokens t \
-             JOIN users u ON u.id = t.user_id WHERE t.token_hash = $1 AND t.expires_at > $2",
+            "SELECT u.id, u.name, u.role, u.password_hash, u.created_at, u.display_name, \
+             u.email FROM tokens t JOIN users u ON u.id = t.user_id \
+             WHERE t.token_hash = $1 AND t.expires_at > $2",
         )
         .bind(token_hash)
         .bind(now)
@@ -281,6 +377,23 @@ impl Store {
             .execute(&self.pool)
             .await?;
         Ok(done.rows_affected())
+    }
+}
+
+#[cfg(test)]
+impl Store {
+    /// A user with its personal team (unlimited) and no password, for tests.
+    pub async fn add_user(&self, name: &str, role: Role, now: i64) -> User {
+        let record = NewUserRecord {
+            name,
+            role,
+            password_hash: "-",
+            display_name: None,
+            email: None,
+        };
+        self.create_user(record, Some(Quotas::default()), now)
+            .await
+            .unwrap()
     }
 }
 

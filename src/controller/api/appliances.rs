@@ -16,6 +16,9 @@ use crate::controller::fleet::operations::{ActionOutcome, CreateRequest, ListFil
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateAppliance {
+    /// The team that will own it, by id or name; default: the caller's only team. The
+    /// caller needs the `member` or `owner` role in it.
+    team: Option<String>,
     /// 1 to 64 letters, digits, `.`, `_` or `-`.
     #[schema(pattern = "^[A-Za-z0-9._-]{1,64}$")]
     name: String,
@@ -65,6 +68,7 @@ pub struct Action {
 #[utoipa::path(operation_id = "create_appliance", post, path = "/v1/appliances", tag = "appliances", request_body = CreateAppliance,
     responses(
         (status = 202, description = "Queued: the task, with the appliance", body = TaskView),
+        (status = 403, description = "A viewer of the team, or over the team's quota (`quota-exceeded`, with `quota`, `limit` and `used`)"),
         (status = 409, description = "The external_id was used with another request, or the backend cannot create appliances (`not-supported-by-backend`)"),
         (status = 422, description = "Invalid values"),
         (status = 503, description = "No capacity left"),
@@ -75,6 +79,7 @@ pub async fn create(
     Body(body): Body<CreateAppliance>,
 ) -> Result<Response, ApiError> {
     let request = CreateRequest {
+        team: body.team,
         name: body.name,
         ttl_minutes: body.ttl_minutes,
         external_id: body.external_id,
@@ -122,6 +127,7 @@ pub async fn get(
 #[utoipa::path(operation_id = "delete_appliance", delete, path = "/v1/appliances/{id}", tag = "appliances", params(("id" = String, Path)),
     responses(
         (status = 202, description = "Queued: the task, with the appliance", body = TaskView),
+        (status = 403, description = "A viewer of the team, or over the team's quota (`quota-exceeded`, with `quota`, `limit` and `used`)"),
         (status = 404, description = "No such appliance"),
         (status = 409, description = "Not now (already deleted, or another operation runs)"),
     ))]
@@ -139,6 +145,7 @@ pub async fn delete(
     responses(
         (status = 200, description = "Extended: the appliance", body = ApplianceView),
         (status = 202, description = "Queued: the task, with the appliance", body = TaskView),
+        (status = 403, description = "A viewer of the team, or over the team's quota (`quota-exceeded`, with `quota`, `limit` and `used`)"),
         (status = 404, description = "No such appliance"),
         (status = 409, description = "Not allowed in the appliance's state, or not something its backend can do (`not-supported-by-backend`)"),
         (status = 422, description = "Unknown action or bad minutes"),

@@ -72,7 +72,7 @@ impl From<Template> for TemplateView {
     }
 }
 
-fn entries(s: &ApiState, me: &crate::controller::store::User, kind: Kind) -> Response {
+fn entries(s: &ApiState, me: &crate::controller::fleet::teams::Principal, kind: Kind) -> Response {
     let list = s.fleet.catalogue_list(me, kind);
     ok(list
         .into_iter()
@@ -82,7 +82,7 @@ fn entries(s: &ApiState, me: &crate::controller::store::User, kind: Kind) -> Res
 
 fn entry(
     s: &ApiState,
-    me: &crate::controller::store::User,
+    me: &crate::controller::fleet::teams::Principal,
     kind: Kind,
     id_or_name: &str,
 ) -> Result<Response, ApiError> {

@@ -84,13 +84,16 @@ impl IntoResponse for ApiError {
 /// The RFC 9457 problem document of `e`, for the request to `instance`.
 pub fn problem(e: &ApiError, instance: &str) -> Response {
     let (status, kind) = e.status_and_kind();
-    let body = serde_json::json!({
+    let mut body = serde_json::json!({
         "type": format!("urn:applianced:problem:{kind}"),
         "title": status.canonical_reason().unwrap_or(""),
         "status": status.as_u16(),
         "detail": e.detail(),
         "instance": instance,
     });
+    if let ApiError::Fleet(fleet) = e {
+        crate::controller::fleet::error::merge(&mut body, fleet.extensions());
+    }
     let mut r = (status, body.to_string()).into_response();
     r.headers_mut().insert(
         header::CONTENT_TYPE,

@@ -13,6 +13,7 @@ use serde::de::DeserializeOwned;
 
 use super::{ApiError, ApiState, BODY_TIMEOUT, MAX_BODY};
 use crate::controller::fleet::FleetError;
+use crate::controller::fleet::teams::Principal;
 use crate::controller::store::User;
 use crate::transport::ConnInfo;
 
@@ -26,9 +27,9 @@ pub struct CertificateName(pub String);
 pub struct ActorSlot(pub Arc<std::sync::OnceLock<String>>);
 
 impl ActorSlot {
-    fn record(parts: &Parts, user: &User) {
+    fn record(parts: &Parts, name: &str) {
         if let Some(slot) = parts.extensions.get::<ActorSlot>() {
-            let _ = slot.0.set(user.name.clone());
+            let _ = slot.0.set(name.to_string());
         }
     }
 }
@@ -39,8 +40,9 @@ fn credentials<'a>(parts: &'a Parts, scheme: &str) -> Option<&'a str> {
     given.eq_ignore_ascii_case(scheme).then(|| rest.trim())
 }
 
-/// The user a request acts for: its bearer token's, or its client certificate's.
-pub struct Caller(pub User);
+/// Who a request acts for: the user of its bearer token, or of its client certificate,
+/// with its teams.
+pub struct Caller(pub Principal);
 
 impl FromRequestParts<ApiState> for Caller {
     type Rejection = ApiError;
@@ -51,9 +53,9 @@ impl FromRequestParts<ApiState> for Caller {
             .extensions
             .get::<CertificateName>()
             .map(|c| c.0.as_str());
-        let user = state.fleet.authenticate(token, certificate).await?;
-        ActorSlot::record(parts, &user);
-        Ok(Caller(user))
+        let caller = state.fleet.authenticate(token, certificate).await?;
+        ActorSlot::record(parts, &caller.name);
+        Ok(Caller(caller))
     }
 }
 
@@ -66,8 +68,8 @@ impl FromRequestParts<ApiState> for TokenCaller {
     async fn from_request_parts(parts: &mut Parts, state: &ApiState) -> Result<Self, ApiError> {
         let token = credentials(parts, "Bearer ")
             .ok_or(FleetError::Unauthorized("a bearer token is required"))?;
-        let user = state.fleet.authenticate(Some(token), None).await?;
-        ActorSlot::record(parts, &user);
+        let caller = state.fleet.authenticate(Some(token), None).await?;
+        ActorSlot::record(parts, &caller.name);
         Ok(TokenCaller(token.to_string()))
     }
 }
@@ -89,7 +91,7 @@ impl FromRequestParts<ApiState> for PasswordCaller {
             .map_err(|_| FleetError::Unauthorized("malformed basic credentials"))?;
         let (name, password) = text.split_once(':').ok_or(malformed)?;
         let user = state.fleet.authenticate_password(name, password).await?;
-        ActorSlot::record(parts, &user);
+        ActorSlot::record(parts, &user.name);
         Ok(PasswordCaller(user))
     }
 }
@@ -123,6 +125,20 @@ impl<T: From<String>, S: Send + Sync> FromRequestParts<S> for Id<T> {
             .await
             .map_err(|_| ApiError::NoRoute)?;
         Ok(Id(T::from(id)))
+    }
+}
+
+/// Two path ids, typed (a team's and a member's).
+pub struct Ids<A, B>(pub A, pub B);
+
+impl<A: From<String>, B: From<String>, S: Send + Sync> FromRequestParts<S> for Ids<A, B> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let Path((a, b)) = Path::<(String, String)>::from_request_parts(parts, state)
+            .await
+            .map_err(|_| ApiError::NoRoute)?;
+        Ok(Ids(A::from(a), B::from(b)))
     }
 }
 
@@ -227,4 +243,23 @@ where
         .and_then(|i| T::try_from(i).ok())
         .map(Some)
         .ok_or_else(|| D::Error::custom(format!("{n} is not a whole number in range")))
+}
+
+/// A field that may be absent (`None`: leave it), `null` (`Some(None)`: clear it), or a
+/// value; with `#[serde(default)]`.
+pub fn nullable<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::Deserialize<'de>,
+{
+    use serde::Deserialize;
+    Option::<T>::deserialize(d).map(Some)
+}
+
+/// [`nullable`] for whole numbers (see [`whole_number`]).
+pub fn nullable_whole_number<'de, D>(d: D) -> Result<Option<Option<i64>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    whole_number(d).map(Some)
 }

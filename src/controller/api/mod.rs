@@ -36,6 +36,7 @@ pub mod error;
 pub mod extract;
 pub mod pings;
 pub mod tasks;
+pub mod teams;
 pub mod tokens;
 pub mod users;
 pub mod views;
@@ -63,7 +64,7 @@ pub struct ApiState {
     info(
         title = "applianced controller",
         description = "The northbound API of the applianced controller: operators' tokens and users, \
-            appliances and their lifecycle, pings, tasks, and the pass-through to each appliance's agent. \
+            teams with their members and quotas, appliances and their lifecycle, pings, tasks, and the pass-through to each appliance's agent. \
             Errors are RFC 9457 problem documents with a stable `type`.",
         license(name = "Apache-2.0", identifier = "Apache-2.0"),
     ),
@@ -121,6 +122,7 @@ impl Modify for Conventions {
                 &mut item.put,
                 &mut item.post,
                 &mut item.delete,
+                &mut item.patch,
             ]
             .into_iter()
             .flatten()
@@ -187,7 +189,11 @@ fn admin_api() -> (Router<ApiState>, utoipa::openapi::OpenApi) {
     let (router, mut doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(tokens::create, tokens::delete))
         .routes(routes!(users::list, users::create))
-        .routes(routes!(users::get, users::delete))
+        .routes(routes!(users::get, users::update, users::delete))
+        .routes(routes!(teams::list, teams::create))
+        .routes(routes!(teams::get, teams::update, teams::delete))
+        .routes(routes!(teams::set_member, teams::remove_member))
+        .routes(routes!(teams::get_quotas, teams::set_quotas))
         .routes(routes!(appliances::list, appliances::create))
         .routes(routes!(appliances::get, appliances::delete))
         .routes(routes!(appliances::act))

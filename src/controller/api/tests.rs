@@ -112,7 +112,7 @@ impl Harness {
         let mut tokens = Vec::new();
         for (name, role) in [("root", Role::Admin), ("member", Role::Member)] {
             // Tokens only: no password hash is needed (basic auth has its own test).
-            let user = store.create_user(name, role, "-", 0).await.unwrap();
+            let user = store.add_user(name, role, 0).await;
             tokens.push(fleet.issue_token(user, None).await.unwrap().token);
         }
         Harness {
@@ -214,6 +214,8 @@ async fn every_documented_operation_is_routed_and_asks_for_credentials() {
     let expected = [
         "DELETE /v1/appliances/{id}",
         "DELETE /v1/appliances/{id}/agent/{path}",
+        "DELETE /v1/teams/{id}",
+        "DELETE /v1/teams/{id}/members/{user}",
         "DELETE /v1/tokens",
         "DELETE /v1/users/{id}",
         "GET /v1/appliances",
@@ -231,10 +233,15 @@ async fn every_documented_operation_is_routed_and_asks_for_credentials() {
         "GET /v1/regions/{id}",
         "GET /v1/tasks",
         "GET /v1/tasks/{id}",
+        "GET /v1/teams",
+        "GET /v1/teams/{id}",
+        "GET /v1/teams/{id}/quotas",
         "GET /v1/templates",
         "GET /v1/templates/{id}",
         "GET /v1/users",
         "GET /v1/users/{id}",
+        "PATCH /v1/teams/{id}",
+        "PATCH /v1/users/{id}",
         "POST /v1/appliances",
         "POST /v1/appliances/{id}/actions",
         "POST /v1/appliances/{id}/agent/{path}",
@@ -242,9 +249,12 @@ async fn every_documented_operation_is_routed_and_asks_for_credentials() {
         "POST /v1/events",
         "POST /v1/ping",
         "POST /v1/tasks/{id}/cancel",
+        "POST /v1/teams",
         "POST /v1/tokens",
         "POST /v1/users",
         "PUT /v1/appliances/{id}/agent/{path}",
+        "PUT /v1/teams/{id}/members/{user}",
+        "PUT /v1/teams/{id}/quotas",
     ];
     assert_eq!(operations, expected);
     // Bodies the API does without (the defaults) are documented as optional.
@@ -255,7 +265,10 @@ async fn every_documented_operation_is_routed_and_asks_for_credentials() {
     }
     for op in &operations {
         let (method, path) = op.split_once(' ').unwrap();
-        let path = path.replace("{id}", "x").replace("{path}", "status");
+        let path = path
+            .replace("{id}", "x")
+            .replace("{user}", "u")
+            .replace("{path}", "status");
         let a = h.call(method, &path, None, "").await;
         match op.as_str() {
             "GET /v1/openapi.json" => assert_eq!(a.status, 200),
@@ -288,7 +301,7 @@ async fn every_documented_operation_is_routed_and_asks_for_credentials() {
     }
     for (method, path, allow) in [
         ("GET", "/v1/tokens", "POST,DELETE"),
-        ("PUT", "/v1/users/abc", "GET,HEAD,DELETE"),
+        ("PUT", "/v1/users/abc", "GET,HEAD,PATCH,DELETE"),
         ("TRACE", "/v1/appliances", "GET,HEAD,POST"),
         (
             "PATCH",

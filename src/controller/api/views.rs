@@ -8,9 +8,11 @@ use serde_json::Value;
 use utoipa::ToSchema;
 
 use crate::controller::fleet::operations::Queued;
+use crate::controller::fleet::teams::TeamDetail;
 pub use crate::controller::fleet::views::{ApplianceView, CertificateView};
 use crate::controller::records::{Delivery, EventRecord, Task};
 use crate::controller::store::User;
+use crate::controller::teams::{Quotas, Team, TeamRole};
 
 /// An RFC 9457 problem document.
 #[derive(Serialize, ToSchema)]
@@ -23,6 +25,13 @@ pub struct Problem {
     pub detail: String,
     /// The request's path.
     pub instance: Option<String>,
+    /// `quota-exceeded`: the quota's name, its limit and its use.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quota: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limit: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub used: Option<i64>,
 }
 
 #[derive(Serialize, serde::Deserialize, ToSchema)]
@@ -38,6 +47,8 @@ pub struct UserView {
     pub id: String,
     pub name: String,
     pub role: RoleName,
+    pub display_name: Option<String>,
+    pub email: Option<String>,
     pub created_at: String,
 }
 
@@ -50,6 +61,8 @@ impl From<&User> for UserView {
                 crate::controller::store::Role::Admin => RoleName::Admin,
                 crate::controller::store::Role::Member => RoleName::Member,
             },
+            display_name: u.display_name.clone(),
+            email: u.email.clone(),
             created_at: crate::certs::format_unix(u.created_at),
         }
     }
@@ -58,12 +71,103 @@ impl From<&User> for UserView {
 /// A new user; `password` only when it was generated (shown this once).
 #[derive(Serialize, ToSchema)]
 pub struct CreatedUserView {
-    pub id: String,
-    pub name: String,
-    pub role: RoleName,
-    pub created_at: String,
+    #[serde(flatten)]
+    pub user: UserView,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub password: Option<String>,
+}
+
+#[derive(Serialize, serde::Deserialize, ToSchema, Clone, Copy)]
+#[serde(rename_all = "lowercase")]
+pub enum TeamRoleName {
+    Owner,
+    Member,
+    Viewer,
+}
+
+impl From<TeamRole> for TeamRoleName {
+    fn from(r: TeamRole) -> Self {
+        match r {
+            TeamRole::Owner => TeamRoleName::Owner,
+            TeamRole::Member => TeamRoleName::Member,
+            TeamRole::Viewer => TeamRoleName::Viewer,
+        }
+    }
+}
+
+/// A team's quotas; `null` is unlimited.
+#[derive(Serialize, ToSchema)]
+pub struct QuotasView {
+    /// Appliances that are not deleted.
+    pub max_appliances: Option<i64>,
+    /// Appliance-minutes per calendar month.
+    pub max_appliance_minutes: Option<i64>,
+    pub max_keypairs: Option<i64>,
+}
+
+impl From<&Quotas> for QuotasView {
+    fn from(q: &Quotas) -> Self {
+        QuotasView {
+            max_appliances: q.max_appliances,
+            max_appliance_minutes: q.max_appliance_minutes,
+            max_keypairs: q.max_keypairs,
+        }
+    }
+}
+
+/// A team as lists show it.
+#[derive(Serialize, ToSchema)]
+pub struct TeamView {
+    pub id: String,
+    pub name: String,
+    pub created_at: String,
+    pub quotas: QuotasView,
+}
+
+impl From<&Team> for TeamView {
+    fn from(t: &Team) -> Self {
+        TeamView {
+            id: t.id.clone(),
+            name: t.name.clone(),
+            created_at: crate::certs::format_unix(t.created_at),
+            quotas: QuotasView::from(&t.quotas),
+        }
+    }
+}
+
+/// A member of a team.
+#[derive(Serialize, ToSchema)]
+pub struct MemberView {
+    pub user_id: String,
+    pub name: String,
+    pub role: TeamRoleName,
+    pub since: String,
+}
+
+/// A team with its members.
+#[derive(Serialize, ToSchema)]
+pub struct TeamDetailView {
+    #[serde(flatten)]
+    pub team: TeamView,
+    pub members: Vec<MemberView>,
+}
+
+impl From<&TeamDetail> for TeamDetailView {
+    fn from(d: &TeamDetail) -> Self {
+        TeamDetailView {
+            team: TeamView::from(&d.team),
+            members: d
+                .members
+                .iter()
+                .map(|m| MemberView {
+                    user_id: m.user_id.clone(),
+                    name: m.user_name.clone(),
+                    role: m.role.into(),
+                    since: crate::certs::format_unix(m.since),
+                })
+                .collect(),
+        }
+    }
 }
 
 /// A bearer token.
@@ -84,7 +188,10 @@ pub struct TaskView {
     /// `queued`, `running`, `succeeded`, `failed` or `cancelled`.
     pub state: String,
     pub appliance_id: Option<String>,
+    /// The user who queued it.
     pub owner_id: String,
+    /// The team of its appliance (none for a ping of many).
+    pub team_id: Option<String>,
     pub attempts: i64,
     pub created_at: String,
     pub finished_at: Option<String>,
@@ -110,6 +217,7 @@ impl From<&Task> for TaskView {
             state: t.state.as_str().to_string(),
             appliance_id: t.appliance_id.clone(),
             owner_id: t.owner_id.clone(),
+            team_id: t.team_id.clone(),
             attempts: t.attempts,
             created_at: crate::certs::format_unix(t.created_at),
             finished_at: t.finished_at.map(crate::certs::format_unix),

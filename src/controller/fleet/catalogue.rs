@@ -3,8 +3,8 @@
 //! any signed-in user may read it.
 
 use super::ports::{CatalogueEntry, Region};
+use super::teams::Principal;
 use super::*;
-use crate::controller::store::User;
 
 /// Which list of the catalogue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,7 +37,7 @@ pub struct Template {
 
 impl Fleet {
     /// One list of the catalogue.
-    pub fn catalogue_list(&self, _: &User, kind: Kind) -> Vec<CatalogueEntry> {
+    pub fn catalogue_list(&self, _: &Principal, kind: Kind) -> Vec<CatalogueEntry> {
         let catalogue = self.backend.catalogue();
         match kind {
             Kind::Image => catalogue.images,
@@ -49,7 +49,7 @@ impl Fleet {
     /// One entry, by id or by name (an id wins over another entry's name).
     pub fn catalogue_entry(
         &self,
-        user: &User,
+        user: &Principal,
         kind: Kind,
         id_or_name: &str,
     ) -> Result<CatalogueEntry, FleetError> {
@@ -62,13 +62,13 @@ impl Fleet {
     }
 
     /// Where appliances are placed, lowest priority value first.
-    pub fn regions(&self, _: &User) -> Vec<Region> {
+    pub fn regions(&self, _: &Principal) -> Vec<Region> {
         let mut regions = self.backend.regions();
         regions.sort_by(|a, b| (a.priority, &a.name).cmp(&(b.priority, &b.name)));
         regions
     }
 
-    pub fn region(&self, user: &User, name: &str) -> Result<Region, FleetError> {
+    pub fn region(&self, user: &Principal, name: &str) -> Result<Region, FleetError> {
         self.regions(user)
             .into_iter()
             .find(|r| r.name == name)
@@ -76,7 +76,7 @@ impl Fleet {
     }
 
     /// The templates: the backend's own, made of the first entry of each list.
-    pub fn templates(&self, user: &User) -> Vec<Template> {
+    pub fn templates(&self, user: &Principal) -> Vec<Template> {
         let catalogue = self.backend.catalogue();
         let first = |list: &[CatalogueEntry]| list.first().map(|e| e.id.clone());
         let region = self.regions(user).into_iter().next().map(|r| r.name);
@@ -98,7 +98,7 @@ impl Fleet {
         }
     }
 
-    pub fn template(&self, user: &User, name: &str) -> Result<Template, FleetError> {
+    pub fn template(&self, user: &Principal, name: &str) -> Result<Template, FleetError> {
         self.templates(user)
             .into_iter()
             .find(|t| t.name == name)

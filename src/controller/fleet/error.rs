@@ -19,11 +19,20 @@ pub enum FleetError {
     NoSuchUser,
     #[error("no such resource")]
     NoSuchTask,
+    #[error("no such team")]
+    NoSuchTeam,
     /// No such catalogue entry, region or template (the message names what was asked).
     #[error("{0}")]
     NoSuchEntry(String),
     #[error("{0}")]
     Forbidden(String),
+    /// A team's quota would be exceeded.
+    #[error("quota exceeded: the team's {quota} is {limit} and {used} are in use")]
+    QuotaExceeded {
+        quota: &'static str,
+        limit: i64,
+        used: i64,
+    },
     #[error("{0}")]
     Conflict(String),
     /// Malformed input (400).
@@ -75,8 +84,10 @@ impl FleetError {
             FleetError::NotFound
             | FleetError::NoSuchUser
             | FleetError::NoSuchTask
+            | FleetError::NoSuchTeam
             | FleetError::NoSuchEntry(_) => (404, "not-found"),
             FleetError::Forbidden(_) => (403, "forbidden"),
+            FleetError::QuotaExceeded { .. } => (403, "quota-exceeded"),
             FleetError::Conflict(_) => (409, "conflict"),
             FleetError::BadRequest(_) => (400, "invalid-input"),
             FleetError::Invalid(_) => (422, "invalid-input"),
@@ -95,15 +106,28 @@ impl FleetError {
         }
     }
 
+    /// Members a problem carries besides the standard ones: a quota's name, limit and
+    /// use.
+    pub fn extensions(&self) -> Option<Value> {
+        match self {
+            FleetError::QuotaExceeded { quota, limit, used } => {
+                Some(json!({"quota": quota, "limit": limit, "used": used}))
+            }
+            _ => None,
+        }
+    }
+
     /// The problem document stored with a failed task or a failed target of a ping.
     pub fn problem(&self) -> Value {
         let (status, kind) = self.status_and_kind();
-        json!({
+        let mut problem = json!({
             "type": format!("urn:applianced:problem:{kind}"),
             "title": reason(status),
             "status": status,
             "detail": self.detail(),
-        })
+        });
+        merge(&mut problem, self.extensions());
+        problem
     }
 }
 
@@ -122,5 +146,12 @@ pub fn reason(status: u16) -> &'static str {
         502 => "Bad Gateway",
         503 => "Service Unavailable",
         _ => "",
+    }
+}
+
+/// Adds `extensions`' members to a problem document.
+pub fn merge(problem: &mut Value, extensions: Option<Value>) {
+    if let (Value::Object(p), Some(Value::Object(e))) = (problem, extensions) {
+        p.extend(e);
     }
 }

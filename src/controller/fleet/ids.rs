@@ -40,3 +40,7 @@ typed_id!(
     /// A task.
     TaskId
 );
+typed_id!(
+    /// A team, by id or by name.
+    TeamRef
+);

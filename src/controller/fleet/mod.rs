@@ -27,12 +27,13 @@ use ports::{
 pub mod agents;
 mod callbacks;
 pub mod catalogue;
-mod error;
+pub mod error;
 pub mod ids;
 pub mod operations;
 pub mod ports;
 mod provision;
 mod tasks;
+pub mod teams;
 mod timers;
 pub mod users;
 pub mod views;

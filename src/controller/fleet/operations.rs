@@ -4,11 +4,11 @@
 //! does not exist for it).
 
 use super::ids::{ApplianceId, TaskId};
-use super::users::sees;
+use super::teams::Principal;
 use super::*;
 use crate::controller::auth;
-use crate::controller::records::{Delivery, EventRecord};
-use crate::controller::store::{Role, User};
+use crate::controller::records::{Created, Delivery, EventRecord};
+use crate::controller::teams::TeamRole;
 
 /// Default time-to-live when the request names none, within the configured range.
 pub const DEFAULT_TTL_MINUTES: u32 = 60;
@@ -21,6 +21,8 @@ const MAX_LISTED_TASKS: i64 = 500;
 /// the idempotency key with `external_id`.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct CreateRequest {
+    /// The team, by id or name (default: the caller's only team); its id once resolved.
+    pub team: Option<String>,
     pub name: String,
     pub ttl_minutes: Option<u32>,
     pub external_id: Option<String>,
@@ -140,16 +142,24 @@ fn url_host(rest: &str) -> Option<String> {
 }
 
 impl Fleet {
-    /// The appliance `id`, if `user` may see it.
-    pub async fn visible(&self, user: &User, id: &ApplianceId) -> Result<Appliance, FleetError> {
+    /// The appliance `id`, if the caller may see it.
+    pub async fn visible(
+        &self,
+        caller: &Principal,
+        id: &ApplianceId,
+    ) -> Result<Appliance, FleetError> {
         match self.store.appliance(id.as_str()).await? {
-            Some(a) if sees(user, &a.owner_id) => Ok(a),
+            Some(a) if caller.sees(&a.team_id) => Ok(a),
             _ => Err(FleetError::NotFound),
         }
     }
 
-    /// The appliances `user` sees; deleted ones only when the filter asks for them.
-    pub async fn list(&self, user: &User, f: ListFilter) -> Result<Vec<Appliance>, FleetError> {
+    /// The appliances the caller sees; deleted ones only when the filter asks for them.
+    pub async fn list(
+        &self,
+        caller: &Principal,
+        f: ListFilter,
+    ) -> Result<Vec<Appliance>, FleetError> {
         if let Some(s) = &f.state
             && State::parse(s).is_none()
         {
@@ -161,7 +171,7 @@ impl Fleet {
             .appliances(deleted)
             .await?
             .into_iter()
-            .filter(|a| sees(user, &a.owner_id))
+            .filter(|a| caller.sees(&a.team_id))
             .filter(|a| f.state.as_ref().is_none_or(|s| a.state.as_str() == s))
             .filter(|a| f.name.as_ref().is_none_or(|n| &a.name == n))
             .filter(|a| {
@@ -174,7 +184,11 @@ impl Fleet {
 
     /// Records a new appliance and queues its create task; the same `external_id` with
     /// the same request is the same task, with another request a conflict.
-    pub async fn create(&self, user: &User, mut body: CreateRequest) -> Result<Queued, FleetError> {
+    pub async fn create(
+        &self,
+        caller: &Principal,
+        mut body: CreateRequest,
+    ) -> Result<Queued, FleetError> {
         let now = self.clock.now();
         check_appliance_name(&body.name)?;
         let (min, max) = self.ttl_range();
@@ -195,7 +209,9 @@ impl Fleet {
         if let Some(url) = &body.callback_url {
             check_callback_url(url, self.webhooks())?;
         }
-        let templates = self.templates(user);
+        let team = self.team_for_create(caller, body.team.as_deref()).await?;
+        body.team = Some(team.id.clone());
+        let templates = self.templates(caller);
         let names = || {
             let names: Vec<&str> = templates.iter().map(|t| t.name.as_str()).collect();
             names.join(", ")
@@ -219,11 +235,12 @@ impl Fleet {
             )));
         }
         let canonical = serde_json::to_string(&body).unwrap_or_default();
-        let hash = auth::token_hash(&format!("{}\n{canonical}", user.id));
+        let hash = auth::token_hash(&format!("{}\n{canonical}", caller.id));
         let appliance = Appliance {
             id: auth::new_id(),
             name: body.name.clone(),
-            owner_id: user.id.clone(),
+            team_id: team.id.clone(),
+            owner_id: caller.id.clone(),
             external_id: body.external_id.clone(),
             request_hash: hash.clone(),
             state: State::Requested,
@@ -242,19 +259,25 @@ impl Fleet {
             created_at: now,
         };
         let mut request: Value = serde_json::from_str(&canonical).unwrap_or_default();
-        request["actor"] = Value::String(user.name.clone());
+        request["actor"] = Value::String(caller.name.clone());
         let new_task = NewTask {
             kind: TaskKind::Create,
             appliance_id: Some(&appliance.id),
-            owner_id: &user.id,
+            owner_id: &caller.id,
             request: request.to_string(),
         };
         match self
             .store
-            .create_appliance(&appliance, &new_task, Some(&user.name))
+            .create_appliance(&appliance, &new_task, Some(&caller.name))
             .await
         {
-            Ok(task_id) => {
+            Ok(Created::OverQuota { limit, used }) => Err(FleetError::QuotaExceeded {
+                quota: "max_appliances",
+                limit,
+                used,
+            }),
+            Ok(Created::NoSuchTeam) => Err(FleetError::NoSuchTeam),
+            Ok(Created::Queued(task_id)) => {
                 self.task_queued();
                 let task = self.queued_task(&task_id).await?;
                 Ok(Queued {
@@ -267,7 +290,7 @@ impl Fleet {
                 let external = body.external_id.as_deref().unwrap_or_default();
                 let existing = self
                     .store
-                    .appliance_by_external_id(external)
+                    .appliance_by_external_id(&team.id, external)
                     .await?
                     .ok_or_else(|| {
                         FleetError::Internal("external_id conflict without a row".into())
@@ -299,11 +322,12 @@ impl Fleet {
     }
 
     /// `DELETE`: queues the destroy task.
-    pub async fn delete(&self, user: &User, id: &ApplianceId) -> Result<Queued, FleetError> {
-        let a = self.visible(user, id).await?;
+    pub async fn delete(&self, caller: &Principal, id: &ApplianceId) -> Result<Queued, FleetError> {
+        let a = self.visible(caller, id).await?;
+        caller.needs(&a.team_id, TeamRole::Member, "delete appliances")?;
         acting_as(
-            Some(user.name.clone()),
-            self.queue_action(user, &a, Event::Destroy, json!({"action": "destroy"})),
+            Some(caller.name.clone()),
+            self.queue_action(caller, &a, Event::Destroy, json!({"action": "destroy"})),
         )
         .await
     }
@@ -312,19 +336,20 @@ impl Fleet {
     /// `rotate-certificate`: queued; `extend` with `minutes`: done at once).
     pub async fn act(
         &self,
-        user: &User,
+        caller: &Principal,
         id: &ApplianceId,
         action: &str,
         minutes: Option<u32>,
     ) -> Result<ActionOutcome, FleetError> {
-        let a = self.visible(user, id).await?;
+        let a = self.visible(caller, id).await?;
+        caller.needs(&a.team_id, TeamRole::Member, "act on appliances")?;
         let event = Event::action(action).ok_or_else(|| {
             invalid(format!(
                 "action {action:?}: start (or on), stop (or off), suspend, resume, extend, destroy or rotate-certificate"
             ))
         })?;
         // The moves and tasks this causes are recorded as the user's.
-        let actor = Some(user.name.clone());
+        let actor = Some(caller.name.clone());
         if event == Event::Extend {
             return acting_as(actor, self.extend(&a, minutes))
                 .await
@@ -344,7 +369,7 @@ impl Fleet {
         }
         acting_as(
             actor,
-            self.queue_action(user, &a, event, json!({"action": action})),
+            self.queue_action(caller, &a, event, json!({"action": action})),
         )
         .await
         .map(|q| ActionOutcome::Queued(Box::new(q)))
@@ -354,7 +379,7 @@ impl Fleet {
     /// and for `start` and `stop` moves the appliance at once (`booting`, `stopping`).
     async fn queue_action(
         &self,
-        user: &User,
+        caller: &Principal,
         a: &Appliance,
         event: Event,
         request: Value,
@@ -367,10 +392,10 @@ impl Fleet {
         let task_id = if matches!(event, Event::Start | Event::Stop) {
             // Moved and queued in one transaction: the task cannot run (and the
             // appliance cannot report `launched` or `stopped`) before the move is recorded.
-            self.apply_and_queue(&a.id, event, kind, &user.id, request)
+            self.apply_and_queue(&a.id, event, kind, &caller.id, request)
                 .await?
         } else {
-            self.queue(kind, Some(&a.id), &user.id, request).await?
+            self.queue(kind, Some(&a.id), &caller.id, request).await?
         };
         let task = self.queued_task(&task_id).await?;
         Ok(Queued {
@@ -420,27 +445,27 @@ impl Fleet {
     /// The events of an appliance, oldest first, each with its webhook deliveries.
     pub async fn events(
         &self,
-        user: &User,
+        caller: &Principal,
         id: &ApplianceId,
     ) -> Result<Vec<(EventRecord, Vec<Delivery>)>, FleetError> {
-        let a = self.visible(user, id).await?;
+        let a = self.visible(caller, id).await?;
         Ok(self.store.events(&a.id).await?)
     }
 
     /// Pings one appliance, or queues the ping.
     pub async fn ping_one(
         &self,
-        user: &User,
+        caller: &Principal,
         id: &ApplianceId,
         check: Check,
         asynchronous: bool,
     ) -> Result<PingOutcome, FleetError> {
-        let a = self.visible(user, id).await?;
+        let a = self.visible(caller, id).await?;
         if asynchronous {
             let request = json!({"targets": [a.id], "single": true, "check": check.name()});
             let id = acting_as(
-                Some(user.name.clone()),
-                self.queue(TaskKind::Ping, None, &user.id, request),
+                Some(caller.name.clone()),
+                self.queue(TaskKind::Ping, None, &caller.id, request),
             )
             .await?;
             return Ok(PingOutcome::Queued(self.queued_task(&id).await?));
@@ -452,7 +477,7 @@ impl Fleet {
     /// running one the caller sees; or queues the ping.
     pub async fn ping_targets(
         &self,
-        user: &User,
+        caller: &Principal,
         targets: Option<Vec<String>>,
         check: Check,
         asynchronous: bool,
@@ -463,7 +488,7 @@ impl Fleet {
             .appliances(false)
             .await?
             .into_iter()
-            .filter(|a| sees(user, &a.owner_id))
+            .filter(|a| caller.sees(&a.team_id))
             .collect();
         let targets = match targets {
             Some(targets) => {
@@ -490,8 +515,8 @@ impl Fleet {
         if asynchronous {
             let request = json!({"targets": targets, "check": check.name()});
             let id = acting_as(
-                Some(user.name.clone()),
-                self.queue(TaskKind::Ping, None, &user.id, request),
+                Some(caller.name.clone()),
+                self.queue(TaskKind::Ping, None, &caller.id, request),
             )
             .await?;
             return Ok(PingOutcome::Queued(self.queued_task(&id).await?));
@@ -503,12 +528,12 @@ impl Fleet {
     /// Configurations are code: members read, only admins write.
     pub async fn pass_through(
         &self,
-        user: &User,
+        caller: &Principal,
         id: &ApplianceId,
         request: AgentRequest,
     ) -> Result<(Appliance, AgentAnswer), FleetError> {
-        let a = self.visible(user, id).await?;
-        if request.method != AgentMethod::Get && user.role != Role::Admin {
+        let a = self.visible(caller, id).await?;
+        if request.method != AgentMethod::Get && !caller.admin {
             return Err(FleetError::PassThroughReadOnly);
         }
         if !a.state.is_running() {
@@ -518,19 +543,20 @@ impl Fleet {
                 a.state.as_str()
             )));
         }
-        let answer = self.forward(&a, request, &user.name).await?;
+        let answer = self.forward(&a, request, &caller.name).await?;
         Ok((a, answer))
     }
 
-    /// The tasks `user` may read (admins: all), newest first.
-    pub async fn tasks(&self, user: &User) -> Result<Vec<Task>, FleetError> {
-        let owner = (user.role != Role::Admin).then_some(user.id.as_str());
-        Ok(self.store.tasks(owner, MAX_LISTED_TASKS).await?)
+    /// The tasks the caller may read (those it queued and those of the teams it owns;
+    /// admins: all), newest first.
+    pub async fn tasks(&self, caller: &Principal) -> Result<Vec<Task>, FleetError> {
+        let reader = (!caller.admin).then_some(caller.id.as_str());
+        Ok(self.store.tasks(reader, MAX_LISTED_TASKS).await?)
     }
 
-    pub async fn task(&self, user: &User, id: &TaskId) -> Result<Task, FleetError> {
+    pub async fn task(&self, caller: &Principal, id: &TaskId) -> Result<Task, FleetError> {
         match self.store.task(id.as_str()).await? {
-            Some(t) if sees(user, &t.owner_id) => Ok(t),
+            Some(t) if caller.reads_task(&t) => Ok(t),
             _ => Err(FleetError::NoSuchTask),
         }
     }
@@ -538,8 +564,8 @@ impl Fleet {
     /// Cancels a task that is queued and has never run. Start and stop tasks moved their
     /// appliance when they were queued, so they are not cancelled (act again instead); a
     /// cancelled create leaves its appliance failed, with nothing made.
-    pub async fn cancel_task(&self, user: &User, id: &TaskId) -> Result<Task, FleetError> {
-        let task = self.task(user, id).await?;
+    pub async fn cancel_task(&self, caller: &Principal, id: &TaskId) -> Result<Task, FleetError> {
+        let task = self.task(caller, id).await?;
         let not_now = |why: &str| {
             FleetError::Conflict(format!(
                 "task {} ({}) cannot be cancelled: {why}",
@@ -568,7 +594,7 @@ impl Fleet {
         if let (TaskKind::Create, Some(appliance)) = (task.kind, &task.appliance_id) {
             let detail = json!({"cancelled_task": task.id});
             acting_as(
-                Some(user.name.clone()),
+                Some(caller.name.clone()),
                 self.apply(
                     appliance,
                     Event::ProvisionFailed,
@@ -578,7 +604,7 @@ impl Fleet {
             )
             .await?;
         }
-        self.task(user, id).await
+        self.task(caller, id).await
     }
 }
 

@@ -8,12 +8,16 @@ use super::fakes::{FakeBackend, FakeClock, Script};
 use super::ports::*;
 use super::*;
 use crate::callback::{Callback, CallbackEvent};
-use crate::controller::fleet::operations::CreateRequest;
-use crate::controller::store::{Role, User};
+use crate::controller::fleet::operations::{
+    ActionOutcome, AgentMethod, AgentRequest, CreateRequest, ListFilter,
+};
+use crate::controller::fleet::teams::Principal;
+use crate::controller::store::Role;
 
 /// A create request for `name` with the defaults.
 fn request(name: &str) -> CreateRequest {
     CreateRequest {
+        team: None,
         name: name.into(),
         ttl_minutes: None,
         external_id: None,
@@ -29,7 +33,7 @@ struct Setup {
     hooks: Arc<Script>,
     clock: Arc<FakeClock>,
     start: i64,
-    user: User,
+    user: Principal,
     _dir: tempfile::TempDir,
 }
 
@@ -73,10 +77,8 @@ async fn setup() -> Setup {
         config,
         b"secret".to_vec(),
     ));
-    let user = store
-        .create_user("alice", Role::Member, "-", start)
-        .await
-        .unwrap();
+    let user = store.add_user("alice", Role::Member, start).await;
+    let user = fleet.principal(&user).await.unwrap();
     Setup {
         fleet,
         backend,
@@ -394,4 +396,467 @@ async fn what_the_backend_cannot_do_is_refused_before_anything_is_queued() {
     let e = s.fleet.create(&s.user, request("lb2")).await.err().unwrap();
     assert_eq!(e.status_and_kind(), (409, "not-supported-by-backend"));
     assert_eq!(s.run_tasks().await, 0);
+}
+
+/// A user without a personal team, as a principal.
+async fn someone(s: &Setup, name: &str, role: Role) -> Principal {
+    let record = crate::controller::store::NewUserRecord {
+        name,
+        role,
+        password_hash: "-",
+        display_name: None,
+        email: None,
+    };
+    let user = s
+        .fleet
+        .store
+        .create_user(record, None, s.start)
+        .await
+        .unwrap();
+    s.fleet.principal(&user).await.unwrap()
+}
+
+/// The principal again, with the memberships it has now.
+async fn again(s: &Setup, p: &Principal) -> Principal {
+    let user = s.fleet.store.user(&p.id).await.unwrap().unwrap();
+    s.fleet.principal(&user).await.unwrap()
+}
+
+fn in_team(team: &str, name: &str) -> CreateRequest {
+    CreateRequest {
+        team: Some(team.into()),
+        ttl_minutes: Some(30),
+        ..request(name)
+    }
+}
+
+fn kind(e: &FleetError) -> (u16, &'static str) {
+    e.status_and_kind()
+}
+
+#[tokio::test]
+async fn the_security_model_rule_by_rule() {
+    use crate::controller::fleet::ids::{ApplianceId, TaskId, TeamRef};
+    let s = setup().await;
+    let admin = someone(&s, "root", Role::Admin).await;
+    let owner = someone(&s, "olga", Role::Member).await;
+    let member = someone(&s, "mike", Role::Member).await;
+    let viewer = someone(&s, "vera", Role::Member).await;
+    let outsider = someone(&s, "otto", Role::Member).await;
+
+    // Only admins create teams here (members_may_create is off); the creator owns it.
+    let e = s.fleet.create_team(&owner, "blue").await.err().unwrap();
+    assert_eq!(kind(&e), (403, "forbidden"));
+    let blue = s.fleet.create_team(&admin, "blue").await.unwrap().team;
+    let red = s.fleet.create_team(&admin, "red").await.unwrap().team;
+    let blue_ref = TeamRef::from(blue.id.clone());
+    let by_name = TeamRef::from("blue".to_string());
+    // Names are checked and unique; an id-shaped name is refused (ids and names share
+    // the path).
+    for bad in ["", "a b", "x/y", "00000000-0000-4000-8000-000000000000"] {
+        let e = s.fleet.create_team(&admin, bad).await.err().unwrap();
+        assert_eq!(kind(&e), (422, "invalid-input"), "{bad:?}");
+    }
+    let e = s.fleet.create_team(&admin, "blue").await.err().unwrap();
+    assert_eq!(kind(&e), (409, "conflict"));
+
+    // The admin (blue's owner) hands blue over: olga owner, mike member, vera viewer;
+    // then leaves.
+    for (who, role) in [("olga", "owner"), ("mike", "member"), ("vera", "viewer")] {
+        s.fleet
+            .set_member(&admin, &blue_ref, who, role)
+            .await
+            .unwrap();
+    }
+    s.fleet
+        .remove_member(&admin, &blue_ref, "root")
+        .await
+        .unwrap();
+    let e = s
+        .fleet
+        .set_member(&admin, &blue_ref, "mike", "boss")
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(kind(&e), (422, "invalid-input"));
+    let (owner, member, viewer) = (
+        again(&s, &owner).await,
+        again(&s, &member).await,
+        again(&s, &viewer).await,
+    );
+    let detail = s.fleet.team(&viewer, &by_name).await.unwrap();
+    let roles: Vec<(&str, &str)> = detail
+        .members
+        .iter()
+        .map(|m| (m.user_name.as_str(), m.role.as_str()))
+        .collect();
+    assert_eq!(
+        roles,
+        [("mike", "member"), ("olga", "owner"), ("vera", "viewer")]
+    );
+
+    // Teams: members see theirs, admins all, the outsider none; another team's id is
+    // 404, never 403.
+    let names = |teams: Vec<crate::controller::teams::Team>| {
+        teams.into_iter().map(|t| t.name).collect::<Vec<_>>()
+    };
+    assert_eq!(names(s.fleet.teams(&viewer).await.unwrap()), ["blue"]);
+    assert_eq!(
+        names(s.fleet.teams(&admin).await.unwrap()),
+        ["alice", "blue", "red"]
+    );
+    assert!(s.fleet.teams(&outsider).await.unwrap().is_empty());
+    for t in [&blue_ref, &by_name, &TeamRef::from(red.id.clone())] {
+        let e = s.fleet.team(&outsider, t).await.err().unwrap();
+        assert_eq!(kind(&e), (404, "not-found"));
+        let e = s.fleet.rename_team(&outsider, t, "x").await.err().unwrap();
+        assert_eq!(kind(&e), (404, "not-found"));
+    }
+
+    // Creating: members and owners, not viewers; the outsider learns nothing of blue
+    // (the same answer as for a team that does not exist).
+    let mine = s
+        .fleet
+        .create(&member, in_team("blue", "lb-1"))
+        .await
+        .unwrap();
+    let appliance = mine.appliance.clone().unwrap();
+    assert_eq!(appliance.team_id, blue.id);
+    assert_eq!(appliance.owner_id, member.id);
+    let theirs = s
+        .fleet
+        .create(&owner, in_team(&blue.id, "lb-2"))
+        .await
+        .unwrap();
+    let e = s
+        .fleet
+        .create(&viewer, in_team("blue", "lb-3"))
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(kind(&e), (403, "forbidden"));
+    let nowhere = s
+        .fleet
+        .create(&outsider, in_team("nowhere", "x"))
+        .await
+        .err()
+        .unwrap();
+    let e = s
+        .fleet
+        .create(&outsider, in_team("blue", "x"))
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(kind(&e), (422, "invalid-input"));
+    assert_eq!(
+        e.to_string().replace("blue", "T"),
+        nowhere.to_string().replace("nowhere", "T")
+    );
+    // Without a team: the caller's only team, or a clear refusal.
+    let e = s.fleet.create(&outsider, request("x")).await.err().unwrap();
+    assert_eq!(kind(&e), (422, "invalid-input"));
+    assert!(e.to_string().contains("no team"), "{e}");
+    let defaulted = s.fleet.create(&member, request("lb-4")).await.unwrap();
+    assert_eq!(defaulted.appliance.unwrap().team_id, blue.id);
+    assert_eq!(s.run_tasks().await, 3);
+
+    // Reading: the team's members (viewers too) and admins; to others it does not exist.
+    let id = ApplianceId::from(appliance.id.clone());
+    for who in [&admin, &owner, &member, &viewer] {
+        assert_eq!(s.fleet.visible(who, &id).await.unwrap().id, appliance.id);
+        assert_eq!(
+            s.fleet
+                .list(who, ListFilter::default())
+                .await
+                .unwrap()
+                .len(),
+            3
+        );
+        assert!(!s.fleet.events(who, &id).await.unwrap().is_empty());
+    }
+    assert_eq!(
+        kind(&s.fleet.visible(&outsider, &id).await.err().unwrap()),
+        (404, "not-found")
+    );
+    assert!(
+        s.fleet
+            .list(&outsider, ListFilter::default())
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        kind(&s.fleet.events(&outsider, &id).await.err().unwrap()),
+        (404, "not-found")
+    );
+    let e = s
+        .fleet
+        .ping_one(&outsider, &id, Check::Ping, true)
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(kind(&e), (404, "not-found"));
+    let e = s
+        .fleet
+        .ping_targets(
+            &outsider,
+            Some(vec![appliance.id.clone()]),
+            Check::Ping,
+            true,
+        )
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(kind(&e), (422, "invalid-input"));
+
+    // Operating: members, owners and admins; viewers read only; outsiders get 404.
+    let e = s.fleet.act(&viewer, &id, "stop", None).await.err().unwrap();
+    assert_eq!(kind(&e), (403, "forbidden"));
+    let e = s.fleet.delete(&viewer, &id).await.err().unwrap();
+    assert_eq!(kind(&e), (403, "forbidden"));
+    let e = s
+        .fleet
+        .act(&outsider, &id, "stop", None)
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(kind(&e), (404, "not-found"));
+    let e = s.fleet.delete(&outsider, &id).await.err().unwrap();
+    assert_eq!(kind(&e), (404, "not-found"));
+    assert_eq!(
+        s.report(&appliance.id, CallbackEvent::Launched).await,
+        State::Active
+    );
+    // The pass-through writes for admins only; members and viewers read.
+    for who in [&owner, &member, &viewer] {
+        let write = AgentRequest {
+            method: AgentMethod::Put,
+            path: "/instances/x/haproxy".into(),
+            content_type: None,
+            accept: None,
+            body: Bytes::new(),
+        };
+        let e = s.fleet.pass_through(who, &id, write).await.err().unwrap();
+        assert_eq!(kind(&e), (403, "pass-through-read-only"));
+    }
+    let stop = match s.fleet.act(&member, &id, "stop", None).await.unwrap() {
+        ActionOutcome::Queued(q) => q.task,
+        ActionOutcome::Extended(_) => unreachable!(),
+    };
+
+    // Tasks: its creator, its team's owners and admins read it; other members and
+    // viewers of the team do not, nor outsiders.
+    let stop_id = TaskId::from(stop.id.clone());
+    for who in [&member, &owner, &admin] {
+        assert_eq!(s.fleet.task(who, &stop_id).await.unwrap().id, stop.id);
+        assert!(
+            s.fleet
+                .tasks(who)
+                .await
+                .unwrap()
+                .iter()
+                .any(|t| t.id == stop.id)
+        );
+    }
+    for who in [&viewer, &outsider] {
+        let e = s.fleet.task(who, &stop_id).await.err().unwrap();
+        assert_eq!(kind(&e), (404, "not-found"));
+        assert!(
+            !s.fleet
+                .tasks(who)
+                .await
+                .unwrap()
+                .iter()
+                .any(|t| t.id == stop.id)
+        );
+    }
+    let olgas = TaskId::from(theirs.task.id.clone());
+    assert_eq!(
+        kind(&s.fleet.task(&member, &olgas).await.err().unwrap()),
+        (404, "not-found")
+    );
+    let e = s.fleet.cancel_task(&viewer, &stop_id).await.err().unwrap();
+    assert_eq!(kind(&e), (404, "not-found"));
+
+    // Members: owners manage them; members and viewers do not; anyone may leave; the
+    // last owner may neither leave nor step down.
+    let e = s
+        .fleet
+        .set_member(&member, &blue_ref, "otto", "viewer")
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(kind(&e), (403, "forbidden"));
+    let e = s
+        .fleet
+        .rename_team(&member, &blue_ref, "navy")
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(kind(&e), (403, "forbidden"));
+    let e = s.fleet.delete_team(&viewer, &blue_ref).await.err().unwrap();
+    assert_eq!(kind(&e), (403, "forbidden"));
+    let e = s
+        .fleet
+        .remove_member(&member, &blue_ref, "vera")
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(kind(&e), (403, "forbidden"));
+    for e in [
+        s.fleet
+            .remove_member(&owner, &blue_ref, "olga")
+            .await
+            .err()
+            .unwrap(),
+        s.fleet
+            .set_member(&owner, &blue_ref, "olga", "member")
+            .await
+            .err()
+            .unwrap(),
+    ] {
+        assert_eq!(kind(&e), (409, "conflict"));
+    }
+    s.fleet
+        .remove_member(&viewer, &blue_ref, "vera")
+        .await
+        .unwrap();
+    let viewer = again(&s, &viewer).await;
+    assert_eq!(
+        kind(&s.fleet.visible(&viewer, &id).await.err().unwrap()),
+        (404, "not-found")
+    );
+    let e = s
+        .fleet
+        .remove_member(&owner, &blue_ref, "vera")
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(kind(&e), (404, "not-found"));
+    // An owner renames; a team with live appliances is not deleted.
+    let renamed = s
+        .fleet
+        .rename_team(&owner, &blue_ref, "navy")
+        .await
+        .unwrap();
+    assert_eq!(renamed.team.name, "navy");
+    let e = s.fleet.delete_team(&owner, &blue_ref).await.err().unwrap();
+    assert_eq!(kind(&e), (409, "conflict"));
+    assert!(e.to_string().contains("3 appliance"), "{e}");
+
+    // Quotas: admins set them, others may not.
+    let e = s
+        .fleet
+        .set_quotas(&owner, &blue_ref, teams::QuotaUpdate::default())
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(kind(&e), (403, "forbidden"));
+    let e = s
+        .fleet
+        .set_quotas(
+            &admin,
+            &blue_ref,
+            teams::QuotaUpdate {
+                max_appliances: Some(Some(-1)),
+                ..Default::default()
+            },
+        )
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(kind(&e), (422, "invalid-input"));
+    // An empty team is deleted; its id then names nothing.
+    s.fleet
+        .delete_team(&admin, &TeamRef::from(red.id.clone()))
+        .await
+        .unwrap();
+    let e = s
+        .fleet
+        .team(&admin, &TeamRef::from(red.id))
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(kind(&e), (404, "not-found"));
+}
+
+#[tokio::test]
+async fn quotas_hold_under_concurrent_creates_and_free_up_on_delete() {
+    use crate::controller::fleet::ids::{ApplianceId, TeamRef};
+    let s = setup().await;
+    let admin = someone(&s, "root", Role::Admin).await;
+    let team = TeamRef::from(s.user.teams[0].team_id.clone());
+    let quota = teams::QuotaUpdate {
+        max_appliances: Some(Some(3)),
+        ..Default::default()
+    };
+    let t = s.fleet.set_quotas(&admin, &team, quota).await.unwrap();
+    assert_eq!(t.quotas.max_appliances, Some(3));
+    // Ten at once: exactly three pass.
+    let creates = (0..10).map(|i| {
+        let (fleet, user) = (s.fleet.clone(), s.user.clone());
+        tokio::spawn(async move { fleet.create(&user, request(&format!("lb-{i}"))).await })
+    });
+    let mut made = Vec::new();
+    let mut refused = 0;
+    for c in creates {
+        match c.await.unwrap() {
+            Ok(q) => made.push(q.appliance.unwrap().id),
+            Err(FleetError::QuotaExceeded { quota, limit, used }) => {
+                assert_eq!((quota, limit, used), ("max_appliances", 3, 3));
+                refused += 1;
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert_eq!((made.len(), refused), (3, 7));
+    let e = s
+        .fleet
+        .create(&s.user, request("one-more"))
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(kind(&e), (403, "quota-exceeded"));
+    // Nothing half-made: no appliance, event or task for the refused ones.
+    assert_eq!(s.fleet.store.appliances(false).await.unwrap().len(), 3);
+    assert_eq!(s.run_tasks().await, 3);
+    // A deleted appliance frees its slot.
+    s.fleet
+        .delete(&s.user, &ApplianceId::from(made[0].clone()))
+        .await
+        .unwrap();
+    assert_eq!(s.run_tasks().await, 1);
+    assert_eq!(s.state(&made[0]).await, State::Deleted);
+    s.fleet.create(&s.user, request("again")).await.unwrap();
+    // `null` makes it unlimited again.
+    let unlimited = teams::QuotaUpdate {
+        max_appliances: Some(None),
+        ..Default::default()
+    };
+    s.fleet.set_quotas(&admin, &team, unlimited).await.unwrap();
+    s.fleet.create(&s.user, request("more")).await.unwrap();
+}
+
+#[tokio::test]
+async fn an_idempotency_key_belongs_to_its_team() {
+    let s = setup().await;
+    let admin = someone(&s, "root", Role::Admin).await;
+    let other = someone(&s, "bob", Role::Member).await;
+    let team = s.fleet.create_team(&admin, "bobs").await.unwrap().team;
+    s.fleet
+        .set_member(&admin, &ids::TeamRef::from(team.id), "bob", "member")
+        .await
+        .unwrap();
+    let other = again(&s, &other).await;
+    let keyed = |name: &str| CreateRequest {
+        external_id: Some("order-1".into()),
+        ..request(name)
+    };
+    let a = s.fleet.create(&s.user, keyed("lb")).await.unwrap();
+    // Another team's same key is its own appliance: no conflict, nothing revealed.
+    let b = s.fleet.create(&other, keyed("other")).await.unwrap();
+    assert_ne!(a.task.id, b.task.id);
+    // The same key again in the first team is the same task.
+    let again = s.fleet.create(&s.user, keyed("lb")).await.unwrap();
+    assert_eq!(again.task.id, a.task.id);
 }

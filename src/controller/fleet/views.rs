@@ -28,6 +28,9 @@ pub struct ApplianceView {
     /// The agent's last `/status` snapshot.
     #[schema(value_type = Option<Object>)]
     pub last_status: Option<Value>,
+    /// The team it belongs to.
+    pub team_id: String,
+    /// The user who asked for it.
     pub owner_id: String,
     pub created_at: String,
 }
@@ -66,6 +69,7 @@ impl From<&Appliance> for ApplianceView {
                 .last_status
                 .as_deref()
                 .and_then(|s| serde_json::from_str::<Value>(s).ok()),
+            team_id: a.team_id.clone(),
             owner_id: a.owner_id.clone(),
             created_at: crate::certs::format_unix(a.created_at),
         }
