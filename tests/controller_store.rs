@@ -174,6 +174,8 @@ async fn moves_and_tasks(store: &Store, owner: &str, now: i64) {
         last_heartbeat_at: None,
         last_status: None,
         created_at: now,
+        keypair_id: None,
+        authorized_key: None,
     };
     let task = |kind| NewTask {
         kind,
@@ -303,6 +305,8 @@ async fn teams_under_concurrency(store: &Store, now: i64) {
         last_heartbeat_at: None,
         last_status: None,
         created_at: now,
+        keypair_id: None,
+        authorized_key: None,
     };
     let appliances: Vec<Appliance> = (0..8).map(appliance).collect();
     let tasks: Vec<NewTask> = appliances

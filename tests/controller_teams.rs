@@ -7,7 +7,11 @@ mod common;
 
 use std::time::Duration;
 
+use std::net::SocketAddr;
+
+use base64::Engine;
 use common::controller::Controller;
+use common::{Client, Creds, free_port};
 use serde_json::{Value, json};
 
 /// Creates a user through the API (no personal team); returns its token.
@@ -41,8 +45,229 @@ fn problem(r: &common::Resp, status: u16, kind: &str, what: &str) -> Value {
     p
 }
 
+/// Service accounts on the `api` listener: a client certificate the controller issues,
+/// acting for one team with its team role, and nothing more; deleted, its certificate
+/// is refused in the handshake.
+async fn service_accounts(
+    c: &Controller,
+    api: SocketAddr,
+    root: &str,
+    olga: &str,
+    appliance: &str,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let account = |name: &str, role: &str| json!({"name": name, "team": "blue", "role": role});
+    let r = c
+        .call(
+            olga,
+            "POST",
+            "/v1/service-accounts",
+            &account("ci", "member").to_string(),
+        )
+        .await;
+    problem(&r, 403, "forbidden", "an owner creating a service account");
+    let mut creds = Vec::new();
+    for (name, role) in [("ci", "member"), ("watch", "viewer")] {
+        let r = c
+            .call(
+                root,
+                "POST",
+                "/v1/service-accounts",
+                &account(name, role).to_string(),
+            )
+            .await;
+        assert_eq!(r.status, 201, "{}", r.body);
+        let made = r.json();
+        assert_eq!(made["subject"], format!("service-account.{name}"));
+        let cert = dir.path().join(format!("{name}.crt"));
+        let key = dir.path().join(format!("{name}.key"));
+        std::fs::write(&cert, made["certificate"].as_str().unwrap()).unwrap();
+        std::fs::write(&key, made["private_key"].as_str().unwrap()).unwrap();
+        creds.push((
+            made["id"].as_str().unwrap().to_string(),
+            Creds { cert, key },
+        ));
+    }
+    // Shown once: the list and the account itself carry no key.
+    let r = c.call(root, "GET", "/v1/service-accounts", "").await;
+    assert_eq!(r.json().as_array().unwrap().len(), 2);
+    assert!(!r.body.contains("PRIVATE KEY"), "{}", r.body);
+    let r = c
+        .call(
+            root,
+            "GET",
+            &format!("/v1/service-accounts/{}", creds[0].0),
+            "",
+        )
+        .await;
+    assert_eq!(r.json()["role"], "member");
+    assert!(!r.body.contains("PRIVATE KEY"), "{}", r.body);
+    for (bad, what) in [
+        (
+            json!({"name": "x", "team": "nowhere", "role": "member"}),
+            "no such team",
+        ),
+        (
+            json!({"name": "x", "team": "blue", "role": "admin"}),
+            "not a team role",
+        ),
+        (
+            json!({"name": "x", "team": "blue", "role": "member", "subject": appliance}),
+            "an appliance's name as subject",
+        ),
+        (
+            json!({"name": "x", "team": "blue", "role": "member", "subject": "applianced-controller"}),
+            "the controller's name as subject",
+        ),
+    ] {
+        let r = c
+            .call(root, "POST", "/v1/service-accounts", &bad.to_string())
+            .await;
+        problem(&r, 422, "invalid-input", what);
+    }
+    let r = c
+        .call(
+            root,
+            "POST",
+            "/v1/service-accounts",
+            &account("ci", "viewer").to_string(),
+        )
+        .await;
+    problem(&r, 409, "conflict", "a taken name");
+    // An account of the operator's own PKI: no certificate from the controller.
+    let r = c
+        .call(
+            root,
+            "POST",
+            "/v1/service-accounts",
+            r#"{"name": "ext", "team": "blue", "role": "viewer", "subject": "ext-ci.example"}"#,
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    assert!(r.json().get("private_key").is_none(), "{}", r.body);
+    let ext = r.json()["id"].as_str().unwrap().to_string();
+
+    let call = |creds: &Creds, method: &'static str, path: String, body: &'static str| {
+        let client = Client::new(&c.ca_cert(), Some(creds));
+        async move {
+            let mut conn = client.connect(api).await.unwrap();
+            conn.request(
+                method,
+                &path,
+                body.as_bytes(),
+                &[("content-type", "application/json")],
+            )
+            .await
+            .unwrap()
+        }
+    };
+    let (ci, watch) = (&creds[0].1, &creds[1].1);
+    let one = format!("/v1/appliances/{appliance}");
+    // It sees its team and what the team owns, nothing else.
+    let r = call(ci, "GET", "/v1/teams".into(), "").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let names: Vec<Value> = r
+        .json()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].clone())
+        .collect();
+    assert_eq!(names, ["blue"]);
+    for creds in [ci, watch] {
+        let r = call(creds, "GET", one.clone(), "").await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        let r = call(creds, "GET", format!("{one}/agent/status"), "").await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        let r = call(creds, "PUT", format!("{one}/agent/instances/x/503"), "x").await;
+        problem(&r, 403, "pass-through-read-only", "an account writing");
+        let r = call(creds, "GET", "/v1/teams/red".into(), "").await;
+        problem(&r, 404, "not-found", "another team");
+        let r = call(creds, "GET", "/v1/users".into(), "").await;
+        problem(&r, 403, "forbidden", "an account listing users");
+    }
+    // Its role: a member makes a key pair, a viewer does not, nor acts.
+    let r = call(ci, "POST", "/v1/keypairs".into(), r#"{"name": "from-ci"}"#).await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    assert_eq!(r.json()["created_by"], creds[0].0.as_str());
+    assert_eq!(
+        r.json()["team_id"],
+        c.call(root, "GET", "/v1/teams/blue", "").await.json()["id"]
+    );
+    let keypair = r.json()["id"].as_str().unwrap().to_string();
+    let r = call(
+        watch,
+        "POST",
+        "/v1/keypairs".into(),
+        r#"{"name": "from-watch"}"#,
+    )
+    .await;
+    problem(&r, 403, "forbidden", "a viewer account making a key pair");
+    let r = call(
+        watch,
+        "POST",
+        format!("{one}/actions"),
+        r#"{"action": "stop"}"#,
+    )
+    .await;
+    problem(&r, 403, "forbidden", "a viewer account acting");
+    let r = call(ci, "DELETE", format!("/v1/keypairs/{keypair}"), "").await;
+    assert_eq!(r.status, 204, "{}", r.body);
+    // Only accounts' certificates count there: not a password, not an appliance's
+    // certificate.
+    let basic = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode("root:anything")
+    );
+    let mut conn = Client::new(&c.ca_cert(), Some(ci))
+        .connect(api)
+        .await
+        .unwrap();
+    let r = conn
+        .request("POST", "/v1/tokens", b"", &[("authorization", &basic)])
+        .await
+        .unwrap();
+    problem(&r, 401, "unauthorized", "a password on the api listener");
+    let agent = c.appliance_creds(appliance);
+    let mut conn = Client::new(&c.ca_cert(), Some(&agent))
+        .connect(api)
+        .await
+        .unwrap();
+    let r = conn.request("GET", "/v1/teams", b"", &[]).await.unwrap();
+    problem(&r, 401, "unauthorized", "an appliance's certificate");
+    // Deleted: it stops at once, its certificate refused in the handshake.
+    let r = c
+        .call(
+            root,
+            "DELETE",
+            &format!("/v1/service-accounts/{}", creds[0].0),
+            "",
+        )
+        .await;
+    assert_eq!(r.status, 204, "{}", r.body);
+    let refused = match Client::new(&c.ca_cert(), Some(ci)).connect(api).await {
+        Err(_) => true,
+        Ok(mut conn) => conn.request("GET", "/v1/teams", b"", &[]).await.is_err(),
+    };
+    assert!(refused, "a deleted account's certificate still connects");
+    let r = call(watch, "GET", "/v1/teams".into(), "").await;
+    assert_eq!(r.status, 200, "the other account still works: {}", r.body);
+    // A team with accounts is not deleted; they go first.
+    for id in [&creds[1].0, &ext] {
+        let r = c
+            .call(root, "DELETE", &format!("/v1/service-accounts/{id}"), "")
+            .await;
+        assert_eq!(r.status, 204, "{}", r.body);
+    }
+}
+
 async fn scenario(db_url: &str, net: u8) {
-    let c = Controller::start(db_url, &format!("127.0.{net}.1"), "");
+    let api: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let c = Controller::start(
+        db_url,
+        &format!("127.0.{net}.1"),
+        &format!("[[listeners]]\naddress = \"{api}\"\nzone = \"api\"\n"),
+    );
     let password = c.add_user("root", true);
     let root = c.token("root", &password).await;
     let olga = user(&c, &root, "olga").await;
@@ -151,13 +376,116 @@ async fn scenario(db_url: &str, net: u8) {
     let r = c.call(&otto, "GET", "/v1/teams", "").await;
     assert_eq!(r.json(), json!([]));
 
-    // Creating: a member of blue (its only team, so the default).
+    // Key pairs: a member generates one (the private key comes back this once) and
+    // imports one; a viewer does neither; an outsider does not see them.
+    let r = c
+        .call(&mike, "POST", "/v1/keypairs", r#"{"name": "deploy"}"#)
+        .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let deploy = r.json();
+    assert_eq!(deploy["team_id"], blue_id);
+    assert_eq!(deploy["algorithm"], "ssh-ed25519");
+    let private =
+        ssh_key::PrivateKey::from_openssh(deploy["private_key"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        private
+            .public_key()
+            .fingerprint(ssh_key::HashAlg::Sha256)
+            .to_string(),
+        deploy["fingerprint"].as_str().unwrap()
+    );
+    assert_eq!(
+        private.public_key().to_openssh().unwrap(),
+        deploy["public_key"].as_str().unwrap()
+    );
+    let deploy_path = format!("/v1/keypairs/{}", deploy["id"].as_str().unwrap());
+    for token in [&mike, &vera, &olga, &root] {
+        let r = c.call(token, "GET", &deploy_path, "").await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert!(r.json().get("private_key").is_none(), "{}", r.body);
+        assert!(!r.body.contains("PRIVATE KEY"));
+        let r = c.call(token, "GET", "/v1/keypairs", "").await;
+        assert!(!r.body.contains("PRIVATE KEY"));
+        assert_eq!(r.json().as_array().unwrap().len(), 1);
+    }
+    let r = c.call(&otto, "GET", &deploy_path, "").await;
+    problem(&r, 404, "not-found", "another team's key pair");
+    let r = c.call(&otto, "DELETE", &deploy_path, "").await;
+    problem(&r, 404, "not-found", "deleting another team's key pair");
+    let r = c.call(&otto, "GET", "/v1/keypairs", "").await;
+    assert_eq!(r.json(), json!([]));
+    let r = c
+        .call(&mike, "POST", "/v1/keypairs", r#"{"name": "deploy"}"#)
+        .await;
+    problem(&r, 409, "conflict", "a name the team uses");
+    let r = c
+        .call(
+            &vera,
+            "POST",
+            "/v1/keypairs",
+            r#"{"name": "mine", "team": "blue"}"#,
+        )
+        .await;
+    problem(&r, 403, "forbidden", "a viewer making a key pair");
+    let r = c
+        .call(
+            &mike,
+            "POST",
+            "/v1/keypairs",
+            r#"{"name": "big", "type": "rsa-4096"}"#,
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let big = r.json();
+    assert_eq!(big["algorithm"], "ssh-rsa");
+    let import = json!({"name": "laptop", "public_key": big["public_key"]});
+    let r = c
+        .call(&olga, "POST", "/v1/keypairs", &import.to_string())
+        .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    assert!(r.json().get("private_key").is_none(), "{}", r.body);
+    assert_eq!(r.json()["fingerprint"], big["fingerprint"]);
+    for (bad, what) in [
+        (
+            json!({"name": "x", "public_key": "ssh-ed25519 AAAA"}),
+            "an unreadable key",
+        ),
+        (json!({"name": "x", "type": "dsa"}), "an unknown type"),
+        (
+            json!({"name": "x", "type": "ed25519", "public_key": big["public_key"]}),
+            "both",
+        ),
+        (json!({"name": "a b"}), "a bad name"),
+    ] {
+        let r = c
+            .call(&mike, "POST", "/v1/keypairs", &bad.to_string())
+            .await;
+        problem(&r, 422, "invalid-input", what);
+    }
+    for name in ["big", "laptop"] {
+        let k = c.call(&mike, "GET", "/v1/keypairs", "").await.json();
+        let id = k
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|k| k["name"] == name)
+            .unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let r = c
+            .call(&mike, "DELETE", &format!("/v1/keypairs/{id}"), "")
+            .await;
+        assert_eq!(r.status, 204, "{}", r.body);
+    }
+
+    // Creating: a member of blue (its only team, so the default), with its key pair.
     let (accepted, task) = c
         .run_task(
             &mike,
             "POST",
             "/v1/appliances",
-            r#"{"name": "lb-1", "ttl_minutes": 30}"#,
+            r#"{"name": "lb-1", "ttl_minutes": 30, "keypair": "deploy"}"#,
         )
         .await;
     assert_eq!(task["state"], "succeeded", "{task}");
@@ -168,6 +496,28 @@ async fn scenario(db_url: &str, net: u8) {
     c.wait_state(&mike, &id, "active", Duration::from_secs(30))
         .await;
     let task_path = format!("/v1/tasks/{}", accepted["id"].as_str().unwrap());
+    // The process backend installed the key pair in the appliance's directory.
+    let installed = c
+        .state_dir()
+        .join(format!("appliances/{id}/authorized_keys"));
+    assert_eq!(
+        std::fs::read_to_string(installed).unwrap(),
+        format!("{}\n", deploy["public_key"].as_str().unwrap())
+    );
+    let r = c
+        .call(
+            &mike,
+            "POST",
+            "/v1/appliances",
+            r#"{"name": "lb-9", "keypair": "big"}"#,
+        )
+        .await;
+    problem(
+        &r,
+        422,
+        "invalid-input",
+        "a key pair the team does not have",
+    );
     // A viewer does not create; an outsider naming blue hears what it would hear of a
     // team that does not exist.
     let body = r#"{"name": "lb-2", "team": "blue"}"#;
@@ -327,6 +677,10 @@ async fn scenario(db_url: &str, net: u8) {
         .call(&mike, "PATCH", &vera_path, r#"{"display_name": "V"}"#)
         .await;
     problem(&r, 403, "forbidden", "another user");
+
+    service_accounts(&c, api, &root, &olga, &id).await;
+    let r = c.call(&olga, "DELETE", "/v1/teams/blue", "").await;
+    problem(&r, 409, "conflict", "a team with appliances");
 
     // Quotas: admins set them; a create over the quota is 403 with the quota and its use.
     let r = c

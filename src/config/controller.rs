@@ -350,12 +350,6 @@ impl ControllerConfig {
                     );
                 }
             }
-            if l.zone == Zone::Api && l.client_ca.is_none() {
-                problem(
-                    key("client_ca"),
-                    format!("required for the {:?} zone", l.zone).to_lowercase(),
-                );
-            }
         }
         let url = &self.database.url;
         if !(url.starts_with("sqlite:")

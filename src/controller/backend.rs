@@ -20,7 +20,6 @@ use crate::controller::fleet::ports::{
     MachineState, Region,
 };
 use crate::fsutil::{ensure_dir, write_atomic};
-use crate::pki::Issued;
 
 pub struct ProcessBackend {
     pub root: PathBuf,
@@ -79,7 +78,22 @@ impl ProcessBackend {
     }
 
     /// Writes the appliance's certificate, key and agent configuration (idempotent).
-    fn provision(&self, id: &str, slot: i64, address: IpAddr, issued: &Issued) -> io::Result<()> {
+    /// Installs the appliance's key pair: its public key, one line, in
+    /// `APPLIANCE_DIR/authorized_keys` (readable by the appliance's group); without one,
+    /// no such file.
+    fn install_key(&self, id: &str, key: Option<&str>) -> io::Result<()> {
+        let path = self.dir(id).join("authorized_keys");
+        match key {
+            Some(key) => write_atomic(&path, format!("{key}\n").as_bytes(), 0o640),
+            None => match fs::remove_file(&path) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+                _ => Ok(()),
+            },
+        }
+    }
+
+    fn provision(&self, id: &str, spec: &MachineSpec<'_>) -> io::Result<()> {
+        let (slot, address, issued) = (spec.slot, spec.address, spec.issued);
         let dir = self.dir(id);
         ensure_dir(&self.root, 0o750)?;
         ensure_dir(&dir, 0o750)?;
@@ -134,6 +148,7 @@ impl ProcessBackend {
             hb = self.heartbeat_interval.as_millis(),
         );
         write_atomic(&self.config_path(id), config.as_bytes(), 0o640)?;
+        self.install_key(id, spec.authorized_key)?;
         if let Some(uid) = self.appliance_uid(slot) {
             self.give_to(id, &run, uid)?;
         }
@@ -151,6 +166,10 @@ impl ProcessBackend {
         chown(&dir, Some(0), Some(uid))?;
         fs::set_permissions(&dir, fs::Permissions::from_mode(0o750))?;
         chown(self.config_path(id), Some(0), Some(uid))?;
+        let key = dir.join("authorized_keys");
+        if key.exists() {
+            chown(&key, Some(0), Some(uid))?;
+        }
         for owned in [
             state,
             run.to_path_buf(),
@@ -439,7 +458,7 @@ impl Backend for ProcessBackend {
         if self.pid(id).is_some() {
             self.stop(id)?;
         }
-        self.provision(id, spec.slot, spec.address, spec.issued)?;
+        self.provision(id, spec)?;
         let pid = self.start(id)?;
         Ok(MachineState::Running { pid: Some(pid) })
     }

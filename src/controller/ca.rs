@@ -78,6 +78,15 @@ impl ControllerCa {
         self.ca.issue(&req)
     }
 
+    /// A client certificate for `cn` (a service account's).
+    pub fn issue_client(&self, cn: &str) -> Result<Issued, PkiError> {
+        let mut req = IssueRequest::server(cn);
+        req.server = false;
+        req.client = true;
+        req.days = self.certificate_days;
+        self.ca.issue(&req)
+    }
+
     /// Revokes a serial and publishes the new CRL.
     pub fn revoke(&self, serial: &str) -> Result<(), PkiError> {
         self.ca.revoke_serial(serial)?;

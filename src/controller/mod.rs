@@ -17,12 +17,15 @@ use crate::transport::TlsMaterial;
 use crate::transport::client::Client;
 use crate::transport::server::{Server, ServerLimits, TransportMetrics, bind, notify_ready};
 
+pub mod accounts;
 pub mod api;
 pub mod auth;
 pub mod backend;
 pub mod ca;
 pub mod fleet;
 pub mod https;
+pub mod keypairs;
+pub mod keys;
 pub mod lifecycle;
 pub mod records;
 pub mod store;
@@ -59,7 +62,8 @@ impl ListenerTls {
         };
         let (client_ca, crl) = match (&l.client_ca, l.zone) {
             (Some(p), _) => (Some(p.clone()), None),
-            (None, Zone::Appliance) => (Some(ca.ca_cert_path()), Some(ca.crl_path())),
+            // Appliances, and service accounts with certificates the controller issued.
+            (None, Zone::Appliance | Zone::Api) => (Some(ca.ca_cert_path()), Some(ca.crl_path())),
             (None, _) => (None, None),
         };
         Ok(ListenerTls {

@@ -37,13 +37,18 @@ pub struct Appliance {
     pub last_heartbeat_at: Option<i64>,
     pub last_status: Option<String>,
     pub created_at: i64,
+    /// The key pair it was created with, and a copy of its public key (installed where
+    /// the backend installs keys).
+    pub keypair_id: Option<String>,
+    pub authorized_key: Option<String>,
 }
 
 macro_rules! appliance_columns {
     () => {
         "id, name, team_id, owner_id, external_id, request_hash, state, state_since, \
          ttl_minutes, callback_url, slot, address, agent_port, cert_serial, cert_not_after, \
-         launched_at, expires_at, last_heartbeat_at, last_status, created_at"
+         launched_at, expires_at, last_heartbeat_at, last_status, created_at, keypair_id, \
+         authorized_key"
     };
 }
 
@@ -70,6 +75,8 @@ impl Appliance {
             last_heartbeat_at: r.try_get("last_heartbeat_at")?,
             last_status: r.try_get("last_status")?,
             created_at: r.try_get("created_at")?,
+            keypair_id: r.try_get("keypair_id")?,
+            authorized_key: r.try_get("authorized_key")?,
         })
     }
 }
@@ -390,7 +397,7 @@ impl Store {
             "INSERT INTO appliances (",
             appliance_columns!(),
             ", updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, \
-             $14, $15, $16, $17, $18, $19, $20, $20)"
+             $14, $15, $16, $17, $18, $19, $20, $21, $22, $20)"
         ))
         .bind(&a.id)
         .bind(&a.name)
@@ -412,6 +419,8 @@ impl Store {
         .bind(a.last_heartbeat_at)
         .bind(&a.last_status)
         .bind(a.created_at)
+        .bind(&a.keypair_id)
+        .bind(&a.authorized_key)
         .execute(&mut *tx)
         .await
         .map_err(|e| {

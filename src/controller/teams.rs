@@ -139,6 +139,8 @@ pub enum TeamDeletion {
     NoSuchTeam,
     /// It still owns this many appliances that are not deleted.
     OwnsAppliances(i64),
+    /// This many service accounts still act for it.
+    HasAccounts(i64),
 }
 
 pub(super) type Tx<'c> = sqlx::Transaction<'c, sqlx::Any>;
@@ -382,8 +384,9 @@ impl Store {
         })
     }
 
-    /// Deletes a team and its memberships, unless it owns appliances that are not
-    /// deleted (checked under the team's lock, so none is created meanwhile).
+    /// Deletes a team with its memberships and key pairs, unless it owns appliances that
+    /// are not deleted or has service accounts (checked under the team's lock, so none
+    /// is created meanwhile).
     pub async fn delete_team(&self, id: &str) -> Result<TeamDeletion, StoreError> {
         let mut tx = self.pool.begin().await?;
         if !lock_team(&mut tx, id).await? {
@@ -399,14 +402,22 @@ impl Store {
         if live > 0 {
             return Ok(TeamDeletion::OwnsAppliances(live));
         }
-        sqlx::query("DELETE FROM memberships WHERE team_id = $1")
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query("DELETE FROM teams WHERE id = $1")
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
+        let accounts: i64 =
+            sqlx::query("SELECT COUNT(*) AS n FROM service_accounts WHERE team_id = $1")
+                .bind(id)
+                .fetch_one(&mut *tx)
+                .await?
+                .try_get("n")?;
+        if accounts > 0 {
+            return Ok(TeamDeletion::HasAccounts(accounts));
+        }
+        for query in [
+            "DELETE FROM memberships WHERE team_id = $1",
+            "DELETE FROM keypairs WHERE team_id = $1",
+            "DELETE FROM teams WHERE id = $1",
+        ] {
+            sqlx::query(query).bind(id).execute(&mut *tx).await?;
+        }
         tx.commit().await?;
         Ok(TeamDeletion::Done)
     }

@@ -33,6 +33,9 @@ pub struct CreateAppliance {
     /// A catalogue entry: `process`.
     #[schema(value_type = Option<Template>)]
     template: Option<String>,
+    /// A key pair of the team, by id or name: installed where the backend installs keys
+    /// (`process`: the appliance directory's `authorized_keys`).
+    keypair: Option<String>,
 }
 
 /// The catalogue.
@@ -85,6 +88,7 @@ pub async fn create(
         external_id: body.external_id,
         callback_url: body.callback_url,
         template: body.template,
+        keypair: body.keypair,
     };
     Ok(accepted(s.fleet.create(&me, request).await?))
 }

@@ -21,6 +21,22 @@ use crate::transport::ConnInfo;
 #[derive(Clone)]
 pub struct CertificateName(pub String);
 
+/// A request on an `api` listener, with the common name of its verified client
+/// certificate, if it has one: only a service account's certificate authenticates there.
+#[derive(Clone)]
+pub struct AccountCertificate(pub Option<String>);
+
+/// Refuses password and token logins on `api` listeners.
+fn certificates_only(parts: &Parts) -> Result<(), ApiError> {
+    if parts.extensions.get::<AccountCertificate>().is_some() {
+        return Err(FleetError::Unauthorized(
+            "api listeners take service accounts' client certificates only",
+        )
+        .into());
+    }
+    Ok(())
+}
+
 /// Where the caller's extractor leaves the acting user's name, which the request line
 /// then names (attribution).
 #[derive(Clone, Default)]
@@ -48,6 +64,14 @@ impl FromRequestParts<ApiState> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &ApiState) -> Result<Self, ApiError> {
+        if let Some(AccountCertificate(subject)) = parts.extensions.get::<AccountCertificate>() {
+            let subject = subject.as_deref().ok_or(FleetError::Unauthorized(
+                "a service account's client certificate is required",
+            ))?;
+            let caller = state.fleet.authenticate_account(subject).await?;
+            ActorSlot::record(parts, &caller.name);
+            return Ok(Caller(caller));
+        }
         let token = credentials(parts, "Bearer ");
         let certificate = parts
             .extensions
@@ -66,6 +90,7 @@ impl FromRequestParts<ApiState> for TokenCaller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &ApiState) -> Result<Self, ApiError> {
+        certificates_only(parts)?;
         let token = credentials(parts, "Bearer ")
             .ok_or(FleetError::Unauthorized("a bearer token is required"))?;
         let caller = state.fleet.authenticate(Some(token), None).await?;
@@ -81,6 +106,7 @@ impl FromRequestParts<ApiState> for PasswordCaller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &ApiState) -> Result<Self, ApiError> {
+        certificates_only(parts)?;
         let malformed = FleetError::Unauthorized("malformed basic credentials");
         let encoded = credentials(parts, "Basic ")
             .ok_or(FleetError::Unauthorized("basic authentication is required"))?;

@@ -28,12 +28,14 @@ use utoipa::{Modify, OpenApi};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+pub mod accounts;
 pub mod agent;
 pub mod appliances;
 pub mod callbacks;
 pub mod catalogue;
 pub mod error;
 pub mod extract;
+pub mod keypairs;
 pub mod pings;
 pub mod tasks;
 pub mod teams;
@@ -42,7 +44,7 @@ pub mod users;
 pub mod views;
 
 pub use error::ApiError;
-use extract::{ActorSlot, CertificateName};
+use extract::{AccountCertificate, ActorSlot, CertificateName};
 
 use super::fleet::Fleet;
 use crate::config::controller::Zone;
@@ -64,7 +66,7 @@ pub struct ApiState {
     info(
         title = "applianced controller",
         description = "The northbound API of the applianced controller: operators' tokens and users, \
-            teams with their members and quotas, appliances and their lifecycle, pings, tasks, and the pass-through to each appliance's agent. \
+            teams with their members and quotas, service accounts, key pairs, appliances and their lifecycle, pings, tasks, and the pass-through to each appliance's agent. \
             Errors are RFC 9457 problem documents with a stable `type`.",
         license(name = "Apache-2.0", identifier = "Apache-2.0"),
     ),
@@ -194,6 +196,10 @@ fn admin_api() -> (Router<ApiState>, utoipa::openapi::OpenApi) {
         .routes(routes!(teams::get, teams::update, teams::delete))
         .routes(routes!(teams::set_member, teams::remove_member))
         .routes(routes!(teams::get_quotas, teams::set_quotas))
+        .routes(routes!(accounts::list, accounts::create))
+        .routes(routes!(accounts::get, accounts::delete))
+        .routes(routes!(keypairs::list, keypairs::create))
+        .routes(routes!(keypairs::get, keypairs::delete))
         .routes(routes!(appliances::list, appliances::create))
         .routes(routes!(appliances::get, appliances::delete))
         .routes(routes!(appliances::act))
@@ -296,12 +302,18 @@ pub fn router(zone: Zone, fleet: Arc<Fleet>) -> Router {
         Zone::Appliance => {
             Router::new().route("/v1/events", axum::routing::post(callbacks::report))
         }
-        // Integrations: the documentation and the document so far (service accounts,
-        // which will act here, are not served yet).
-        Zone::Api => Router::new()
+        // Integrations: the same API, for service accounts (their client certificates)
+        // only: a request that came without one is marked as such.
+        Zone::Api => admin_api()
+            .0
             .route("/", axum::routing::get(documentation))
             .route("/{file}", axum::routing::get(documentation))
-            .route("/v1/openapi.json", axum::routing::get(openapi_json)),
+            .layer(middleware::map_request(|mut req: Request| async move {
+                if req.extensions().get::<AccountCertificate>().is_none() {
+                    req.extensions_mut().insert(AccountCertificate(None));
+                }
+                req
+            })),
     };
     routes
         .fallback(no_route)
@@ -402,10 +414,17 @@ impl App for ControllerApp {
         conn: Arc<ConnInfo>,
     ) -> http::Response<Full<Bytes>> {
         let mut req = req.map(axum::body::Body::new);
-        if self.zone == Zone::Admin
-            && let Some(cn) = conn.identity.as_ref().and_then(|i| i.cn.clone())
-        {
-            req.extensions_mut().insert(CertificateName(cn));
+        let cn = conn.identity.as_ref().and_then(|i| i.cn.clone());
+        match self.zone {
+            Zone::Admin => {
+                if let Some(cn) = cn {
+                    req.extensions_mut().insert(CertificateName(cn));
+                }
+            }
+            Zone::Api => {
+                req.extensions_mut().insert(AccountCertificate(cn));
+            }
+            Zone::Appliance => {}
         }
         req.extensions_mut().insert(conn);
         let (parts, body) = serve(&self.router, req).await.into_parts();

@@ -214,6 +214,8 @@ async fn every_documented_operation_is_routed_and_asks_for_credentials() {
     let expected = [
         "DELETE /v1/appliances/{id}",
         "DELETE /v1/appliances/{id}/agent/{path}",
+        "DELETE /v1/keypairs/{id}",
+        "DELETE /v1/service-accounts/{id}",
         "DELETE /v1/teams/{id}",
         "DELETE /v1/teams/{id}/members/{user}",
         "DELETE /v1/tokens",
@@ -226,11 +228,15 @@ async fn every_documented_operation_is_routed_and_asks_for_credentials() {
         "GET /v1/flavors/{id}",
         "GET /v1/images",
         "GET /v1/images/{id}",
+        "GET /v1/keypairs",
+        "GET /v1/keypairs/{id}",
         "GET /v1/networks",
         "GET /v1/networks/{id}",
         "GET /v1/openapi.json",
         "GET /v1/regions",
         "GET /v1/regions/{id}",
+        "GET /v1/service-accounts",
+        "GET /v1/service-accounts/{id}",
         "GET /v1/tasks",
         "GET /v1/tasks/{id}",
         "GET /v1/teams",
@@ -247,7 +253,9 @@ async fn every_documented_operation_is_routed_and_asks_for_credentials() {
         "POST /v1/appliances/{id}/agent/{path}",
         "POST /v1/appliances/{id}/ping",
         "POST /v1/events",
+        "POST /v1/keypairs",
         "POST /v1/ping",
+        "POST /v1/service-accounts",
         "POST /v1/tasks/{id}/cancel",
         "POST /v1/teams",
         "POST /v1/tokens",
@@ -336,7 +344,8 @@ async fn the_documentation_page_and_the_document() {
         assert_eq!(a.status, 200, "{asset}");
         assert!(!a.text.is_empty());
     }
-    // Integrations' listeners serve the same page and document, and nothing else yet.
+    // Integrations' listeners serve the same page and document, and the same API to
+    // service accounts' certificates only: an admin's bearer token counts for nothing.
     let api = router(Zone::Api, h.fleet.clone());
     for path in ["/", "/swagger-ui.css", "/v1/openapi.json"] {
         let req = Request::builder().uri(path).body(Body::empty()).unwrap();
@@ -345,10 +354,11 @@ async fn the_documentation_page_and_the_document() {
     }
     let req = Request::builder()
         .uri("/v1/users")
+        .header("authorization", format!("Bearer {}", h.admin))
         .body(Body::empty())
         .unwrap();
     let r = super::serve(&api, req).await;
-    assert_eq!(r.status(), StatusCode::NOT_FOUND, "api zone: /v1/users");
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "api zone: /v1/users");
     // The page loads this API's document, which is generated, not kept by hand.
     let init = h.call("GET", "/swagger-initializer.js", None, "").await;
     assert!(init.text.contains("/v1/openapi.json"), "{}", init.text);

@@ -21,6 +21,10 @@ pub enum FleetError {
     NoSuchTask,
     #[error("no such team")]
     NoSuchTeam,
+    #[error("no such key pair")]
+    NoSuchKeypair,
+    #[error("no such service account")]
+    NoSuchAccount,
     /// No such catalogue entry, region or template (the message names what was asked).
     #[error("{0}")]
     NoSuchEntry(String),
@@ -85,6 +89,8 @@ impl FleetError {
             | FleetError::NoSuchUser
             | FleetError::NoSuchTask
             | FleetError::NoSuchTeam
+            | FleetError::NoSuchKeypair
+            | FleetError::NoSuchAccount
             | FleetError::NoSuchEntry(_) => (404, "not-found"),
             FleetError::Forbidden(_) => (403, "forbidden"),
             FleetError::QuotaExceeded { .. } => (403, "quota-exceeded"),

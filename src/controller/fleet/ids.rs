@@ -44,3 +44,11 @@ typed_id!(
     /// A team, by id or by name.
     TeamRef
 );
+typed_id!(
+    /// A key pair.
+    KeypairId
+);
+typed_id!(
+    /// A service account.
+    AccountId
+);

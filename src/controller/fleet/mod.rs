@@ -24,11 +24,13 @@ use ports::{
     Verb,
 };
 
+pub mod accounts;
 pub mod agents;
 mod callbacks;
 pub mod catalogue;
 pub mod error;
 pub mod ids;
+pub mod keypairs;
 pub mod operations;
 pub mod ports;
 mod provision;

@@ -28,6 +28,8 @@ pub struct CreateRequest {
     pub external_id: Option<String>,
     pub callback_url: Option<String>,
     pub template: Option<String>,
+    /// A key pair of the team, by id or name; its id once resolved.
+    pub keypair: Option<String>,
 }
 
 /// Filters of a list.
@@ -209,8 +211,15 @@ impl Fleet {
         if let Some(url) = &body.callback_url {
             check_callback_url(url, self.webhooks())?;
         }
-        let team = self.team_for_create(caller, body.team.as_deref()).await?;
+        let team = self
+            .team_for(caller, body.team.as_deref(), "create appliances")
+            .await?;
         body.team = Some(team.id.clone());
+        let keypair = match &body.keypair {
+            Some(k) => Some(self.keypair_for_create(&team.id, k).await?),
+            None => None,
+        };
+        body.keypair = keypair.as_ref().map(|k| k.id.clone());
         let templates = self.templates(caller);
         let names = || {
             let names: Vec<&str> = templates.iter().map(|t| t.name.as_str()).collect();
@@ -257,6 +266,8 @@ impl Fleet {
             last_heartbeat_at: None,
             last_status: None,
             created_at: now,
+            keypair_id: keypair.as_ref().map(|k| k.id.clone()),
+            authorized_key: keypair.map(|k| k.public_key),
         };
         let mut request: Value = serde_json::from_str(&canonical).unwrap_or_default();
         request["actor"] = Value::String(caller.name.clone());

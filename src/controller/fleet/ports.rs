@@ -154,6 +154,8 @@ pub struct MachineSpec<'a> {
     pub address: IpAddr,
     /// The agent's certificate and key, issued by the controller's CA.
     pub issued: &'a Issued,
+    /// An OpenSSH public key to install where the backend installs keys.
+    pub authorized_key: Option<&'a str>,
 }
 
 /// Why a backend did not do what it was asked.

@@ -57,6 +57,7 @@ impl Fleet {
         let mut state = on_backend(&self.backend, move |b| Ok(b.get(&m))).await?;
         if a.cert_serial.is_none() || state == MachineState::Absent {
             let (ca, backend, m) = (self.ca.clone(), self.backend.clone(), machine.clone());
+            let authorized_key = a.authorized_key.clone();
             let (issued, made) = blocking(move || {
                 let issued = ca
                     .issue_appliance(m.as_str(), &address.to_string())
@@ -66,6 +67,7 @@ impl Fleet {
                     slot,
                     address,
                     issued: &issued,
+                    authorized_key: authorized_key.as_deref(),
                 };
                 let made = backend.create(&spec)?;
                 Ok((issued, made))

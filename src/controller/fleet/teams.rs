@@ -200,6 +200,10 @@ impl Fleet {
                 "team {} still owns {n} appliance(s) that are not deleted: destroy them first",
                 t.name
             ))),
+            TeamDeletion::HasAccounts(n) => Err(FleetError::Conflict(format!(
+                "{n} service account(s) still act for team {}: delete them first",
+                t.name
+            ))),
         }
     }
 
@@ -307,12 +311,14 @@ impl Fleet {
         self.visible_team(caller, &TeamRef::from(t.id)).await
     }
 
-    /// The team an appliance is created in: the one named (by id or name), or the
-    /// caller's only team. The caller must be one of its members or owners (or an admin).
-    pub async fn team_for_create(
+    /// The team something is made in (an appliance, a key pair): the one named (by id
+    /// or name), or the caller's only team. The caller must be one of its members or
+    /// owners (or an admin) to `what`.
+    pub async fn team_for(
         &self,
         caller: &Principal,
         team: Option<&str>,
+        what: &str,
     ) -> Result<Team, FleetError> {
         let team = match team {
             Some(t) => self
@@ -339,7 +345,7 @@ impl Fleet {
                 }
             },
         };
-        caller.needs(&team.id, TeamRole::Member, "create appliances")?;
+        caller.needs(&team.id, TeamRole::Member, what)?;
         Ok(team)
     }
 }

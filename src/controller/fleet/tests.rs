@@ -23,6 +23,7 @@ fn request(name: &str) -> CreateRequest {
         external_id: None,
         callback_url: None,
         template: None,
+        keypair: None,
     }
 }
 
@@ -859,4 +860,86 @@ async fn an_idempotency_key_belongs_to_its_team() {
     // The same key again in the first team is the same task.
     let again = s.fleet.create(&s.user, keyed("lb")).await.unwrap();
     assert_eq!(again.task.id, a.task.id);
+}
+
+#[tokio::test]
+async fn key_pairs_belong_to_a_team_within_its_quota() {
+    use crate::controller::fleet::ids::{KeypairId, TeamRef};
+    use crate::controller::fleet::keypairs::NewKeypair;
+    let s = setup().await;
+    let admin = someone(&s, "root", Role::Admin).await;
+    let outsider = someone(&s, "otto", Role::Member).await;
+    let team = TeamRef::from(s.user.teams[0].team_id.clone());
+    let quota = teams::QuotaUpdate {
+        max_keypairs: Some(Some(2)),
+        ..Default::default()
+    };
+    s.fleet.set_quotas(&admin, &team, quota).await.unwrap();
+    let new = |name: &str| NewKeypair {
+        name: name.into(),
+        team: None,
+        kind: None,
+        public_key: None,
+    };
+    let (first, private) = s.fleet.create_keypair(&s.user, new("one")).await.unwrap();
+    assert!(private.unwrap().contains("OPENSSH PRIVATE KEY"));
+    assert_eq!(first.team_id, s.user.teams[0].team_id);
+    // What is stored holds no private key.
+    let stored = s.fleet.store.keypair(&first.id).await.unwrap().unwrap();
+    assert_eq!(stored, first);
+    assert!(!format!("{stored:?}").contains("PRIVATE"));
+    let import = NewKeypair {
+        public_key: Some(first.public_key.clone()),
+        ..new("two")
+    };
+    let (second, private) = s.fleet.create_keypair(&s.user, import).await.unwrap();
+    assert!(private.is_none());
+    assert_eq!(second.fingerprint, first.fingerprint);
+    let e = s
+        .fleet
+        .create_keypair(&s.user, new("three"))
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(kind(&e), (403, "quota-exceeded"));
+    assert_eq!(
+        e.extensions().unwrap(),
+        json!({"quota": "max_keypairs", "limit": 2, "used": 2})
+    );
+    // Another team's key pair does not exist for the outsider; it has no team to make
+    // one in.
+    let id = KeypairId::from(first.id.clone());
+    let e = s.fleet.keypair(&outsider, &id).await.err().unwrap();
+    assert_eq!(kind(&e), (404, "not-found"));
+    let e = s.fleet.delete_keypair(&outsider, &id).await.err().unwrap();
+    assert_eq!(kind(&e), (404, "not-found"));
+    assert!(s.fleet.keypairs(&outsider).await.unwrap().is_empty());
+    let e = s
+        .fleet
+        .create_keypair(&outsider, new("x"))
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(kind(&e), (422, "invalid-input"));
+    // Deleting frees the quota; an appliance keeps the key it was created with.
+    let q = s
+        .fleet
+        .create(
+            &s.user,
+            CreateRequest {
+                keypair: Some("one".into()),
+                ..request("lb")
+            },
+        )
+        .await
+        .unwrap();
+    let a = q.appliance.unwrap();
+    assert_eq!(a.keypair_id.as_deref(), Some(first.id.as_str()));
+    s.fleet.delete_keypair(&s.user, &id).await.unwrap();
+    s.fleet.create_keypair(&s.user, new("three")).await.unwrap();
+    let kept = s.fleet.store.appliance(&a.id).await.unwrap().unwrap();
+    assert_eq!(
+        kept.authorized_key.as_deref(),
+        Some(first.public_key.as_str())
+    );
 }
