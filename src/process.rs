@@ -8,14 +8,25 @@ use std::time::{Duration, Instant};
 /// caller (root) adds the program's arguments.
 pub fn command_as(id: u32, program: impl AsRef<std::ffi::OsStr>) -> std::process::Command {
     let mut cmd = std::process::Command::new("setpriv");
+    setpriv_args(&mut cmd, id);
+    cmd.arg(program);
+    cmd
+}
+
+/// [`command_as`] within a command that runs another (a wrapper such as `prlimit`):
+/// adds `setpriv` and its arguments; the caller adds the program.
+pub fn args_as(cmd: &mut std::process::Command, id: u32) {
+    cmd.arg("setpriv");
+    setpriv_args(cmd, id);
+}
+
+fn setpriv_args(cmd: &mut std::process::Command, id: u32) {
     cmd.arg(format!("--reuid={id}"))
         .arg(format!("--regid={id}"))
         .arg("--clear-groups")
         .arg("--inh-caps=-all,+net_bind_service")
         .arg("--ambient-caps=+net_bind_service")
-        .arg("--")
-        .arg(program);
-    cmd
+        .arg("--");
 }
 
 /// The state letter of process `pid` (`R`, `S`, `Z` for one that has exited and only

@@ -881,16 +881,21 @@ async fn an_appliance_that_never_launches_times_out() {
         assert!(Instant::now() < deadline, "still pending: {events}");
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    let (second, location) = create(&c, &root, r#"{"name": "one-too-many"}"#).await;
-    let done = c.wait_task(&root, &location, Duration::from_secs(30)).await;
-    assert_eq!(done["state"], "failed", "{done}");
-    assert_eq!(done["problem"]["status"], 503, "{done}");
-    assert_eq!(
-        done["problem"]["type"],
-        "urn:applianced:problem:no-capacity"
-    );
-    c.wait_state(&root, &id_of(&second), "failed", Duration::from_secs(1))
+    // No room left (one slot, taken): refused at once, nothing made.
+    let r = c
+        .call(
+            &root,
+            "POST",
+            "/v1/appliances",
+            r#"{"name": "one-too-many"}"#,
+        )
         .await;
+    assert_eq!(r.status, 503, "{}", r.body);
+    assert_eq!(r.json()["type"], "urn:applianced:problem:no-capacity");
+    let r = c
+        .call(&root, "GET", "/v1/appliances?name=one-too-many", "")
+        .await;
+    assert_eq!(r.json(), serde_json::json!([]));
     let (_, done) = c
         .run_task(&root, "DELETE", &format!("/v1/appliances/{id}"), "")
         .await;

@@ -176,6 +176,11 @@ async fn moves_and_tasks(store: &Store, owner: &str, now: i64) {
         created_at: now,
         keypair_id: None,
         authorized_key: None,
+        template: None,
+        image: None,
+        flavor: None,
+        network: None,
+        region: None,
     };
     let task = |kind| NewTask {
         kind,
@@ -183,8 +188,10 @@ async fn moves_and_tasks(store: &Store, owner: &str, now: i64) {
         owner_id: owner,
         request: "{}".into(),
     };
-    let Created::Queued(create) = store
-        .create_appliance(&a, &task(TaskKind::Create), None)
+    let Created::Queued {
+        task_id: create, ..
+    } = store
+        .create_appliance(&a, &[("r".into(), 10)], &task(TaskKind::Create), None)
         .await
         .unwrap()
     else {
@@ -307,7 +314,13 @@ async fn teams_under_concurrency(store: &Store, now: i64) {
         created_at: now,
         keypair_id: None,
         authorized_key: None,
+        template: None,
+        image: None,
+        flavor: None,
+        network: None,
+        region: None,
     };
+    let everywhere = [("big".to_string(), 100)];
     let appliances: Vec<Appliance> = (0..8).map(appliance).collect();
     let tasks: Vec<NewTask> = appliances
         .iter()
@@ -322,12 +335,12 @@ async fn teams_under_concurrency(store: &Store, now: i64) {
         appliances
             .iter()
             .zip(&tasks)
-            .map(|(a, t)| store.create_appliance(a, t, None)),
+            .map(|(a, t)| store.create_appliance(a, &everywhere, t, None)),
     )
     .await;
     let queued = outcomes
         .iter()
-        .filter(|o| matches!(o, Ok(Created::Queued(_))))
+        .filter(|o| matches!(o, Ok(Created::Queued { .. })))
         .count();
     let refused = outcomes
         .iter()
@@ -338,11 +351,57 @@ async fn teams_under_concurrency(store: &Store, now: i64) {
     assert_eq!(mine.iter().filter(|a| a.team_id == team.id).count(), 2);
     // Each queued task carries its appliance's team.
     let created = outcomes.iter().find_map(|o| match o {
-        Ok(Created::Queued(t)) => Some(t.clone()),
+        Ok(Created::Queued { task_id, .. }) => Some(task_id.clone()),
         _ => None,
     });
     let task = store.task(&created.unwrap()).await.unwrap().unwrap();
     assert_eq!(task.team_id.as_deref(), Some(team.id.as_str()));
+
+    // Regions: two creates never take a region's last place together; the next region
+    // in order takes what the first cannot hold, and with none left nothing is made.
+    store
+        .set_quotas(&team.id, Some(None), None, None)
+        .await
+        .unwrap();
+    let regions = [("r1".to_string(), 1), ("r2".to_string(), 2)];
+    let more: Vec<Appliance> = (8..16).map(appliance).collect();
+    let tasks: Vec<NewTask> = more
+        .iter()
+        .map(|a| NewTask {
+            kind: TaskKind::Create,
+            appliance_id: Some(&a.id),
+            owner_id: &olga.id,
+            request: "{}".into(),
+        })
+        .collect();
+    let outcomes = futures_util::future::join_all(
+        more.iter()
+            .zip(&tasks)
+            .map(|(a, t)| store.create_appliance(a, &regions, t, None)),
+    )
+    .await;
+    let mut placed: Vec<String> = outcomes
+        .iter()
+        .filter_map(|o| match o {
+            Ok(Created::Queued { region, .. }) => Some(region.clone()),
+            _ => None,
+        })
+        .collect();
+    placed.sort();
+    assert_eq!(placed, ["r1", "r2", "r2"], "{outcomes:?}");
+    let no_room = outcomes
+        .iter()
+        .filter(|o| matches!(o, Ok(Created::NoRoom)))
+        .count();
+    assert_eq!(no_room, 5);
+    let in_r2 = store
+        .appliances(false)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|a| a.region.as_deref() == Some("r2"))
+        .count();
+    assert_eq!(in_r2, 2);
 
     // Two owners step down at once: one of them stays owner.
     store
@@ -371,7 +430,7 @@ async fn teams_under_concurrency(store: &Store, now: i64) {
     // A team with live appliances is not deleted.
     assert_eq!(
         store.delete_team(&team.id).await.unwrap(),
-        TeamDeletion::OwnsAppliances(2)
+        TeamDeletion::OwnsAppliances(5)
     );
 }
 

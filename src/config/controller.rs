@@ -37,6 +37,81 @@ pub struct ControllerConfig {
     pub webhooks: Webhooks,
     #[serde(default)]
     pub teams: Teams,
+    /// Where appliances are placed; none: one region, `local`, holding
+    /// `backend.max_appliances`.
+    #[serde(default)]
+    pub regions: Vec<RegionConfig>,
+    /// The process backend's flavors: limits it enforces on an appliance's processes;
+    /// none: one flavor, `default`, with no limits beyond the host's.
+    #[serde(default)]
+    pub flavors: Vec<FlavorConfig>,
+    /// Templates: a flavor (and optionally an image, a network and a region) under a
+    /// name; none: one template named after the backend, of the first of each.
+    #[serde(default)]
+    pub templates: Vec<TemplateConfig>,
+    #[serde(default)]
+    pub prices: Prices,
+}
+
+/// The price list invoices are made with: per appliance-minute of a template and of a
+/// flavor, in minor units (cents) of one currency.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Prices {
+    /// An ISO 4217 code; default `XXX` (no currency: no prices configured).
+    pub currency: String,
+    pub templates: std::collections::BTreeMap<String, u32>,
+    pub flavors: std::collections::BTreeMap<String, u32>,
+}
+
+impl Default for Prices {
+    fn default() -> Self {
+        Prices {
+            currency: "XXX".into(),
+            templates: Default::default(),
+            flavors: Default::default(),
+        }
+    }
+}
+
+/// A region: placement fills the one with the lowest `priority` that has room.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RegionConfig {
+    pub name: String,
+    /// Lower first: 1 is placed before 2.
+    #[serde(default)]
+    pub priority: u32,
+    /// Appliances (not deleted) the region holds at most.
+    pub capacity: u32,
+}
+
+/// A flavor of the process backend: per-process limits on the appliance's agent and the
+/// daemons it runs (inherited), set with `prlimit` and `nice` when it starts.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct FlavorConfig {
+    pub name: String,
+    /// Memory each process may allocate (RLIMIT_DATA), in MiB.
+    pub memory_mb: Option<u32>,
+    /// Descriptors each process may hold open (RLIMIT_NOFILE).
+    pub open_files: Option<u32>,
+    /// CPU scheduling niceness, 0 (as the controller) to 19 (yields to everything).
+    pub cpu_nice: Option<u8>,
+}
+
+/// A template: what an appliance is made of, under one name.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct TemplateConfig {
+    pub name: String,
+    pub flavor: String,
+    /// Default: the backend's first image.
+    pub image: Option<String>,
+    /// Default: the backend's first network.
+    pub network: Option<String>,
+    /// Default: placement chooses.
+    pub region: Option<String>,
 }
 
 /// Teams: who may create them, and the quotas a new team starts with (absent:
@@ -466,6 +541,76 @@ impl ControllerConfig {
                 ),
             );
         }
+        let mut names = |what: &str, list: Vec<&String>| {
+            let mut seen = HashSet::new();
+            for (i, name) in list.into_iter().enumerate() {
+                let ok = !name.is_empty()
+                    && name.len() <= 64
+                    && name
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+                if !ok {
+                    problem(
+                        format!("{what}[{i}].name"),
+                        "1 to 64 letters, digits, '.', '_' or '-'".into(),
+                    );
+                } else if !seen.insert(name.clone()) {
+                    problem(
+                        format!("{what}[{i}].name"),
+                        format!("{name:?} is used twice"),
+                    );
+                }
+            }
+        };
+        names("regions", self.regions.iter().map(|r| &r.name).collect());
+        names("flavors", self.flavors.iter().map(|f| &f.name).collect());
+        names(
+            "templates",
+            self.templates.iter().map(|t| &t.name).collect(),
+        );
+        for (i, f) in self.flavors.iter().enumerate() {
+            if f.cpu_nice.is_some_and(|n| n > 19) {
+                problem(format!("flavors[{i}].cpu_nice"), "0 to 19".into());
+            }
+            if f.memory_mb.is_some_and(|m| m < 64) {
+                problem(format!("flavors[{i}].memory_mb"), "at least 64".into());
+            }
+            if f.open_files.is_some_and(|n| n < 256) {
+                problem(format!("flavors[{i}].open_files"), "at least 256".into());
+            }
+        }
+        let flavor_names: Vec<&str> = if self.flavors.is_empty() {
+            vec!["default"]
+        } else {
+            self.flavors.iter().map(|f| f.name.as_str()).collect()
+        };
+        for (i, t) in self.templates.iter().enumerate() {
+            if !flavor_names.contains(&t.flavor.as_str()) {
+                problem(
+                    format!("templates[{i}].flavor"),
+                    format!(
+                        "{:?} is not a flavor ({})",
+                        t.flavor,
+                        flavor_names.join(", ")
+                    ),
+                );
+            }
+            if let Some(r) = &t.region
+                && !self.regions.iter().any(|known| &known.name == r)
+            {
+                problem(
+                    format!("templates[{i}].region"),
+                    format!("{r:?} is not in [[regions]]"),
+                );
+            }
+        }
+        let currency = &self.prices.currency;
+        if currency.len() != 3 || !currency.chars().all(|c| c.is_ascii_uppercase()) {
+            problem(
+                "prices.currency".into(),
+                format!("{currency:?}: an ISO 4217 code, three capital letters"),
+            );
+        }
         if self.backend.max_appliances == 0 {
             problem("backend.max_appliances".into(), "must be at least 1".into());
         }
@@ -558,6 +703,36 @@ mod tests {
             super::super::parse_toml::<ControllerConfig>("[[listeners]]\nadress = \"x\"\n")
                 .unwrap_err();
         assert!(key.starts_with("listeners"), "{key}");
+    }
+
+    #[test]
+    fn regions_flavors_and_templates_are_checked() {
+        let bad: ControllerConfig = super::super::parse_toml(
+            "[[listeners]]\naddress = \"127.0.0.1:1\"\nzone = \"admin\"\n\
+             [[regions]]\nname = \"a\"\ncapacity = 1\n[[regions]]\nname = \"a\"\ncapacity = 2\n\
+             [[flavors]]\nname = \"s m\"\ncpu_nice = 20\nmemory_mb = 1\nopen_files = 10\n\
+             [[templates]]\nname = \"t\"\nflavor = \"huge\"\nregion = \"mars\"\n",
+        )
+        .unwrap();
+        let keys: Vec<String> = bad
+            .validate()
+            .unwrap_err()
+            .into_iter()
+            .map(|p| p.key)
+            .filter(|k| k != "listeners")
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                "regions[1].name",
+                "flavors[0].name",
+                "flavors[0].cpu_nice",
+                "flavors[0].memory_mb",
+                "flavors[0].open_files",
+                "templates[0].flavor",
+                "templates[0].region",
+            ]
+        );
     }
 
     #[test]

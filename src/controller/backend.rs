@@ -14,6 +14,7 @@ use std::time::Duration;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
+use crate::config::controller::FlavorConfig;
 use crate::controller::fleet::ids::ApplianceId;
 use crate::controller::fleet::ports::{
     Backend, BackendError, Capabilities, Catalogue, CatalogueEntry, MachineAction, MachineSpec,
@@ -40,7 +41,15 @@ pub struct ProcessBackend {
     /// The first of the appliances' own user and group ids (one per slot), when the
     /// controller runs as root and isolates them; `None`: agents run as the controller.
     pub appliance_ids: Option<u32>,
+    /// Where appliances are placed (the configuration's, or one `local` region).
+    pub regions: Vec<Region>,
+    /// The flavors: limits put on an appliance's processes (none configured: one
+    /// `default` flavor without limits).
+    pub flavors: Vec<FlavorConfig>,
 }
+
+/// The flavor of appliances when none is configured: no limits.
+const DEFAULT_FLAVOR: &str = "default";
 
 /// Time an agent gets to stop after SIGTERM before it is killed.
 const STOP_GRACE: Duration = Duration::from_secs(10);
@@ -148,6 +157,11 @@ impl ProcessBackend {
             hb = self.heartbeat_interval.as_millis(),
         );
         write_atomic(&self.config_path(id), config.as_bytes(), 0o640)?;
+        write_atomic(
+            &dir.join("flavor"),
+            format!("{}\n", spec.flavor).as_bytes(),
+            0o644,
+        )?;
         self.install_key(id, spec.authorized_key)?;
         if let Some(uid) = self.appliance_uid(slot) {
             self.give_to(id, &run, uid)?;
@@ -205,6 +219,38 @@ impl ProcessBackend {
         (is_ours && !is_zombie(pid)).then_some(pid)
     }
 
+    /// A command that applies the appliance's flavor (recorded in its directory) to
+    /// what it runs: `prlimit` for memory and descriptors, `nice` for CPU; the program
+    /// comes next.
+    fn limited(&self, id: &str) -> Result<Command, BackendError> {
+        let path = self.dir(id).join("flavor");
+        let name = match fs::read_to_string(&path) {
+            Ok(name) if !name.trim().is_empty() => name.trim().to_string(),
+            Ok(_) => DEFAULT_FLAVOR.to_string(),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => DEFAULT_FLAVOR.to_string(),
+            Err(e) => return Err(at(&path)(e).into()),
+        };
+        let flavor = self.flavors.iter().find(|f| f.name == name);
+        if flavor.is_none() && !(self.flavors.is_empty() && name == DEFAULT_FLAVOR) {
+            return Err(BackendError::Failed(format!(
+                "the appliance's flavor {name:?} is not configured ([[flavors]])"
+            )));
+        }
+        let mut cmd = Command::new("prlimit");
+        if let Some(f) = flavor {
+            if let Some(mb) = f.memory_mb {
+                cmd.arg(format!("--data={}", u64::from(mb) * 1024 * 1024));
+            }
+            if let Some(n) = f.open_files {
+                cmd.arg(format!("--nofile={n}"));
+            }
+        }
+        cmd.args(["--", "nice", "-n"]);
+        cmd.arg(flavor.and_then(|f| f.cpu_nice).unwrap_or(0).to_string());
+        cmd.arg("--");
+        Ok(cmd)
+    }
+
     /// Starts the appliance's agent unless it already runs; returns its pid.
     fn start(&self, id: &str) -> Result<i32, BackendError> {
         if let Some(pid) = self.pid(id) {
@@ -217,12 +263,20 @@ impl ProcessBackend {
             .append(true)
             .open(&log_path)
             .map_err(at(&log_path))?;
-        // An isolated appliance's agent runs as its own user, without groups, keeping only
-        // the capability to bind privileged ports (for its daemons).
-        let mut cmd = match self.owner(id) {
-            Some(uid) => crate::process::command_as(uid, &self.binary),
-            None => Command::new(&self.binary),
-        };
+        // Its flavor's limits first (prlimit and nice run the rest: the limits hold for
+        // the agent and, inherited, for its daemons); then an isolated appliance's agent
+        // runs as its own user, without groups, keeping only the capability to bind
+        // privileged ports (for its daemons).
+        let mut cmd = self.limited(id)?;
+        match self.owner(id) {
+            Some(uid) => {
+                crate::process::args_as(&mut cmd, uid);
+                cmd.arg(&self.binary);
+            }
+            None => {
+                cmd.arg(&self.binary);
+            }
+        }
         cmd.arg("agent")
             .arg("--config")
             .arg(self.config_path(id))
@@ -402,8 +456,8 @@ impl Backend for ProcessBackend {
         }
     }
 
-    /// One image (this build of the agent), one flavor (no limits beyond the host's),
-    /// one network (the loopback addresses of the slots).
+    /// One image (this build of the agent), the configured flavors (or one without
+    /// limits beyond the host's), one network (the loopback addresses of the slots).
     fn catalogue(&self) -> Catalogue {
         let entry = |id: &str, name: &str, description: String| CatalogueEntry {
             id: id.to_string(),
@@ -424,11 +478,18 @@ impl Backend for ProcessBackend {
                     self.binary.display()
                 ),
             )],
-            flavors: vec![entry(
-                "default",
-                "default",
-                "no resource limits beyond the host's".into(),
-            )],
+            flavors: if self.flavors.is_empty() {
+                vec![entry(
+                    DEFAULT_FLAVOR,
+                    DEFAULT_FLAVOR,
+                    "no resource limits beyond the host's".into(),
+                )]
+            } else {
+                self.flavors
+                    .iter()
+                    .map(|f| entry(&f.name, &f.name, describe_flavor(f)))
+                    .collect()
+            },
             networks: vec![entry(
                 "loopback",
                 "loopback",
@@ -441,11 +502,7 @@ impl Backend for ProcessBackend {
     }
 
     fn regions(&self) -> Vec<Region> {
-        vec![Region {
-            name: "local".into(),
-            priority: 0,
-            capacity: self.max_appliances,
-        }]
+        self.regions.clone()
     }
 
     fn address(&self, slot: i64) -> Option<IpAddr> {
@@ -490,6 +547,25 @@ impl Backend for ProcessBackend {
     }
 }
 
+/// What a flavor limits, in words.
+fn describe_flavor(f: &FlavorConfig) -> String {
+    let mut parts = Vec::new();
+    if let Some(mb) = f.memory_mb {
+        parts.push(format!("{mb} MiB of memory per process"));
+    }
+    if let Some(n) = f.open_files {
+        parts.push(format!("{n} open files per process"));
+    }
+    if let Some(n) = f.cpu_nice {
+        parts.push(format!("CPU niceness {n}"));
+    }
+    if parts.is_empty() {
+        "no resource limits beyond the host's".into()
+    } else {
+        parts.join(", ")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -508,6 +584,12 @@ mod tests {
             crl: "/crl.pem".into(),
             heartbeat_interval: Duration::from_secs(30),
             appliance_ids: None,
+            regions: vec![Region {
+                name: "local".into(),
+                priority: 0,
+                capacity: max,
+            }],
+            flavors: Vec::new(),
         }
     }
 

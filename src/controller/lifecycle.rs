@@ -69,6 +69,22 @@ impl State {
         )
     }
 
+    /// The appliance holds its machine, so its minutes count as usage: from `booting`
+    /// until it is stopped, failed or deleted (suspended included: its resources stay
+    /// taken).
+    pub fn is_billed(self) -> bool {
+        matches!(
+            self,
+            State::Booting
+                | State::Active
+                | State::Expiring
+                | State::Unhealthy
+                | State::Suspended
+                | State::Stopping
+                | State::StopUnconfirmed
+        )
+    }
+
     /// The expiry clock runs (started at `launched`).
     pub fn expires(self) -> bool {
         matches!(

@@ -24,12 +24,14 @@ pub mod backend;
 pub mod ca;
 pub mod fleet;
 pub mod https;
+pub mod invoices;
 pub mod keypairs;
 pub mod keys;
 pub mod lifecycle;
 pub mod records;
 pub mod store;
 pub mod teams;
+pub mod usage;
 
 /// Runs the controller until SIGTERM; returns the exit code.
 pub fn run(config: ControllerConfig) -> i32 {
@@ -85,6 +87,26 @@ impl ListenerTls {
             &crls,
         )
     }
+}
+
+/// The configured regions, or one, `local`, holding every slot.
+fn regions(config: &ControllerConfig) -> Vec<fleet::ports::Region> {
+    if config.regions.is_empty() {
+        return vec![fleet::ports::Region {
+            name: "local".into(),
+            priority: 0,
+            capacity: config.backend.max_appliances,
+        }];
+    }
+    config
+        .regions
+        .iter()
+        .map(|r| fleet::ports::Region {
+            name: r.name.clone(),
+            priority: r.priority,
+            capacity: r.capacity,
+        })
+        .collect()
 }
 
 /// Names a controller-issued listener certificate carries.
@@ -298,6 +320,8 @@ async fn run_async(config: ControllerConfig) -> i32 {
         crl: ca.crl_path(),
         heartbeat_interval: config.appliances.heartbeat_interval.0,
         appliance_ids,
+        regions: regions(&config),
+        flavors: config.flavors.clone(),
     });
     // After a revocation, appliance listeners that verify against the controller's CA
     // load the new CRL: new handshakes with a revoked certificate fail.

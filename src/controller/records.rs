@@ -41,6 +41,12 @@ pub struct Appliance {
     /// the backend installs keys).
     pub keypair_id: Option<String>,
     pub authorized_key: Option<String>,
+    /// What it was made of (the template, if one was named), and where it was placed.
+    pub template: Option<String>,
+    pub image: Option<String>,
+    pub flavor: Option<String>,
+    pub network: Option<String>,
+    pub region: Option<String>,
 }
 
 macro_rules! appliance_columns {
@@ -48,7 +54,7 @@ macro_rules! appliance_columns {
         "id, name, team_id, owner_id, external_id, request_hash, state, state_since, \
          ttl_minutes, callback_url, slot, address, agent_port, cert_serial, cert_not_after, \
          launched_at, expires_at, last_heartbeat_at, last_status, created_at, keypair_id, \
-         authorized_key"
+         authorized_key, template, image, flavor, network, region"
     };
 }
 
@@ -77,6 +83,11 @@ impl Appliance {
             created_at: r.try_get("created_at")?,
             keypair_id: r.try_get("keypair_id")?,
             authorized_key: r.try_get("authorized_key")?,
+            template: r.try_get("template")?,
+            image: r.try_get("image")?,
+            flavor: r.try_get("flavor")?,
+            network: r.try_get("network")?,
+            region: r.try_get("region")?,
         })
     }
 }
@@ -318,8 +329,10 @@ pub struct NewTask<'a> {
 /// What [`Store::create_appliance`] did.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Created {
-    /// Recorded, with its create task's id.
-    Queued(String),
+    /// Recorded, with its create task's id and the region it was placed in.
+    Queued { task_id: String, region: String },
+    /// No region given has room.
+    NoRoom,
     /// The team has `used` live appliances of the `limit` its quota allows; nothing
     /// was written.
     OverQuota { limit: i64, used: i64 },
@@ -364,9 +377,11 @@ type Tx<'c> = sqlx::Transaction<'c, sqlx::Any>;
 impl Store {
     /// Records a new appliance (`requested`) with its create task and first event.
     /// A taken `external_id` is a [`StoreError::Conflict`].
+    /// The appliance is placed in the first of `regions` (name and capacity) with room.
     pub async fn create_appliance(
         &self,
         a: &Appliance,
+        regions: &[(String, i64)],
         task: &NewTask<'_>,
         actor: Option<&str>,
     ) -> Result<Created, StoreError> {
@@ -393,11 +408,40 @@ impl Store {
                 return Ok(Created::OverQuota { limit, used });
             }
         }
+        // The first region with room, each locked in turn (always in the order given, so
+        // two creates never wait for each other's locks).
+        let mut region = None;
+        for (name, capacity) in regions {
+            sqlx::query(
+                "INSERT INTO region_locks (name) VALUES ($1) ON CONFLICT (name) DO NOTHING",
+            )
+            .bind(name)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query("UPDATE region_locks SET name = name WHERE name = $1")
+                .bind(name)
+                .execute(&mut *tx)
+                .await?;
+            let used: i64 = sqlx::query(
+                "SELECT COUNT(*) AS n FROM appliances WHERE region = $1 AND state <> 'deleted'",
+            )
+            .bind(name)
+            .fetch_one(&mut *tx)
+            .await?
+            .try_get("n")?;
+            if used < *capacity {
+                region = Some(name.clone());
+                break;
+            }
+        }
+        let Some(region) = region else {
+            return Ok(Created::NoRoom);
+        };
         sqlx::query(concat!(
             "INSERT INTO appliances (",
             appliance_columns!(),
             ", updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, \
-             $14, $15, $16, $17, $18, $19, $20, $21, $22, $20)"
+             $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $20)"
         ))
         .bind(&a.id)
         .bind(&a.name)
@@ -421,6 +465,11 @@ impl Store {
         .bind(a.created_at)
         .bind(&a.keypair_id)
         .bind(&a.authorized_key)
+        .bind(&a.template)
+        .bind(&a.image)
+        .bind(&a.flavor)
+        .bind(&a.network)
+        .bind(&region)
         .execute(&mut *tx)
         .await
         .map_err(|e| {
@@ -434,7 +483,7 @@ impl Store {
         };
         insert_event(&mut tx, a, None, a.state, &record, a.created_at).await?;
         tx.commit().await?;
-        Ok(Created::Queued(task_id))
+        Ok(Created::Queued { task_id, region })
     }
 
     pub async fn appliance(&self, id: &str) -> Result<Option<Appliance>, StoreError> {
@@ -967,4 +1016,78 @@ async fn insert_event(
         .await?;
     }
     Ok(())
+}
+
+impl Store {
+    /// The appliances usage counts over a period ending at `before` (created before it,
+    /// and not deleted before `since`), of one team or of all, each with what it is
+    /// counted by and its state changes, oldest first.
+    pub async fn billed(
+        &self,
+        team_id: Option<&str>,
+        since: i64,
+        before: i64,
+    ) -> Result<Vec<crate::controller::usage::Billed>, StoreError> {
+        use crate::controller::usage::{Billed, UsageKey};
+        let rows = match team_id {
+            Some(team) => {
+                sqlx::query(concat!(
+                    "SELECT a.id, a.team_id, a.template, a.flavor, a.region, e.to_state, e.at \
+                     FROM appliances a JOIN events e ON e.appliance_id = a.id \
+                     WHERE a.team_id = $1 AND a.created_at < $2 \
+                     AND NOT (a.state = 'deleted' AND a.updated_at < $3) ",
+                    "ORDER BY a.id, e.seq"
+                ))
+                .bind(team)
+                .bind(before)
+                .bind(since)
+                .fetch_all(&self.pool)
+                .await?
+            }
+            None => {
+                sqlx::query(concat!(
+                    "SELECT a.id, a.team_id, a.template, a.flavor, a.region, e.to_state, e.at \
+                     FROM appliances a JOIN events e ON e.appliance_id = a.id \
+                     WHERE a.created_at < $1 AND NOT (a.state = 'deleted' AND a.updated_at < $2) ",
+                    "ORDER BY a.id, e.seq"
+                ))
+                .bind(before)
+                .bind(since)
+                .fetch_all(&self.pool)
+                .await?
+            }
+        };
+        let mut out: Vec<Billed> = Vec::new();
+        let mut current: Option<String> = None;
+        for r in &rows {
+            let id: String = r.try_get("id")?;
+            let state = decode_name(r, "to_state", State::parse)?;
+            let at: i64 = r.try_get("at")?;
+            if current.as_deref() != Some(id.as_str()) {
+                out.push(Billed {
+                    key: UsageKey {
+                        team_id: r.try_get("team_id")?,
+                        template: r.try_get("template")?,
+                        flavor: r.try_get("flavor")?,
+                        region: r.try_get("region")?,
+                    },
+                    changes: Vec::new(),
+                });
+                current = Some(id);
+            }
+            if let Some(last) = out.last_mut() {
+                last.changes.push((at, state));
+            }
+        }
+        Ok(out)
+    }
+
+    /// The creation time of a team's first appliance, if it has any.
+    pub async fn first_appliance_at(&self, team_id: &str) -> Result<Option<i64>, StoreError> {
+        let row = sqlx::query("SELECT MIN(created_at) AS first FROM appliances WHERE team_id = $1")
+            .bind(team_id)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(row.try_get("first")?)
+    }
 }

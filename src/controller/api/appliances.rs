@@ -30,20 +30,21 @@ pub struct CreateAppliance {
     /// Where the appliance's events are posted as signed webhooks: http or https, on a
     /// host `webhooks.allowed_hosts` permits.
     callback_url: Option<String>,
-    /// A catalogue entry: `process`.
-    #[schema(value_type = Option<Template>)]
+    /// A template by name (`GET /v1/templates`); default: the first. Or, instead, an
+    /// `image`, a `flavor` and a `network`.
     template: Option<String>,
+    /// An image, by id or name (with `flavor` and `network`, instead of a template).
+    image: Option<String>,
+    /// A flavor, by id or name.
+    flavor: Option<String>,
+    /// A network, by id or name.
+    network: Option<String>,
+    /// A region by name; default: the template's, or the first region with room in
+    /// placement order.
+    region: Option<String>,
     /// A key pair of the team, by id or name: installed where the backend installs keys
     /// (`process`: the appliance directory's `authorized_keys`).
     keypair: Option<String>,
-}
-
-/// The catalogue.
-#[derive(ToSchema)]
-#[schema(rename_all = "lowercase")]
-#[allow(dead_code)]
-pub enum Template {
-    Process,
 }
 
 /// Filters of the list.
@@ -89,6 +90,10 @@ pub async fn create(
         callback_url: body.callback_url,
         template: body.template,
         keypair: body.keypair,
+        image: body.image,
+        flavor: body.flavor,
+        network: body.network,
+        region: body.region,
     };
     Ok(accepted(s.fleet.create(&me, request).await?))
 }

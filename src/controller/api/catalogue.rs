@@ -48,7 +48,8 @@ impl From<Region> for RegionView {
     }
 }
 
-/// An image, a flavor and a network of one backend, in one region (ids).
+/// An image, a flavor and a network of one backend (ids), and optionally a region
+/// (without one, placement chooses).
 #[derive(Serialize, ToSchema)]
 pub struct TemplateView {
     pub name: String,
@@ -56,7 +57,7 @@ pub struct TemplateView {
     pub image: String,
     pub flavor: String,
     pub network: String,
-    pub region: String,
+    pub region: Option<String>,
 }
 
 impl From<Template> for TemplateView {

@@ -40,6 +40,7 @@ pub mod pings;
 pub mod tasks;
 pub mod teams;
 pub mod tokens;
+pub mod usage;
 pub mod users;
 pub mod views;
 
@@ -66,7 +67,7 @@ pub struct ApiState {
     info(
         title = "applianced controller",
         description = "The northbound API of the applianced controller: operators' tokens and users, \
-            teams with their members and quotas, service accounts, key pairs, appliances and their lifecycle, pings, tasks, and the pass-through to each appliance's agent. \
+            teams with their members and quotas, service accounts, key pairs, usage and invoices, appliances and their lifecycle, pings, tasks, and the pass-through to each appliance's agent. \
             Errors are RFC 9457 problem documents with a stable `type`.",
         license(name = "Apache-2.0", identifier = "Apache-2.0"),
     ),
@@ -219,6 +220,9 @@ fn admin_api() -> (Router<ApiState>, utoipa::openapi::OpenApi) {
         .routes(routes!(catalogue::get_region))
         .routes(routes!(catalogue::list_templates))
         .routes(routes!(catalogue::get_template))
+        .routes(routes!(usage::usage))
+        .routes(routes!(usage::list_invoices))
+        .routes(routes!(usage::get_invoice))
         .routes(routes!(openapi_json))
         .split_for_parts();
     // The appliance zone's one route is part of the same contract.

@@ -81,6 +81,12 @@ impl Harness {
             crl: ca.crl_path(),
             heartbeat_interval: std::time::Duration::from_secs(1),
             appliance_ids: None,
+            regions: vec![crate::controller::fleet::ports::Region {
+                name: "local".into(),
+                priority: 0,
+                capacity: 4,
+            }],
+            flavors: Vec::new(),
         });
         let (backend, agents): (Arc<dyn Backend>, Box<dyn AgentClient>) = match fakes {
             Some((backend, agents)) => (backend, Box::new(agents)),
@@ -228,6 +234,8 @@ async fn every_documented_operation_is_routed_and_asks_for_credentials() {
         "GET /v1/flavors/{id}",
         "GET /v1/images",
         "GET /v1/images/{id}",
+        "GET /v1/invoices",
+        "GET /v1/invoices/{id}",
         "GET /v1/keypairs",
         "GET /v1/keypairs/{id}",
         "GET /v1/networks",
@@ -244,6 +252,7 @@ async fn every_documented_operation_is_routed_and_asks_for_credentials() {
         "GET /v1/teams/{id}/quotas",
         "GET /v1/templates",
         "GET /v1/templates/{id}",
+        "GET /v1/usage",
         "GET /v1/users",
         "GET /v1/users/{id}",
         "PATCH /v1/teams/{id}",
@@ -719,14 +728,18 @@ async fn backend_and_agent_failures_are_problems() {
     assert_eq!(t.body["problem"]["type"], "urn:applianced:problem:internal");
     assert_eq!(t.body["problem"]["detail"], "internal error", "{}", t.text);
     backend.disk_full.store(false, SeqCst);
-    // No room left in any region: 503.
+    // No room left in any region: 503 at once, and nothing made or queued.
     backend.capacity.store(0, SeqCst);
-    let a = h.create("lb-0").await;
-    assert_eq!(h.fleet.run_queued_tasks(now).await, 1);
-    let t = h.task(&a.body["id"]).await;
-    assert_eq!(t.body["problem"]["status"], 503, "{}", t.text);
-    let kind = &t.body["problem"]["type"];
-    assert_eq!(kind, "urn:applianced:problem:no-capacity");
+    let a = h
+        .call(
+            "POST",
+            "/v1/appliances",
+            Some(&h.member),
+            r#"{"name": "lb-0"}"#,
+        )
+        .await;
+    problem(&a, 503, "no-capacity", "no room");
+    assert_eq!(h.fleet.run_queued_tasks(now).await, 0);
     backend.capacity.store(200, SeqCst);
 
     let a = h.create("lb-2").await;
@@ -880,7 +893,7 @@ async fn the_catalogue_by_id_or_by_name() {
     assert_eq!(
         templates,
         serde_json::json!([{"name": "process", "backend": "process", "image": id,
-            "flavor": "default", "network": "loopback", "region": "local"}])
+            "flavor": "default", "network": "loopback", "region": null}])
     );
     assert_eq!(get("/v1/templates/process".into()).await, templates[0]);
     for (path, detail) in [

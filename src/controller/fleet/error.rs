@@ -25,6 +25,8 @@ pub enum FleetError {
     NoSuchKeypair,
     #[error("no such service account")]
     NoSuchAccount,
+    #[error("no such invoice")]
+    NoSuchInvoice,
     /// No such catalogue entry, region or template (the message names what was asked).
     #[error("{0}")]
     NoSuchEntry(String),
@@ -91,6 +93,7 @@ impl FleetError {
             | FleetError::NoSuchTeam
             | FleetError::NoSuchKeypair
             | FleetError::NoSuchAccount
+            | FleetError::NoSuchInvoice
             | FleetError::NoSuchEntry(_) => (404, "not-found"),
             FleetError::Forbidden(_) => (403, "forbidden"),
             FleetError::QuotaExceeded { .. } => (403, "quota-exceeded"),

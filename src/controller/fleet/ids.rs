@@ -52,3 +52,7 @@ typed_id!(
     /// A service account.
     AccountId
 );
+typed_id!(
+    /// An invoice (`inv-YYYY-MM-TEAMID`).
+    InvoiceId
+);

@@ -37,6 +37,7 @@ mod provision;
 mod tasks;
 pub mod teams;
 mod timers;
+pub mod usage;
 pub mod users;
 pub mod views;
 mod webhooks;

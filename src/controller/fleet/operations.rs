@@ -30,6 +30,12 @@ pub struct CreateRequest {
     pub template: Option<String>,
     /// A key pair of the team, by id or name; its id once resolved.
     pub keypair: Option<String>,
+    /// Or, instead of a template: an image, a flavor and a network, by id or name.
+    pub image: Option<String>,
+    pub flavor: Option<String>,
+    pub network: Option<String>,
+    /// A region by name; default: the template's, or placement's choice.
+    pub region: Option<String>,
 }
 
 /// Filters of a list.
@@ -215,32 +221,38 @@ impl Fleet {
             .team_for(caller, body.team.as_deref(), "create appliances")
             .await?;
         body.team = Some(team.id.clone());
+        // Minutes are used by appliances that run, not by creating one: checked here,
+        // against this month's use so far.
+        if let Some(limit) = team.quotas.max_appliance_minutes {
+            let used = self.minutes_this_month(&team.id).await?;
+            if used >= limit {
+                return Err(FleetError::QuotaExceeded {
+                    quota: "max_appliance_minutes",
+                    limit,
+                    used,
+                });
+            }
+        }
         let keypair = match &body.keypair {
             Some(k) => Some(self.keypair_for_create(&team.id, k).await?),
             None => None,
         };
         body.keypair = keypair.as_ref().map(|k| k.id.clone());
-        let templates = self.templates(caller);
-        let names = || {
-            let names: Vec<&str> = templates.iter().map(|t| t.name.as_str()).collect();
-            names.join(", ")
-        };
-        let template = match body.template.as_deref() {
-            None => templates.first(),
-            Some(t) => templates.iter().find(|known| known.name == t),
-        }
-        .ok_or_else(|| {
-            invalid(format!(
-                "template {:?} is not in the catalogue ({})",
-                body.template.as_deref().unwrap_or_default(),
-                names()
-            ))
-        })?;
-        body.template = Some(template.name.clone());
+        let make = self.resolve_make(
+            caller,
+            body.template.as_deref(),
+            [
+                body.image.as_deref(),
+                body.flavor.as_deref(),
+                body.network.as_deref(),
+            ],
+            body.region.as_deref(),
+        )?;
+        body.template.clone_from(&make.template);
         if !self.backend.capabilities().create {
             return Err(FleetError::Unsupported(format!(
                 "the {} backend cannot create appliances",
-                template.backend
+                self.backend.name()
             )));
         }
         let canonical = serde_json::to_string(&body).unwrap_or_default();
@@ -268,6 +280,11 @@ impl Fleet {
             created_at: now,
             keypair_id: keypair.as_ref().map(|k| k.id.clone()),
             authorized_key: keypair.map(|k| k.public_key),
+            template: make.template.clone(),
+            image: Some(make.image.clone()),
+            flavor: Some(make.flavor.clone()),
+            network: Some(make.network.clone()),
+            region: None,
         };
         let mut request: Value = serde_json::from_str(&canonical).unwrap_or_default();
         request["actor"] = Value::String(caller.name.clone());
@@ -279,7 +296,7 @@ impl Fleet {
         };
         match self
             .store
-            .create_appliance(&appliance, &new_task, Some(&caller.name))
+            .create_appliance(&appliance, &make.regions, &new_task, Some(&caller.name))
             .await
         {
             Ok(Created::OverQuota { limit, used }) => Err(FleetError::QuotaExceeded {
@@ -288,9 +305,15 @@ impl Fleet {
                 used,
             }),
             Ok(Created::NoSuchTeam) => Err(FleetError::NoSuchTeam),
-            Ok(Created::Queued(task_id)) => {
+            Ok(Created::NoRoom) => Err(FleetError::NoCapacity(match make.regions.as_slice() {
+                [(only, _)] => format!("region {only} has no room"),
+                _ => "no region has room".into(),
+            })),
+            Ok(Created::Queued { task_id, region }) => {
                 self.task_queued();
                 let task = self.queued_task(&task_id).await?;
+                let mut appliance = appliance;
+                appliance.region = Some(region);
                 Ok(Queued {
                     task,
                     appliance: Some(appliance),

@@ -156,6 +156,8 @@ pub struct MachineSpec<'a> {
     pub issued: &'a Issued,
     /// An OpenSSH public key to install where the backend installs keys.
     pub authorized_key: Option<&'a str>,
+    /// Its flavor (an id of the backend's catalogue).
+    pub flavor: &'a str,
 }
 
 /// Why a backend did not do what it was asked.

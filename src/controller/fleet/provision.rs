@@ -58,6 +58,7 @@ impl Fleet {
         if a.cert_serial.is_none() || state == MachineState::Absent {
             let (ca, backend, m) = (self.ca.clone(), self.backend.clone(), machine.clone());
             let authorized_key = a.authorized_key.clone();
+            let flavor = a.flavor.clone().unwrap_or_default();
             let (issued, made) = blocking(move || {
                 let issued = ca
                     .issue_appliance(m.as_str(), &address.to_string())
@@ -68,6 +69,7 @@ impl Fleet {
                     address,
                     issued: &issued,
                     authorized_key: authorized_key.as_deref(),
+                    flavor: &flavor,
                 };
                 let made = backend.create(&spec)?;
                 Ok((issued, made))

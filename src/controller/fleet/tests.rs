@@ -24,6 +24,10 @@ fn request(name: &str) -> CreateRequest {
         callback_url: None,
         template: None,
         keypair: None,
+        image: None,
+        flavor: None,
+        network: None,
+        region: None,
     }
 }
 
@@ -49,7 +53,8 @@ async fn setup() -> Setup {
              [backend]\ncontroller_url = \"https://127.0.0.1:1\"\n\
              [appliances]\nttl_min_minutes = 1\nlaunch_timeout = \"10m\"\n\
              heartbeat_interval = \"30s\"\nmissed_heartbeats = 3\nstop_timeout = \"60s\"\n\
-             [tasks]\nagent_attempts = 2\n[webhooks]\nmax_attempts = 3\n",
+             [tasks]\nagent_attempts = 2\n[webhooks]\nmax_attempts = 3\n\
+             [prices]\ncurrency = \"EUR\"\ntemplates = {{ process = 3 }}\nflavors = {{ flavor = 1 }}\n",
             d = dir.path().display()
         ),
     )
@@ -941,5 +946,199 @@ async fn key_pairs_belong_to_a_team_within_its_quota() {
     assert_eq!(
         kept.authorized_key.as_deref(),
         Some(first.public_key.as_str())
+    );
+}
+
+/// Another controller on the same store (a restart), with `prices` for its price list.
+fn restarted(s: &Setup, prices: crate::config::controller::Prices) -> Fleet {
+    let mut config = s.fleet.config().clone();
+    config.prices = prices;
+    Fleet::new(
+        Parts {
+            store: s.fleet.store.clone(),
+            ca: s.fleet.ca.clone(),
+            backend: s.backend.clone(),
+            agents: Box::new(s.agents.clone()),
+            hooks: Box::new(s.hooks.clone()),
+            clock: s.clock.clone(),
+            on_revoke: Box::new(|| {}),
+        },
+        config,
+        b"secret".to_vec(),
+    )
+}
+
+#[tokio::test]
+async fn usage_and_invoices_from_a_scripted_lifecycle_across_a_month_and_a_restart() {
+    use super::usage::{InvoiceStatus, month_start, next_month};
+    use crate::controller::fleet::ids::{ApplianceId, TeamRef};
+    let s = setup().await;
+    let admin = someone(&s, "root", Role::Admin).await;
+    let team = s.user.teams[0].team_id.clone();
+    // 23:50 on the last day of a month (whole minutes).
+    let m1 = next_month(month_start(s.clock.now()));
+    let m0 = month_start(m1 - 1);
+    let m2 = next_month(m1);
+    s.clock.0.store(m1 - 600, Ordering::SeqCst);
+    let id = s.create("lb", None).await;
+    assert_eq!(s.report(&id, CallbackEvent::Launched).await, State::Active);
+    // Stopped at 00:20 the next day: 10 minutes in one month, 20 in the next.
+    s.clock.0.store(m1 + 1200, Ordering::SeqCst);
+    let machine = ApplianceId::from(id.clone());
+    s.fleet.act(&s.user, &machine, "stop", None).await.unwrap();
+    assert_eq!(s.run_tasks().await, 1);
+    assert_eq!(s.state(&id).await, State::Stopped);
+    s.clock.advance(3600);
+    let minutes = |lines: Vec<super::usage::UsageLine>| {
+        lines
+            .iter()
+            .map(|l| {
+                (
+                    l.template.clone().unwrap(),
+                    l.flavor.clone().unwrap(),
+                    l.region.clone().unwrap(),
+                    l.minutes,
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    let line = |m: i64| {
+        vec![(
+            "process".to_string(),
+            "flavor".to_string(),
+            "test".to_string(),
+            m,
+        )]
+    };
+    let (_, before) = s
+        .fleet
+        .usage(&s.user, None, Some(m0), Some(m1))
+        .await
+        .unwrap();
+    assert_eq!(minutes(before), line(10));
+    let (period, after) = s.fleet.usage(&s.user, None, None, None).await.unwrap();
+    assert_eq!(period.0, m1, "this month by default");
+    assert_eq!(minutes(after), line(20));
+    let (_, both) = s
+        .fleet
+        .usage(&s.user, None, Some(m0), Some(m2))
+        .await
+        .unwrap();
+    assert_eq!(minutes(both), line(30), "the two months add up");
+    // The outsider sees none of it; a team it cannot see is 404.
+    let outsider = someone(&s, "otto", Role::Member).await;
+    let (_, none) = s
+        .fleet
+        .usage(&outsider, None, Some(m0), Some(m2))
+        .await
+        .unwrap();
+    assert!(none.is_empty());
+    let e = s
+        .fleet
+        .usage(&outsider, Some(&team), None, None)
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(kind(&e), (404, "not-found"));
+    for (from, to) in [(m0 + 30, m1), (m1, m0), (m0, m0 + 400 * 86_400)] {
+        let e = s
+            .fleet
+            .usage(&s.user, None, Some(from), Some(to))
+            .await
+            .err()
+            .unwrap();
+        assert_eq!(kind(&e), (422, "invalid-input"), "{from}..{to}");
+    }
+
+    // Invoices: this month's draft, the last month's issued; at 3 + 1 per minute.
+    let (page, total) = s.fleet.invoices(&s.user, None, 0, 20).await.unwrap();
+    assert_eq!(total, 2);
+    let summary =
+        |i: &super::usage::Invoice| (i.status, i.total, i.currency.clone(), i.lines.len());
+    assert_eq!(
+        summary(&page[0]),
+        (InvoiceStatus::Draft, 80, "EUR".into(), 2)
+    );
+    assert_eq!(
+        summary(&page[1]),
+        (InvoiceStatus::Issued, 40, "EUR".into(), 2)
+    );
+    let lines: Vec<(&str, &str, i64, i64, i64)> = page[1]
+        .lines
+        .iter()
+        .map(|l| {
+            (
+                l.kind.as_str(),
+                l.name.as_str(),
+                l.minutes,
+                l.unit_price,
+                l.amount,
+            )
+        })
+        .collect();
+    assert_eq!(
+        lines,
+        [
+            ("template", "process", 10, 3, 30),
+            ("flavor", "flavor", 10, 1, 10)
+        ]
+    );
+    let (second_page, _) = s.fleet.invoices(&s.user, None, 1, 1).await.unwrap();
+    assert_eq!(second_page[0].id, page[1].id);
+    let by_id = s.fleet.invoice(&s.user, &page[1].id).await.unwrap();
+    assert_eq!(by_id, page[1]);
+    let e = s.fleet.invoice(&outsider, &page[1].id).await.err().unwrap();
+    assert_eq!(kind(&e), (404, "not-found"));
+    let e = s
+        .fleet
+        .invoice(&s.user, "inv-2999-01-x")
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(kind(&e), (404, "not-found"));
+
+    // A restart with another price list: the issued invoice stays as issued, the draft
+    // follows the new prices, and usage is the same (it lives in the store).
+    let prices = crate::config::controller::Prices {
+        currency: "EUR".into(),
+        templates: [("process".to_string(), 10)].into(),
+        flavors: Default::default(),
+    };
+    let again = restarted(&s, prices);
+    let (page, _) = again.invoices(&s.user, None, 0, 20).await.unwrap();
+    assert_eq!(
+        summary(&page[0]),
+        (InvoiceStatus::Draft, 200, "EUR".into(), 2)
+    );
+    assert_eq!(
+        summary(&page[1]),
+        (InvoiceStatus::Issued, 40, "EUR".into(), 2)
+    );
+    let (_, after) = again.usage(&s.user, None, None, None).await.unwrap();
+    assert_eq!(minutes(after), line(20));
+
+    // The minutes quota: 25 a month; 20 used, so a create passes; started again and
+    // run 5 more minutes, the next is refused.
+    let quota = teams::QuotaUpdate {
+        max_appliance_minutes: Some(Some(25)),
+        ..Default::default()
+    };
+    again
+        .set_quotas(&admin, &TeamRef::from(team.clone()), quota)
+        .await
+        .unwrap();
+    let other = again.create(&s.user, request("lb-2")).await.unwrap();
+    again
+        .cancel_task(&s.user, &ids::TaskId::from(other.task.id))
+        .await
+        .unwrap();
+    again.act(&s.user, &machine, "start", None).await.unwrap();
+    assert_eq!(again.run_queued_tasks(s.clock.now()).await, 1);
+    s.clock.advance(5 * 60);
+    let e = again.create(&s.user, request("lb-3")).await.err().unwrap();
+    assert_eq!(kind(&e), (403, "quota-exceeded"));
+    assert_eq!(
+        e.extensions().unwrap(),
+        json!({"quota": "max_appliance_minutes", "limit": 25, "used": 25})
     );
 }

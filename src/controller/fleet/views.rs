@@ -32,6 +32,14 @@ pub struct ApplianceView {
     pub team_id: String,
     /// The user who asked for it.
     pub owner_id: String,
+    /// The key pair it was made with.
+    pub keypair_id: Option<String>,
+    /// What it was made of (ids; the template when one was named) and where it is.
+    pub template: Option<String>,
+    pub image: Option<String>,
+    pub flavor: Option<String>,
+    pub network: Option<String>,
+    pub region: Option<String>,
     pub created_at: String,
 }
 
@@ -71,6 +79,12 @@ impl From<&Appliance> for ApplianceView {
                 .and_then(|s| serde_json::from_str::<Value>(s).ok()),
             team_id: a.team_id.clone(),
             owner_id: a.owner_id.clone(),
+            keypair_id: a.keypair_id.clone(),
+            template: a.template.clone(),
+            image: a.image.clone(),
+            flavor: a.flavor.clone(),
+            network: a.network.clone(),
+            region: a.region.clone(),
             created_at: crate::certs::format_unix(a.created_at),
         }
     }
