@@ -181,6 +181,7 @@ async fn moves_and_tasks(store: &Store, owner: &str, now: i64) {
         flavor: None,
         network: None,
         region: None,
+        notify_email: None,
     };
     let task = |kind| NewTask {
         kind,
@@ -319,6 +320,7 @@ async fn teams_under_concurrency(store: &Store, now: i64) {
         flavor: None,
         network: None,
         region: None,
+        notify_email: None,
     };
     let everywhere = [("big".to_string(), 100)];
     let appliances: Vec<Appliance> = (0..8).map(appliance).collect();

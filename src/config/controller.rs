@@ -51,6 +51,68 @@ pub struct ControllerConfig {
     pub templates: Vec<TemplateConfig>,
     #[serde(default)]
     pub prices: Prices,
+    /// The SMTP server notifications are mailed through; none: `notify_email` is refused.
+    #[serde(default)]
+    pub smtp: Option<Smtp>,
+}
+
+/// How the controller talks to its SMTP server.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum SmtpTls {
+    /// Plain SMTP (port 25 by default): for a relay on the same host or network only.
+    None,
+    /// STARTTLS, required (port 587 by default).
+    #[default]
+    Starttls,
+    /// TLS from the first byte (port 465 by default).
+    Tls,
+}
+
+/// The SMTP server notifications go through.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Smtp {
+    pub host: String,
+    /// Default: by `tls`, 25, 587 or 465.
+    pub port: Option<u16>,
+    /// The sender, `Name <address>` or `address`.
+    pub from: String,
+    #[serde(default)]
+    pub tls: SmtpTls,
+    /// Authentication (with `password_file`); none: no authentication.
+    pub username: Option<String>,
+    /// A file holding the password (its first line).
+    pub password_file: Option<PathBuf>,
+    /// A CA to trust for the server's certificate besides the system's.
+    pub ca_file: Option<PathBuf>,
+    /// Attempts at a mail before it is given up as failed.
+    #[serde(default = "default_mail_attempts")]
+    pub max_attempts: u32,
+    /// Time one attempt may take.
+    #[serde(default = "default_mail_timeout")]
+    pub timeout: HumanDuration,
+}
+
+/// Attempts at a mail when `[smtp]` does not say.
+pub const DEFAULT_MAIL_ATTEMPTS: u32 = 10;
+
+fn default_mail_attempts() -> u32 {
+    DEFAULT_MAIL_ATTEMPTS
+}
+
+fn default_mail_timeout() -> HumanDuration {
+    HumanDuration::secs(10)
+}
+
+impl Smtp {
+    pub fn port(&self) -> u16 {
+        self.port.unwrap_or(match self.tls {
+            SmtpTls::None => 25,
+            SmtpTls::Starttls => 587,
+            SmtpTls::Tls => 465,
+        })
+    }
 }
 
 /// The price list invoices are made with: per appliance-minute of a template and of a
@@ -602,6 +664,36 @@ impl ControllerConfig {
                     format!("templates[{i}].region"),
                     format!("{r:?} is not in [[regions]]"),
                 );
+            }
+        }
+        if let Some(smtp) = &self.smtp {
+            if smtp.host.is_empty() {
+                problem("smtp.host".into(), "required".into());
+            }
+            if smtp.from.parse::<lettre::message::Mailbox>().is_err() {
+                problem(
+                    "smtp.from".into(),
+                    format!("{:?}: an address, or a name and <address>", smtp.from),
+                );
+            }
+            if smtp.username.is_some() != smtp.password_file.is_some() {
+                problem(
+                    "smtp.password_file".into(),
+                    "give both username and password_file, or neither".into(),
+                );
+            }
+            for (k, p) in [
+                ("password_file", smtp.password_file.as_ref()),
+                ("ca_file", smtp.ca_file.as_ref()),
+            ] {
+                if let Some(p) = p
+                    && let Err(e) = std::fs::metadata(p)
+                {
+                    problem(format!("smtp.{k}"), format!("{}: {e}", p.display()));
+                }
+            }
+            if smtp.max_attempts == 0 {
+                problem("smtp.max_attempts".into(), "at least 1".into());
             }
         }
         let currency = &self.prices.currency;

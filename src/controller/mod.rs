@@ -29,6 +29,7 @@ pub mod keypairs;
 pub mod keys;
 pub mod lifecycle;
 pub mod records;
+pub mod smtp;
 pub mod store;
 pub mod teams;
 pub mod usage;
@@ -362,6 +363,16 @@ async fn run_async(config: ControllerConfig) -> i32 {
         .ok()
         .map(Arc::new);
     let hooks = Box::new(Client::new(hooks_tls, config.webhooks.timeout.0));
+    let mailer: Option<Box<dyn fleet::ports::Mailer>> = match &config.smtp {
+        None => None,
+        Some(smtp) => match smtp::SmtpMailer::new(smtp) {
+            Ok(m) => Some(Box::new(m)),
+            Err(e) => {
+                tracing::error!("smtp: {e}");
+                return exit::CONFIG;
+            }
+        },
+    };
     let fleet = Arc::new(fleet::Fleet::new(
         fleet::Parts {
             store: store.clone(),
@@ -371,6 +382,7 @@ async fn run_async(config: ControllerConfig) -> i32 {
             hooks,
             clock: Arc::new(fleet::SystemClock),
             on_revoke,
+            mailer,
         },
         config.clone(),
         secret,

@@ -47,6 +47,8 @@ pub struct Appliance {
     pub flavor: Option<String>,
     pub network: Option<String>,
     pub region: Option<String>,
+    /// Where its `launched`, `expiring` and `stopped` events are mailed.
+    pub notify_email: Option<String>,
 }
 
 macro_rules! appliance_columns {
@@ -54,7 +56,7 @@ macro_rules! appliance_columns {
         "id, name, team_id, owner_id, external_id, request_hash, state, state_since, \
          ttl_minutes, callback_url, slot, address, agent_port, cert_serial, cert_not_after, \
          launched_at, expires_at, last_heartbeat_at, last_status, created_at, keypair_id, \
-         authorized_key, template, image, flavor, network, region"
+         authorized_key, template, image, flavor, network, region, notify_email"
     };
 }
 
@@ -88,6 +90,7 @@ impl Appliance {
             flavor: r.try_get("flavor")?,
             network: r.try_get("network")?,
             region: r.try_get("region")?,
+            notify_email: r.try_get("notify_email")?,
         })
     }
 }
@@ -441,7 +444,7 @@ impl Store {
             "INSERT INTO appliances (",
             appliance_columns!(),
             ", updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, \
-             $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $20)"
+             $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $20)"
         ))
         .bind(&a.id)
         .bind(&a.name)
@@ -470,6 +473,7 @@ impl Store {
         .bind(&a.flavor)
         .bind(&a.network)
         .bind(&region)
+        .bind(&a.notify_email)
         .execute(&mut *tx)
         .await
         .map_err(|e| {
@@ -964,7 +968,12 @@ async fn insert_task(tx: &mut Tx<'_>, task: &NewTask<'_>, now: i64) -> Result<St
     Ok(id)
 }
 
-/// Records an event and, when the appliance has a callback URL, its webhook delivery.
+/// The events mailed to an appliance's `notify_email`.
+pub const MAILED_EVENTS: [&str; 3] = ["launched", "expiring", "stopped"];
+
+/// Records an event and, when the appliance has a callback URL, its webhook delivery;
+/// when it has a `notify_email` and the event is one of [`MAILED_EVENTS`], its mail (a
+/// delivery to a `mailto:` URL).
 async fn insert_event(
     tx: &mut Tx<'_>,
     a: &Appliance,
@@ -990,18 +999,24 @@ async fn insert_event(
     .bind(now)
     .execute(&mut **tx)
     .await?;
-    if let Some(url) = &a.callback_url {
-        let body = serde_json::json!({
-            "id": id,
-            "appliance_id": a.id,
-            "external_id": a.external_id,
-            "event": record.kind,
-            "from_state": from.map(State::as_str),
-            "to_state": to.as_str(),
-            "detail": record.detail,
-            "actor": record.actor,
-            "at": crate::certs::format_unix(now),
-        });
+    let mail = a
+        .notify_email
+        .as_ref()
+        .filter(|_| MAILED_EVENTS.contains(&record.kind))
+        .map(|to| format!("mailto:{to}"));
+    let body = serde_json::json!({
+        "id": id,
+        "appliance_id": a.id,
+        "external_id": a.external_id,
+        "event": record.kind,
+        "from_state": from.map(State::as_str),
+        "to_state": to.as_str(),
+        "detail": record.detail,
+        "actor": record.actor,
+        "at": crate::certs::format_unix(now),
+    })
+    .to_string();
+    for url in a.callback_url.iter().chain(mail.as_ref()) {
         sqlx::query(
             "INSERT INTO deliveries (id, event_id, appliance_id, url, body, state, \
              next_attempt_at, created_at) VALUES ($1, $2, $3, $4, $5, 'pending', $6, $6)",
@@ -1010,7 +1025,7 @@ async fn insert_event(
         .bind(&id)
         .bind(&a.id)
         .bind(url)
-        .bind(body.to_string())
+        .bind(&body)
         .bind(now)
         .execute(&mut **tx)
         .await?;

@@ -637,3 +637,32 @@ pub async fn https_get(
     }
     Ok((cn, String::from_utf8_lossy(&out).into_owned()))
 }
+
+/// A Python virtualenv under the target directory with `packages` (pinned) installed
+/// from PyPI: created once, reused by later runs.
+#[allow(dead_code)]
+pub fn venv(name: &str, packages: &[&str]) -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target"));
+    let venv = target.join(name);
+    let marker = venv.join(format!("installed {}", packages.join(" ")));
+    if marker.exists() {
+        return venv;
+    }
+    let run = |cmd: &mut Command| {
+        let out = cmd.output().expect("python3 runs");
+        assert!(
+            out.status.success(),
+            "{cmd:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    run(Command::new("python3").args(["-m", "venv"]).arg(&venv));
+    run(Command::new(venv.join("bin/pip"))
+        .args(["install", "--quiet", "--disable-pip-version-check"])
+        .args(packages));
+    std::fs::write(&marker, "").unwrap();
+    venv
+}

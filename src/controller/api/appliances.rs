@@ -42,6 +42,9 @@ pub struct CreateAppliance {
     /// A region by name; default: the template's, or the first region with room in
     /// placement order.
     region: Option<String>,
+    /// Where its `launched`, `expiring` and `stopped` events are mailed (the controller
+    /// needs an `[smtp]` server).
+    notify_email: Option<String>,
     /// A key pair of the team, by id or name: installed where the backend installs keys
     /// (`process`: the appliance directory's `authorized_keys`).
     keypair: Option<String>,
@@ -94,6 +97,7 @@ pub async fn create(
         flavor: body.flavor,
         network: body.network,
         region: body.region,
+        notify_email: body.notify_email,
     };
     Ok(accepted(s.fleet.create(&me, request).await?))
 }

@@ -111,6 +111,7 @@ impl Harness {
                 hooks,
                 clock: Arc::new(crate::controller::fleet::SystemClock),
                 on_revoke: Box::new(|| {}),
+                mailer: None,
             },
             config,
             b"secret".to_vec(),

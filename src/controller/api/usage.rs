@@ -21,8 +21,10 @@ pub struct UsageQuery {
     team: Option<String>,
     /// The start, RFC 3339 (whole minutes) or `YYYY-MM-DD`; default: this month's first
     /// day.
+    #[param(format = DateTime)]
     from: Option<String>,
     /// The end (excluded), as `from`; default: the end of the minute under way.
+    #[param(format = DateTime)]
     to: Option<String>,
 }
 
@@ -33,9 +35,11 @@ pub struct InvoicesQuery {
     /// A team by id or name; default: the caller's only team.
     team: Option<String>,
     /// Invoices skipped (newest first); default 0.
-    offset: Option<usize>,
+    #[param(minimum = 0, maximum = 100000)]
+    offset: Option<u32>,
     /// Invoices shown, 1 to 100; default 20.
-    limit: Option<usize>,
+    #[param(minimum = 1, maximum = 100)]
+    limit: Option<u32>,
 }
 
 /// Appliance-minutes of one team, template, flavor and region over a period.
@@ -263,7 +267,10 @@ pub async fn list_invoices(
     headers: HeaderMap,
     Params(q): Params<InvoicesQuery>,
 ) -> Result<Response, ApiError> {
-    let (offset, limit) = (q.offset.unwrap_or(0), q.limit.unwrap_or(20));
+    let (offset, limit) = (
+        q.offset.unwrap_or(0) as usize,
+        q.limit.unwrap_or(20) as usize,
+    );
     let (invoices, total) = s
         .fleet
         .invoices(&me, q.team.as_deref(), offset, limit)

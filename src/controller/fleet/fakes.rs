@@ -186,3 +186,26 @@ impl super::Fleet {
         ran
     }
 }
+
+/// A mailer that keeps what it is given, refusing the first `refuse` mails.
+#[derive(Default)]
+pub struct FakeMailer {
+    pub sent: Mutex<Vec<Mail>>,
+    pub refuse: AtomicU32,
+}
+
+impl Mailer for Arc<FakeMailer> {
+    fn send(&self, mail: Mail) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(async move {
+            if self
+                .refuse
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok()
+            {
+                return Err("451 try again later".into());
+            }
+            self.sent.lock().unwrap().push(mail);
+            Ok(())
+        })
+    }
+}

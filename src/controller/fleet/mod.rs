@@ -31,6 +31,7 @@ pub mod catalogue;
 pub mod error;
 pub mod ids;
 pub mod keypairs;
+mod notify;
 pub mod operations;
 pub mod ports;
 mod provision;
@@ -137,6 +138,8 @@ pub struct Parts {
     pub clock: Arc<dyn Clock>,
     /// Called after a revocation (the appliance zone reloads its CRL).
     pub on_revoke: Box<dyn Fn() + Send + Sync>,
+    /// Sends notifications; none without an SMTP server.
+    pub mailer: Option<Box<dyn ports::Mailer>>,
 }
 
 pub struct Fleet {
@@ -156,6 +159,7 @@ pub struct Fleet {
     clock: Arc<dyn Clock>,
     /// Called after a revocation (the appliance zone reloads its CRL).
     on_revoke: Box<dyn Fn() + Send + Sync>,
+    mailer: Option<Box<dyn ports::Mailer>>,
 }
 
 impl Fleet {
@@ -168,6 +172,7 @@ impl Fleet {
             hooks,
             clock,
             on_revoke,
+            mailer,
         } = parts;
         let host = nix::unistd::gethostname()
             .map(|h| h.to_string_lossy().into_owned())
@@ -188,6 +193,7 @@ impl Fleet {
             queued: tokio::sync::Notify::new(),
             clock,
             on_revoke,
+            mailer,
         }
     }
 

@@ -36,6 +36,8 @@ pub struct CreateRequest {
     pub network: Option<String>,
     /// A region by name; default: the template's, or placement's choice.
     pub region: Option<String>,
+    /// Where its `launched`, `expiring` and `stopped` events are mailed.
+    pub notify_email: Option<String>,
 }
 
 /// Filters of a list.
@@ -217,6 +219,15 @@ impl Fleet {
         if let Some(url) = &body.callback_url {
             check_callback_url(url, self.webhooks())?;
         }
+        if let Some(email) = &body.notify_email {
+            super::users::check_email(email)
+                .map_err(|e| invalid(e.to_string().replacen("email", "notify_email", 1)))?;
+            if self.mailer.is_none() {
+                return Err(invalid(
+                    "notify_email: this controller has no SMTP server ([smtp])",
+                ));
+            }
+        }
         let team = self
             .team_for(caller, body.team.as_deref(), "create appliances")
             .await?;
@@ -285,6 +296,7 @@ impl Fleet {
             flavor: Some(make.flavor.clone()),
             network: Some(make.network.clone()),
             region: None,
+            notify_email: body.notify_email.clone(),
         };
         let mut request: Value = serde_json::from_str(&canonical).unwrap_or_default();
         request["actor"] = Value::String(caller.name.clone());

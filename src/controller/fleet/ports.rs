@@ -66,6 +66,20 @@ pub trait AgentClient: Send + Sync {
     fn call(&self, request: Outgoing) -> BoxFuture<'_, Result<Incoming, CallError>>;
 }
 
+/// A mail to send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mail {
+    pub to: String,
+    pub subject: String,
+    pub body: String,
+}
+
+/// Sends mail (through the configured SMTP server; a fake in tests).
+pub trait Mailer: Send + Sync {
+    /// Sends one mail; the error says why the server did not take it.
+    fn send(&self, mail: Mail) -> BoxFuture<'_, Result<(), String>>;
+}
+
 /// What a backend can do to its machines, so that the fleet refuses (409) what an
 /// appliance's backend cannot do instead of failing half-way.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

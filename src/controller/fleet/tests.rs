@@ -4,7 +4,7 @@
 
 use std::sync::atomic::{AtomicI64, Ordering};
 
-use super::fakes::{FakeBackend, FakeClock, Script};
+use super::fakes::{FakeBackend, FakeClock, FakeMailer, Script};
 use super::ports::*;
 use super::*;
 use crate::callback::{Callback, CallbackEvent};
@@ -28,6 +28,7 @@ fn request(name: &str) -> CreateRequest {
         flavor: None,
         network: None,
         region: None,
+        notify_email: None,
     }
 }
 
@@ -39,6 +40,7 @@ struct Setup {
     clock: Arc<FakeClock>,
     start: i64,
     user: Principal,
+    mails: Arc<FakeMailer>,
     _dir: tempfile::TempDir,
 }
 
@@ -70,6 +72,7 @@ async fn setup() -> Setup {
     // Now: the CA's certificates are valid from now, and not due for rotation.
     let start = crate::certs::now_unix();
     let clock = Arc::new(FakeClock(AtomicI64::new(start)));
+    let mails = Arc::new(FakeMailer::default());
     let fleet = Arc::new(Fleet::new(
         Parts {
             store: store.clone(),
@@ -79,6 +82,7 @@ async fn setup() -> Setup {
             hooks: Box::new(hooks.clone()),
             clock: clock.clone(),
             on_revoke: Box::new(|| {}),
+            mailer: Some(Box::new(mails.clone())),
         },
         config,
         b"secret".to_vec(),
@@ -93,6 +97,7 @@ async fn setup() -> Setup {
         clock,
         start,
         user,
+        mails,
         _dir: dir,
     }
 }
@@ -962,6 +967,7 @@ fn restarted(s: &Setup, prices: crate::config::controller::Prices) -> Fleet {
             hooks: Box::new(s.hooks.clone()),
             clock: s.clock.clone(),
             on_revoke: Box::new(|| {}),
+            mailer: Some(Box::new(s.mails.clone())),
         },
         config,
         b"secret".to_vec(),
@@ -1140,5 +1146,90 @@ async fn usage_and_invoices_from_a_scripted_lifecycle_across_a_month_and_a_resta
     assert_eq!(
         e.extensions().unwrap(),
         json!({"quota": "max_appliance_minutes", "limit": 25, "used": 25})
+    );
+}
+
+#[tokio::test]
+async fn launched_expiring_and_stopped_are_mailed_and_retried_without_holding_up_the_lifecycle() {
+    let s = setup().await;
+    let e = s
+        .fleet
+        .create(
+            &s.user,
+            CreateRequest {
+                notify_email: Some("not an address".into()),
+                ..request("lb")
+            },
+        )
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(kind(&e), (422, "invalid-input"));
+    assert!(e.to_string().starts_with("notify_email"), "{e}");
+    let q = s
+        .fleet
+        .create(
+            &s.user,
+            CreateRequest {
+                notify_email: Some("ops@example.com".into()),
+                ttl_minutes: Some(10),
+                ..request("lb")
+            },
+        )
+        .await
+        .unwrap();
+    let id = q.appliance.unwrap().id;
+    assert_eq!(s.run_tasks().await, 1);
+    // The server refuses the first attempt: the appliance goes on regardless.
+    s.mails.refuse.store(1, Ordering::SeqCst);
+    assert_eq!(s.report(&id, CallbackEvent::Launched).await, State::Active);
+    s.fleet.webhooks_once().await;
+    assert!(s.mails.sent.lock().unwrap().is_empty());
+    s.clock.advance(2);
+    s.fleet.webhooks_once().await;
+    let sent = s.mails.sent.lock().unwrap().clone();
+    assert_eq!(sent.len(), 1, "retried and sent");
+    assert_eq!(sent[0].to, "ops@example.com");
+    assert_eq!(sent[0].subject, "applianced: appliance lb is up");
+    assert!(sent[0].body.contains(&id), "{}", sent[0].body);
+    // Expiring (5 minutes before), then expired: stopped, mailed too; other events
+    // (`spawned`, `expired`, `stop`) are not.
+    s.clock.advance(5 * 60 + 1);
+    s.fleet.timers_once().await.unwrap();
+    s.clock.advance(5 * 60);
+    s.fleet.timers_once().await.unwrap();
+    assert_eq!(s.run_tasks().await, 1);
+    assert_eq!(s.state(&id).await, State::Stopped);
+    s.fleet.webhooks_once().await;
+    let subjects: Vec<String> = s
+        .mails
+        .sent
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|m| m.subject.clone())
+        .collect();
+    assert_eq!(
+        subjects,
+        [
+            "applianced: appliance lb is up",
+            "applianced: appliance lb expires in 5 minutes",
+            "applianced: appliance lb has stopped",
+        ]
+    );
+    // Each is a delivery of its event, delivered.
+    let mailed: Vec<(String, String)> = s
+        .fleet
+        .store
+        .events(&id)
+        .await
+        .unwrap()
+        .into_iter()
+        .flat_map(|(e, ds)| ds.into_iter().map(move |d| (e.kind.clone(), d.url)))
+        .collect();
+    assert_eq!(
+        mailed,
+        ["launched", "expiring", "stopped"]
+            .map(|k| (k.to_string(), "mailto:ops@example.com".to_string()))
     );
 }

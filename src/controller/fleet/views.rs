@@ -40,6 +40,8 @@ pub struct ApplianceView {
     pub flavor: Option<String>,
     pub network: Option<String>,
     pub region: Option<String>,
+    /// Where its `launched`, `expiring` and `stopped` events are mailed.
+    pub notify_email: Option<String>,
     pub created_at: String,
 }
 
@@ -85,6 +87,7 @@ impl From<&Appliance> for ApplianceView {
             flavor: a.flavor.clone(),
             network: a.network.clone(),
             region: a.region.clone(),
+            notify_email: a.notify_email.clone(),
             created_at: crate::certs::format_unix(a.created_at),
         }
     }

@@ -43,7 +43,58 @@ impl Fleet {
         format!("sha256={}", crate::certs::hex(ctx.sign().as_ref()))
     }
 
+    /// Mails an event to its appliance's `notify_email` (a `mailto:` delivery).
+    async fn mail(&self, d: &crate::controller::records::Delivery) -> Result<(), String> {
+        let to = d.url.strip_prefix("mailto:").unwrap_or_default();
+        let mailer = self
+            .mailer
+            .as_ref()
+            .ok_or("this controller has no SMTP server ([smtp])")?;
+        let event: Value = serde_json::from_str(&d.body).unwrap_or(Value::Null);
+        let appliance = match event["appliance_id"].as_str() {
+            Some(id) => self.store.appliance(id).await.map_err(|e| e.to_string())?,
+            None => None,
+        };
+        let (subject, body) = super::notify::mail_text(&event, appliance.as_ref());
+        mailer
+            .send(ports::Mail {
+                to: to.to_string(),
+                subject,
+                body,
+            })
+            .await
+    }
+
     pub(super) async fn deliver(&self, d: crate::controller::records::Delivery) {
+        if d.url.starts_with("mailto:") {
+            let now = self.clock.now();
+            let error = self.mail(&d).await.err();
+            let attempts = d.attempts + 1;
+            let max = self
+                .config
+                .smtp
+                .as_ref()
+                .map_or(crate::config::controller::DEFAULT_MAIL_ATTEMPTS, |s| {
+                    s.max_attempts
+                });
+            let state = match &error {
+                None => DeliveryState::Delivered,
+                Some(_) if attempts >= i64::from(max) => DeliveryState::Failed,
+                Some(_) => DeliveryState::Pending,
+            };
+            if let Some(e) = &error {
+                tracing::warn!(delivery = %d.id, attempt = attempts, error = %e, "mail not sent");
+            }
+            let next = now + (1i64 << attempts.min(8)).min(300);
+            if let Err(e) = self
+                .store
+                .delivery_attempted(&d.id, state, None, error.as_deref(), next, now)
+                .await
+            {
+                tracing::error!(delivery = %d.id, error = %e, "cannot record a mail");
+            }
+            return;
+        }
         let now = self.clock.now();
         let event: Value = serde_json::from_str(&d.body).unwrap_or(Value::Null);
         let mut headers = agents::json_headers();
