@@ -182,12 +182,14 @@ async fn moves_and_tasks(store: &Store, owner: &str, now: i64) {
         network: None,
         region: None,
         notify_email: None,
+        cluster_id: None,
     };
     let task = |kind| NewTask {
         kind,
         appliance_id: Some(&a.id),
         owner_id: owner,
         request: "{}".into(),
+        team_id: None,
     };
     let Created::Queued {
         task_id: create, ..
@@ -321,6 +323,7 @@ async fn teams_under_concurrency(store: &Store, now: i64) {
         network: None,
         region: None,
         notify_email: None,
+        cluster_id: None,
     };
     let everywhere = [("big".to_string(), 100)];
     let appliances: Vec<Appliance> = (0..8).map(appliance).collect();
@@ -331,6 +334,7 @@ async fn teams_under_concurrency(store: &Store, now: i64) {
             appliance_id: Some(&a.id),
             owner_id: &olga.id,
             request: "{}".into(),
+            team_id: None,
         })
         .collect();
     let outcomes = futures_util::future::join_all(
@@ -374,6 +378,7 @@ async fn teams_under_concurrency(store: &Store, now: i64) {
             appliance_id: Some(&a.id),
             owner_id: &olga.id,
             request: "{}".into(),
+            team_id: None,
         })
         .collect();
     let outcomes = futures_util::future::join_all(

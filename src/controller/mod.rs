@@ -22,6 +22,7 @@ pub mod api;
 pub mod auth;
 pub mod backend;
 pub mod ca;
+pub mod clusters;
 pub mod fleet;
 pub mod https;
 pub mod invoices;

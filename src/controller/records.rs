@@ -49,6 +49,8 @@ pub struct Appliance {
     pub region: Option<String>,
     /// Where its `launched`, `expiring` and `stopped` events are mailed.
     pub notify_email: Option<String>,
+    /// The cluster it joined at create.
+    pub cluster_id: Option<String>,
 }
 
 macro_rules! appliance_columns {
@@ -56,7 +58,7 @@ macro_rules! appliance_columns {
         "id, name, team_id, owner_id, external_id, request_hash, state, state_since, \
          ttl_minutes, callback_url, slot, address, agent_port, cert_serial, cert_not_after, \
          launched_at, expires_at, last_heartbeat_at, last_status, created_at, keypair_id, \
-         authorized_key, template, image, flavor, network, region, notify_email"
+         authorized_key, template, image, flavor, network, region, notify_email, cluster_id"
     };
 }
 
@@ -91,6 +93,7 @@ impl Appliance {
             network: r.try_get("network")?,
             region: r.try_get("region")?,
             notify_email: r.try_get("notify_email")?,
+            cluster_id: r.try_get("cluster_id")?,
         })
     }
 }
@@ -140,10 +143,14 @@ pub enum TaskKind {
     Destroy,
     RotateCertificate,
     Ping,
+    /// The same agent write to every member of a cluster, the active one first.
+    ClusterWrite,
+    /// A cluster's appliances destroyed, then the cluster.
+    ClusterDestroy,
 }
 
 impl TaskKind {
-    pub const ALL: [TaskKind; 8] = [
+    pub const ALL: [TaskKind; 10] = [
         TaskKind::Create,
         TaskKind::Start,
         TaskKind::Stop,
@@ -152,6 +159,8 @@ impl TaskKind {
         TaskKind::Destroy,
         TaskKind::RotateCertificate,
         TaskKind::Ping,
+        TaskKind::ClusterWrite,
+        TaskKind::ClusterDestroy,
     ];
 
     pub fn name(self) -> &'static str {
@@ -164,6 +173,8 @@ impl TaskKind {
             TaskKind::Destroy => "destroy",
             TaskKind::RotateCertificate => "rotate-certificate",
             TaskKind::Ping => "ping",
+            TaskKind::ClusterWrite => "cluster-write",
+            TaskKind::ClusterDestroy => "cluster-destroy",
         }
     }
 
@@ -327,6 +338,8 @@ pub struct NewTask<'a> {
     pub appliance_id: Option<&'a str>,
     pub owner_id: &'a str,
     pub request: String,
+    /// Its team, when it has no appliance to take it from (a cluster's task).
+    pub team_id: Option<&'a str>,
 }
 
 /// What [`Store::create_appliance`] did.
@@ -336,6 +349,10 @@ pub enum Created {
     Queued { task_id: String, region: String },
     /// No region given has room.
     NoRoom,
+    /// The cluster (of the appliance's team) is gone.
+    NoSuchCluster,
+    /// The cluster already holds the `size` appliances its topology has.
+    ClusterFull { size: i64 },
     /// The team has `used` live appliances of the `limit` its quota allows; nothing
     /// was written.
     OverQuota { limit: i64, used: i64 },
@@ -411,6 +428,36 @@ impl Store {
                 return Ok(Created::OverQuota { limit, used });
             }
         }
+        // A cluster holds as many appliances as its topology has places; the first to
+        // join is its active member.
+        if let Some(cluster) = &a.cluster_id {
+            let row = sqlx::query("SELECT topology FROM clusters WHERE id = $1 AND team_id = $2")
+                .bind(cluster)
+                .bind(&a.team_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+            let Some(row) = row else {
+                return Ok(Created::NoSuchCluster);
+            };
+            let topology: String = row.try_get("topology")?;
+            let size =
+                crate::controller::clusters::Topology::parse(&topology).map_or(0, |t| t.size());
+            let members: i64 = sqlx::query(
+                "SELECT COUNT(*) AS n FROM appliances WHERE cluster_id = $1 AND state <> 'deleted'",
+            )
+            .bind(cluster)
+            .fetch_one(&mut *tx)
+            .await?
+            .try_get("n")?;
+            if members >= size {
+                return Ok(Created::ClusterFull { size });
+            }
+            sqlx::query("UPDATE clusters SET active_id = $1 WHERE id = $2 AND (active_id IS NULL OR active_id NOT IN (SELECT id FROM appliances WHERE cluster_id = $2 AND state <> 'deleted'))")
+                .bind(&a.id)
+                .bind(cluster)
+                .execute(&mut *tx)
+                .await?;
+        }
         // The first region with room, each locked in turn (always in the order given, so
         // two creates never wait for each other's locks).
         let mut region = None;
@@ -444,7 +491,7 @@ impl Store {
             "INSERT INTO appliances (",
             appliance_columns!(),
             ", updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, \
-             $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $20)"
+             $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $20)"
         ))
         .bind(&a.id)
         .bind(&a.name)
@@ -474,6 +521,7 @@ impl Store {
         .bind(&a.network)
         .bind(&region)
         .bind(&a.notify_email)
+        .bind(&a.cluster_id)
         .execute(&mut *tx)
         .await
         .map_err(|e| {
@@ -954,7 +1002,7 @@ async fn insert_task(tx: &mut Tx<'_>, task: &NewTask<'_>, now: i64) -> Result<St
     sqlx::query(
         "INSERT INTO tasks (id, kind, appliance_id, owner_id, team_id, state, request, \
          created_at) VALUES ($1, $2, $3, $4, \
-         (SELECT team_id FROM appliances WHERE id = $3), 'queued', $5, $6)",
+         COALESCE((SELECT team_id FROM appliances WHERE id = $3), $7), 'queued', $5, $6)",
     )
     .bind(&id)
     .bind(task.kind.name())
@@ -962,6 +1010,7 @@ async fn insert_task(tx: &mut Tx<'_>, task: &NewTask<'_>, now: i64) -> Result<St
     .bind(task.owner_id)
     .bind(&task.request)
     .bind(now)
+    .bind(task.team_id)
     .execute(&mut **tx)
     .await
     .map_err(|e| unique_to_conflict(e, "an unfinished operation on this appliance".into()))?;

@@ -13,9 +13,9 @@ use crate::controller::fleet::operations::{AgentMethod, AgentRequest};
 /// Largest body passed through to an agent (its own default limit).
 pub const MAX_AGENT_BODY: usize = 1024 * 1024;
 
-/// The appliance id and the agent's path (with the query) of a pass-through URI.
-fn split(path_and_query: &str) -> Option<(String, String)> {
-    let rest = path_and_query.strip_prefix("/v1/appliances/")?;
+/// The id (after `prefix`) and the agent's path (with the query) of a pass-through URI.
+pub fn split(prefix: &str, path_and_query: &str) -> Option<(String, String)> {
+    let rest = path_and_query.strip_prefix(prefix)?;
     let (id, agent_path) = rest.split_once("/agent")?;
     if id.is_empty() || id.contains('/') {
         return None;
@@ -28,7 +28,7 @@ fn split(path_and_query: &str) -> Option<(String, String)> {
     Some((id.to_string(), agent_path))
 }
 
-fn text(headers: &http::HeaderMap, name: header::HeaderName) -> Option<String> {
+pub fn text(headers: &http::HeaderMap, name: header::HeaderName) -> Option<String> {
     headers
         .get(name)
         .and_then(|v| v.to_str().ok())
@@ -53,7 +53,7 @@ pub async fn forward(
         .path_and_query()
         .map(|p| p.as_str().to_owned())
         .unwrap_or_default();
-    let (id, path) = split(&target).ok_or(ApiError::NoRoute)?;
+    let (id, path) = split("/v1/appliances/", &target).ok_or(ApiError::NoRoute)?;
     let (content_type, accept) = (
         text(req.headers(), header::CONTENT_TYPE),
         text(req.headers(), header::ACCEPT),
@@ -153,14 +153,21 @@ mod tests {
     #[test]
     fn the_agent_path_and_query_are_kept() {
         assert_eq!(
-            split("/v1/appliances/abc/agent/instances/i/haproxy"),
+            split(
+                "/v1/appliances/",
+                "/v1/appliances/abc/agent/instances/i/haproxy"
+            ),
             Some(("abc".into(), "/instances/i/haproxy".into()))
         );
         assert_eq!(
-            split("/v1/appliances/abc/agent?x=1"),
+            split("/v1/appliances/", "/v1/appliances/abc/agent?x=1"),
             Some(("abc".into(), "/?x=1".into()))
         );
-        assert_eq!(split("/v1/appliances/abc/agentx"), None);
-        assert_eq!(split("/v1/appliances//agent/x"), None);
+        assert_eq!(split("/v1/appliances/", "/v1/appliances/abc/agentx"), None);
+        assert_eq!(split("/v1/appliances/", "/v1/appliances//agent/x"), None);
+        assert_eq!(
+            split("/v1/clusters/", "/v1/clusters/c/agent/x"),
+            Some(("c".into(), "/x".into()))
+        );
     }
 }

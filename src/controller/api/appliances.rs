@@ -42,6 +42,9 @@ pub struct CreateAppliance {
     /// A region by name; default: the template's, or the first region with room in
     /// placement order.
     region: Option<String>,
+    /// A cluster of the team to join, by id or name (a `SINGLE` cluster holds one
+    /// appliance, an `ACTIVE_STANDBY` one two; the first to join is active).
+    cluster: Option<String>,
     /// Where its `launched`, `expiring` and `stopped` events are mailed (the controller
     /// needs an `[smtp]` server).
     notify_email: Option<String>,
@@ -98,6 +101,7 @@ pub async fn create(
         network: body.network,
         region: body.region,
         notify_email: body.notify_email,
+        cluster: body.cluster,
     };
     Ok(accepted(s.fleet.create(&me, request).await?))
 }

@@ -33,6 +33,7 @@ pub mod agent;
 pub mod appliances;
 pub mod callbacks;
 pub mod catalogue;
+pub mod clusters;
 pub mod error;
 pub mod extract;
 pub mod keypairs;
@@ -67,11 +68,11 @@ pub struct ApiState {
     info(
         title = "applianced controller",
         description = "The northbound API of the applianced controller: operators' tokens and users, \
-            teams with their members and quotas, service accounts, key pairs, usage and invoices, appliances and their lifecycle, pings, tasks, and the pass-through to each appliance's agent. \
+            teams with their members and quotas, service accounts, key pairs, usage and invoices, clusters, appliances and their lifecycle, pings, tasks, and the pass-through to each appliance's agent. \
             Errors are RFC 9457 problem documents with a stable `type`.",
         license(name = "Apache-2.0", identifier = "Apache-2.0"),
     ),
-    paths(agent::get_doc, agent::put_doc, agent::post_doc, agent::delete_doc),
+    paths(agent::get_doc, agent::put_doc, agent::post_doc, agent::delete_doc, clusters::write_doc),
     components(schemas(views::Problem)),
     modifiers(&Conventions),
     security(("bearer" = []), ("client_certificate" = [])),
@@ -201,6 +202,8 @@ fn admin_api() -> (Router<ApiState>, utoipa::openapi::OpenApi) {
         .routes(routes!(accounts::get, accounts::delete))
         .routes(routes!(keypairs::list, keypairs::create))
         .routes(routes!(keypairs::get, keypairs::delete))
+        .routes(routes!(clusters::list, clusters::create))
+        .routes(routes!(clusters::get, clusters::delete))
         .routes(routes!(appliances::list, appliances::create))
         .routes(routes!(appliances::get, appliances::delete))
         .routes(routes!(appliances::act))
@@ -239,7 +242,15 @@ fn admin_api() -> (Router<ApiState>, utoipa::openapi::OpenApi) {
             .post(agent::forward)
             .delete(agent::forward)
     };
+    let cluster_write = || {
+        axum::routing::put(clusters::write)
+            .post(clusters::write)
+            .delete(clusters::write)
+    };
     let router = router
+        .route("/v1/clusters/{id}/agent", cluster_write())
+        .route("/v1/clusters/{id}/agent/", cluster_write())
+        .route("/v1/clusters/{id}/agent/{*path}", cluster_write())
         .route("/v1/appliances/{id}/agent", forward())
         .route("/v1/appliances/{id}/agent/", forward())
         .route("/v1/appliances/{id}/agent/{*path}", forward());

@@ -221,6 +221,7 @@ async fn every_documented_operation_is_routed_and_asks_for_credentials() {
     let expected = [
         "DELETE /v1/appliances/{id}",
         "DELETE /v1/appliances/{id}/agent/{path}",
+        "DELETE /v1/clusters/{id}",
         "DELETE /v1/keypairs/{id}",
         "DELETE /v1/service-accounts/{id}",
         "DELETE /v1/teams/{id}",
@@ -231,6 +232,8 @@ async fn every_documented_operation_is_routed_and_asks_for_credentials() {
         "GET /v1/appliances/{id}",
         "GET /v1/appliances/{id}/agent/{path}",
         "GET /v1/appliances/{id}/events",
+        "GET /v1/clusters",
+        "GET /v1/clusters/{id}",
         "GET /v1/flavors",
         "GET /v1/flavors/{id}",
         "GET /v1/images",
@@ -262,6 +265,7 @@ async fn every_documented_operation_is_routed_and_asks_for_credentials() {
         "POST /v1/appliances/{id}/actions",
         "POST /v1/appliances/{id}/agent/{path}",
         "POST /v1/appliances/{id}/ping",
+        "POST /v1/clusters",
         "POST /v1/events",
         "POST /v1/keypairs",
         "POST /v1/ping",
@@ -271,6 +275,7 @@ async fn every_documented_operation_is_routed_and_asks_for_credentials() {
         "POST /v1/tokens",
         "POST /v1/users",
         "PUT /v1/appliances/{id}/agent/{path}",
+        "PUT /v1/clusters/{id}/agent/{path}",
         "PUT /v1/teams/{id}/members/{user}",
         "PUT /v1/teams/{id}/quotas",
     ];

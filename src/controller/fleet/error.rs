@@ -27,6 +27,11 @@ pub enum FleetError {
     NoSuchAccount,
     #[error("no such invoice")]
     NoSuchInvoice,
+    #[error("no such cluster")]
+    NoSuchCluster,
+    /// A cluster write a member did not take; every member's outcome.
+    #[error("the write did not reach every member of the cluster")]
+    ClusterWriteFailed(Value),
     /// No such catalogue entry, region or template (the message names what was asked).
     #[error("{0}")]
     NoSuchEntry(String),
@@ -94,6 +99,7 @@ impl FleetError {
             | FleetError::NoSuchKeypair
             | FleetError::NoSuchAccount
             | FleetError::NoSuchInvoice
+            | FleetError::NoSuchCluster
             | FleetError::NoSuchEntry(_) => (404, "not-found"),
             FleetError::Forbidden(_) => (403, "forbidden"),
             FleetError::QuotaExceeded { .. } => (403, "quota-exceeded"),
@@ -101,7 +107,7 @@ impl FleetError {
             FleetError::BadRequest(_) => (400, "invalid-input"),
             FleetError::Invalid(_) => (422, "invalid-input"),
             FleetError::Unsupported(_) => (409, "not-supported-by-backend"),
-            FleetError::BadGateway(_) => (502, "bad-gateway"),
+            FleetError::BadGateway(_) | FleetError::ClusterWriteFailed(_) => (502, "bad-gateway"),
             FleetError::NoCapacity(_) => (503, "no-capacity"),
             FleetError::Internal(_) => (500, "internal"),
         }
@@ -122,6 +128,7 @@ impl FleetError {
             FleetError::QuotaExceeded { quota, limit, used } => {
                 Some(json!({"quota": quota, "limit": limit, "used": used}))
             }
+            FleetError::ClusterWriteFailed(outcomes) => Some(outcomes.clone()),
             _ => None,
         }
     }

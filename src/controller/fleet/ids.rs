@@ -56,3 +56,7 @@ typed_id!(
     /// An invoice (`inv-YYYY-MM-TEAMID`).
     InvoiceId
 );
+typed_id!(
+    /// A cluster.
+    ClusterId
+);

@@ -28,6 +28,7 @@ pub mod accounts;
 pub mod agents;
 mod callbacks;
 pub mod catalogue;
+pub mod clusters;
 pub mod error;
 pub mod ids;
 pub mod keypairs;
@@ -256,6 +257,7 @@ impl Fleet {
             appliance_id: Some(id),
             owner_id,
             request: with_actor(request).to_string(),
+            team_id: None,
         };
         let (_, task_id) = self
             .move_by(id, event, |_| Changes::default(), None, Some(&task))

@@ -38,6 +38,8 @@ pub struct CreateRequest {
     pub region: Option<String>,
     /// Where its `launched`, `expiring` and `stopped` events are mailed.
     pub notify_email: Option<String>,
+    /// A cluster of the team to join, by id or name; its id once resolved.
+    pub cluster: Option<String>,
 }
 
 /// Filters of a list.
@@ -249,6 +251,11 @@ impl Fleet {
             None => None,
         };
         body.keypair = keypair.as_ref().map(|k| k.id.clone());
+        let cluster = match &body.cluster {
+            Some(c) => Some(self.cluster_for_create(&team.id, c).await?),
+            None => None,
+        };
+        body.cluster = cluster.as_ref().map(|c| c.id.clone());
         let make = self.resolve_make(
             caller,
             body.template.as_deref(),
@@ -297,6 +304,7 @@ impl Fleet {
             network: Some(make.network.clone()),
             region: None,
             notify_email: body.notify_email.clone(),
+            cluster_id: cluster.as_ref().map(|c| c.id.clone()),
         };
         let mut request: Value = serde_json::from_str(&canonical).unwrap_or_default();
         request["actor"] = Value::String(caller.name.clone());
@@ -305,6 +313,7 @@ impl Fleet {
             appliance_id: Some(&appliance.id),
             owner_id: &caller.id,
             request: request.to_string(),
+            team_id: None,
         };
         match self
             .store
@@ -317,6 +326,10 @@ impl Fleet {
                 used,
             }),
             Ok(Created::NoSuchTeam) => Err(FleetError::NoSuchTeam),
+            Ok(Created::NoSuchCluster) => Err(FleetError::NoSuchCluster),
+            Ok(Created::ClusterFull { size }) => Err(FleetError::Conflict(format!(
+                "the cluster already has the {size} appliance(s) its topology holds"
+            ))),
             Ok(Created::NoRoom) => Err(FleetError::NoCapacity(match make.regions.as_slice() {
                 [(only, _)] => format!("region {only} has no room"),
                 _ => "no region has room".into(),

@@ -18,6 +18,7 @@ impl Fleet {
                     appliance_id,
                     owner_id,
                     request: with_actor(request).to_string(),
+                    team_id: None,
                 },
                 self.clock.now(),
             )
@@ -156,6 +157,8 @@ impl Fleet {
                     Ok(self.ping_many(&targets, check).await)
                 }
             }
+            TaskKind::ClusterWrite => self.run_cluster_write(&request).await,
+            TaskKind::ClusterDestroy => self.run_cluster_destroy(&request).await,
         }
     }
 

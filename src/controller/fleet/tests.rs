@@ -29,6 +29,7 @@ fn request(name: &str) -> CreateRequest {
         network: None,
         region: None,
         notify_email: None,
+        cluster: None,
     }
 }
 
@@ -1231,5 +1232,173 @@ async fn launched_expiring_and_stopped_are_mailed_and_retried_without_holding_up
         mailed,
         ["launched", "expiring", "stopped"]
             .map(|k| (k.to_string(), "mailto:ops@example.com".to_string()))
+    );
+}
+
+#[tokio::test]
+async fn a_cluster_takes_a_write_active_first_and_is_destroyed_with_its_appliances() {
+    use crate::controller::fleet::ids::ClusterId;
+    let s = setup().await;
+    let admin = someone(&s, "root", Role::Admin).await;
+    let e = s
+        .fleet
+        .create_cluster(&s.user, None, "pair", "TRIPLE")
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(kind(&e), (422, "invalid-input"));
+    let pair = s
+        .fleet
+        .create_cluster(&s.user, None, "pair", "ACTIVE_STANDBY")
+        .await
+        .unwrap()
+        .cluster;
+    let single = s
+        .fleet
+        .create_cluster(&s.user, None, "one", "SINGLE")
+        .await
+        .unwrap()
+        .cluster;
+    let join = |name: &str, cluster: &str| CreateRequest {
+        cluster: Some(cluster.into()),
+        ttl_minutes: Some(30),
+        ..request(name)
+    };
+    let mut ids = Vec::new();
+    for name in ["a1", "a2"] {
+        let q = s.fleet.create(&s.user, join(name, "pair")).await.unwrap();
+        ids.push(q.appliance.unwrap().id);
+    }
+    // Full: two for an active-standby pair, one for a single.
+    let e = s
+        .fleet
+        .create(&s.user, join("a3", "pair"))
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(kind(&e), (409, "conflict"));
+    s.fleet
+        .create(&s.user, join("b1", &single.id))
+        .await
+        .unwrap();
+    let e = s
+        .fleet
+        .create(&s.user, join("b2", "one"))
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(kind(&e), (409, "conflict"));
+    let e = s
+        .fleet
+        .create(&s.user, join("c", "nothing"))
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(kind(&e), (422, "invalid-input"));
+    assert_eq!(s.run_tasks().await, 3);
+    for id in &ids {
+        assert_eq!(s.report(id, CallbackEvent::Launched).await, State::Active);
+    }
+    let cid = ClusterId::from(pair.id.clone());
+    let detail = s.fleet.cluster(&s.user, &cid).await.unwrap();
+    assert_eq!(
+        detail.active.as_deref(),
+        Some(ids[0].as_str()),
+        "the first to join"
+    );
+    assert_eq!(detail.members.len(), 2);
+
+    // A write: admins only; the active member first, then the standby.
+    let write = || AgentRequest {
+        method: AgentMethod::Put,
+        path: "/instances/i-1/503".into(),
+        content_type: Some("text/html".into()),
+        accept: None,
+        body: Bytes::from_static(b"<p>busy</p>"),
+    };
+    let e = s
+        .fleet
+        .cluster_write(&s.user, &cid, write())
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(kind(&e), (403, "pass-through-read-only"));
+    let mut addresses = Vec::new();
+    for id in &ids {
+        addresses.push(s.fleet.appliance(id).await.unwrap().address.unwrap());
+    }
+    let (active_addr, standby_addr) = (addresses[0].clone(), addresses[1].clone());
+    s.agents.seen.lock().unwrap().clear();
+    let task = s.fleet.cluster_write(&admin, &cid, write()).await.unwrap();
+    assert_eq!(task.team_id.as_deref(), Some(pair.team_id.as_str()));
+    assert_eq!(s.run_tasks().await, 1);
+    let done = s
+        .fleet
+        .task(&admin, &ids::TaskId::from(task.id.clone()))
+        .await
+        .unwrap();
+    assert_eq!(done.state, TaskState::Succeeded, "{done:?}");
+    let result: Value = serde_json::from_str(done.result.as_deref().unwrap()).unwrap();
+    let outcomes: Vec<(&str, &str)> = result["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| (m["role"].as_str().unwrap(), m["outcome"].as_str().unwrap()))
+        .collect();
+    assert_eq!(outcomes, [("active", "applied"), ("standby", "applied")]);
+    let seen: Vec<String> = s
+        .agents
+        .seen
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|o| o.url.clone())
+        .collect();
+    assert_eq!(seen.len(), 2);
+    assert!(
+        seen[0].contains(&active_addr) && seen[1].contains(&standby_addr),
+        "{seen:?}"
+    );
+    assert!(seen[0].ends_with("/instances/i-1/503"), "{seen:?}");
+    // The owner of the team reads the task; the active member refusing stops the write.
+    s.fleet
+        .task(&s.user, &ids::TaskId::from(task.id))
+        .await
+        .unwrap();
+    s.agents.seen.lock().unwrap().clear();
+    s.agents.answers.lock().unwrap().push_back(Ok(409));
+    let task = s.fleet.cluster_write(&admin, &cid, write()).await.unwrap();
+    assert_eq!(s.run_tasks().await, 1);
+    let done = s
+        .fleet
+        .task(&admin, &ids::TaskId::from(task.id))
+        .await
+        .unwrap();
+    assert_eq!(done.state, TaskState::Failed);
+    let problem: Value = serde_json::from_str(done.problem.as_deref().unwrap()).unwrap();
+    assert_eq!(problem["status"], 502, "{problem}");
+    assert_eq!(problem["members"][0]["outcome"], "failed", "{problem}");
+    assert_eq!(problem["members"][1]["outcome"], "skipped", "{problem}");
+    assert_eq!(
+        s.agents.seen.lock().unwrap().len(),
+        1,
+        "the standby was not written"
+    );
+
+    // Deleting the cluster destroys its appliances, then the cluster.
+    let outsider = someone(&s, "otto", Role::Member).await;
+    let e = s.fleet.delete_cluster(&outsider, &cid).await.err().unwrap();
+    assert_eq!(kind(&e), (404, "not-found"));
+    s.fleet.delete_cluster(&s.user, &cid).await.unwrap();
+    assert_eq!(s.run_tasks().await, 1);
+    for id in &ids {
+        assert_eq!(s.state(id).await, State::Deleted);
+    }
+    let e = s.fleet.cluster(&s.user, &cid).await.err().unwrap();
+    assert_eq!(kind(&e), (404, "not-found"));
+    assert_eq!(
+        s.fleet.clusters(&s.user).await.unwrap().len(),
+        1,
+        "the single one"
     );
 }

@@ -42,6 +42,8 @@ pub struct ApplianceView {
     pub region: Option<String>,
     /// Where its `launched`, `expiring` and `stopped` events are mailed.
     pub notify_email: Option<String>,
+    /// The cluster it belongs to.
+    pub cluster_id: Option<String>,
     pub created_at: String,
 }
 
@@ -88,6 +90,7 @@ impl From<&Appliance> for ApplianceView {
             network: a.network.clone(),
             region: a.region.clone(),
             notify_email: a.notify_email.clone(),
+            cluster_id: a.cluster_id.clone(),
             created_at: crate::certs::format_unix(a.created_at),
         }
     }
