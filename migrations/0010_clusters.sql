@@ -8,6 +8,8 @@ CREATE TABLE clusters (
     name       TEXT NOT NULL,
     topology   TEXT NOT NULL CHECK (topology IN ('SINGLE', 'ACTIVE_STANDBY')),
     active_id  TEXT,
+    -- Being deleted: no appliance joins it any more.
+    deleting   BIGINT NOT NULL DEFAULT 0,
     created_by TEXT NOT NULL,
     created_at BIGINT NOT NULL,
     UNIQUE (team_id, name)

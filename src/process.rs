@@ -7,26 +7,24 @@ use std::time::{Duration, Instant};
 /// only the capability to bind privileged ports, through util-linux's `setpriv`; the
 /// caller (root) adds the program's arguments.
 pub fn command_as(id: u32, program: impl AsRef<std::ffi::OsStr>) -> std::process::Command {
-    let mut cmd = std::process::Command::new("setpriv");
-    setpriv_args(&mut cmd, id);
-    cmd.arg(program);
+    let argv = setpriv_argv(id);
+    let mut cmd = std::process::Command::new(&argv[0]);
+    cmd.args(&argv[1..]).arg(program);
     cmd
 }
 
-/// [`command_as`] within a command that runs another (a wrapper such as `prlimit`):
-/// adds `setpriv` and its arguments; the caller adds the program.
-pub fn args_as(cmd: &mut std::process::Command, id: u32) {
-    cmd.arg("setpriv");
-    setpriv_args(cmd, id);
-}
-
-fn setpriv_args(cmd: &mut std::process::Command, id: u32) {
-    cmd.arg(format!("--reuid={id}"))
-        .arg(format!("--regid={id}"))
-        .arg("--clear-groups")
-        .arg("--inh-caps=-all,+net_bind_service")
-        .arg("--ambient-caps=+net_bind_service")
-        .arg("--");
+/// `setpriv` and its arguments as [`command_as`] runs them, for a command line that
+/// puts other wrappers first; the program comes next.
+pub fn setpriv_argv(id: u32) -> Vec<String> {
+    vec![
+        "setpriv".into(),
+        format!("--reuid={id}"),
+        format!("--regid={id}"),
+        "--clear-groups".into(),
+        "--inh-caps=-all,+net_bind_service".into(),
+        "--ambient-caps=+net_bind_service".into(),
+        "--".into(),
+    ]
 }
 
 /// The state letter of process `pid` (`R`, `S`, `Z` for one that has exited and only

@@ -169,13 +169,10 @@ async fn scenario(db_url: &str, net: u8) {
         .run_task(&root, "DELETE", &format!("/v1/clusters/{cid}"), "")
         .await;
     assert_eq!(done["state"], "succeeded", "{done}");
-    assert_eq!(done["result"]["destroyed"].as_array().unwrap().len(), 2);
+    assert_eq!(done["result"]["destroy_tasks"].as_array().unwrap().len(), 2);
     for id in &ids {
-        let a = c
-            .call(&root, "GET", &format!("/v1/appliances/{id}"), "")
-            .await
-            .json();
-        assert_eq!(a["state"], "deleted");
+        c.wait_state(&root, id, "deleted", Duration::from_secs(30))
+            .await;
         assert!(c.agents_of(id).is_empty());
     }
     let r = c

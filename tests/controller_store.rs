@@ -412,12 +412,12 @@ async fn teams_under_concurrency(store: &Store, now: i64) {
 
     // Two owners step down at once: one of them stays owner.
     store
-        .set_membership(&team.id, &oleg.id, TeamRole::Owner, now)
+        .set_membership(&team.id, &oleg.id, TeamRole::Owner, true, now)
         .await
         .unwrap();
     let (a, b) = futures_util::future::join(
-        store.set_membership(&team.id, &olga.id, TeamRole::Viewer, now),
-        store.set_membership(&team.id, &oleg.id, TeamRole::Viewer, now),
+        store.set_membership(&team.id, &olga.id, TeamRole::Viewer, false, now),
+        store.set_membership(&team.id, &oleg.id, TeamRole::Viewer, false, now),
     )
     .await;
     let mut outcomes = [a.unwrap(), b.unwrap()];

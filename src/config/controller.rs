@@ -606,12 +606,7 @@ impl ControllerConfig {
         let mut names = |what: &str, list: Vec<&String>| {
             let mut seen = HashSet::new();
             for (i, name) in list.into_iter().enumerate() {
-                let ok = !name.is_empty()
-                    && name.len() <= 64
-                    && name
-                        .chars()
-                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
-                if !ok {
+                if !crate::controller::auth::is_plain_name(name) {
                     problem(
                         format!("{what}[{i}].name"),
                         "1 to 64 letters, digits, '.', '_' or '-'".into(),
@@ -630,6 +625,16 @@ impl ControllerConfig {
             "templates",
             self.templates.iter().map(|t| &t.name).collect(),
         );
+        let capacity: u64 = self.regions.iter().map(|r| u64::from(r.capacity)).sum();
+        if capacity > u64::from(self.backend.max_appliances) {
+            problem(
+                "regions".into(),
+                format!(
+                    "the regions hold {capacity} appliances, more than backend.max_appliances ({})",
+                    self.backend.max_appliances
+                ),
+            );
+        }
         for (i, f) in self.flavors.iter().enumerate() {
             if f.cpu_nice.is_some_and(|n| n > 19) {
                 problem(format!("flavors[{i}].cpu_nice"), "0 to 19".into());
@@ -691,6 +696,12 @@ impl ControllerConfig {
                 {
                     problem(format!("smtp.{k}"), format!("{}: {e}", p.display()));
                 }
+            }
+            if smtp.username.is_some() && smtp.tls == SmtpTls::None {
+                problem(
+                    "smtp.tls".into(),
+                    "authentication needs \"starttls\" or \"tls\": the password would cross in clear".into(),
+                );
             }
             if smtp.max_attempts == 0 {
                 problem("smtp.max_attempts".into(), "at least 1".into());

@@ -107,6 +107,16 @@ pub fn check_user_name(name: &str) -> Result<&str, BadUserName> {
     }
 }
 
+/// A plain name (of an appliance, a key pair, a cluster, a region, a flavor, a
+/// template): 1 to 64 ASCII letters, digits, `.`, `_` or `-`.
+pub fn is_plain_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+}
+
 /// A random (version 4) UUID.
 pub fn new_id() -> String {
     let mut b: [u8; 16] = random();

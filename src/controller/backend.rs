@@ -219,36 +219,44 @@ impl ProcessBackend {
         (is_ours && !is_zombie(pid)).then_some(pid)
     }
 
-    /// A command that applies the appliance's flavor (recorded in its directory) to
-    /// what it runs: `prlimit` for memory and descriptors, `nice` for CPU; the program
-    /// comes next.
-    fn limited(&self, id: &str) -> Result<Command, BackendError> {
+    /// The wrappers that apply the appliance's flavor (recorded in its directory) to
+    /// what it runs: `prlimit` for memory and descriptors, `nice` for CPU; none for a
+    /// flavor without limits, or an appliance made before flavors were recorded.
+    fn limits(&self, id: &str) -> Result<Vec<String>, BackendError> {
         let path = self.dir(id).join("flavor");
         let name = match fs::read_to_string(&path) {
-            Ok(name) if !name.trim().is_empty() => name.trim().to_string(),
-            Ok(_) => DEFAULT_FLAVOR.to_string(),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => DEFAULT_FLAVOR.to_string(),
+            Ok(name) => name.trim().to_string(),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
             Err(e) => return Err(at(&path)(e).into()),
         };
-        let flavor = self.flavors.iter().find(|f| f.name == name);
-        if flavor.is_none() && !(self.flavors.is_empty() && name == DEFAULT_FLAVOR) {
-            return Err(BackendError::Failed(format!(
-                "the appliance's flavor {name:?} is not configured ([[flavors]])"
-            )));
-        }
-        let mut cmd = Command::new("prlimit");
-        if let Some(f) = flavor {
-            if let Some(mb) = f.memory_mb {
-                cmd.arg(format!("--data={}", u64::from(mb) * 1024 * 1024));
+        let flavor = match self.flavors.iter().find(|f| f.name == name) {
+            Some(f) => f,
+            None if name.is_empty() || name == DEFAULT_FLAVOR => return Ok(Vec::new()),
+            None => {
+                return Err(BackendError::Failed(format!(
+                    "the appliance's flavor {name:?} is not configured ([[flavors]])"
+                )));
             }
-            if let Some(n) = f.open_files {
-                cmd.arg(format!("--nofile={n}"));
-            }
+        };
+        let mut argv = Vec::new();
+        let rlimits: Vec<String> = [
+            flavor
+                .memory_mb
+                .map(|mb| format!("--data={}", u64::from(mb) * 1024 * 1024)),
+            flavor.open_files.map(|n| format!("--nofile={n}")),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        if !rlimits.is_empty() {
+            argv.push("prlimit".to_string());
+            argv.extend(rlimits);
+            argv.push("--".into());
         }
-        cmd.args(["--", "nice", "-n"]);
-        cmd.arg(flavor.and_then(|f| f.cpu_nice).unwrap_or(0).to_string());
-        cmd.arg("--");
-        Ok(cmd)
+        if let Some(n) = flavor.cpu_nice.filter(|n| *n > 0) {
+            argv.extend(["nice".into(), "-n".into(), n.to_string(), "--".into()]);
+        }
+        Ok(argv)
     }
 
     /// Starts the appliance's agent unless it already runs; returns its pid.
@@ -267,16 +275,18 @@ impl ProcessBackend {
         // the agent and, inherited, for its daemons); then an isolated appliance's agent
         // runs as its own user, without groups, keeping only the capability to bind
         // privileged ports (for its daemons).
-        let mut cmd = self.limited(id)?;
-        match self.owner(id) {
-            Some(uid) => {
-                crate::process::args_as(&mut cmd, uid);
-                cmd.arg(&self.binary);
-            }
-            None => {
-                cmd.arg(&self.binary);
-            }
+        let mut argv: Vec<std::ffi::OsString> =
+            self.limits(id)?.into_iter().map(Into::into).collect();
+        if let Some(uid) = self.owner(id) {
+            argv.extend(
+                crate::process::setpriv_argv(uid)
+                    .into_iter()
+                    .map(Into::into),
+            );
         }
+        argv.push(self.binary.clone().into());
+        let mut cmd = Command::new(&argv[0]);
+        cmd.args(&argv[1..]);
         cmd.arg("agent")
             .arg("--config")
             .arg(self.config_path(id))

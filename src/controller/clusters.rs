@@ -49,13 +49,15 @@ pub struct Cluster {
     pub topology: Topology,
     /// The member that takes a write first; set when the first appliance joins.
     pub active_id: Option<String>,
+    /// Being deleted: no appliance joins it any more.
+    pub deleting: bool,
     pub created_by: String,
     pub created_at: i64,
 }
 
 macro_rules! cluster_columns {
     () => {
-        "id, team_id, name, topology, active_id, created_by, created_at"
+        "id, team_id, name, topology, active_id, deleting, created_by, created_at"
     };
 }
 
@@ -71,6 +73,7 @@ impl Cluster {
                 source: format!("unknown topology {topology:?}").into(),
             })?,
             active_id: r.try_get("active_id")?,
+            deleting: r.try_get::<i64, _>("deleting")? != 0,
             created_by: r.try_get("created_by")?,
             created_at: r.try_get("created_at")?,
         })
@@ -88,13 +91,14 @@ impl Store {
         sqlx::query(concat!(
             "INSERT INTO clusters (",
             cluster_columns!(),
-            ") VALUES ($1, $2, $3, $4, $5, $6, $7)"
+            ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
         ))
         .bind(&c.id)
         .bind(&c.team_id)
         .bind(&c.name)
         .bind(c.topology.as_str())
         .bind(&c.active_id)
+        .bind(i64::from(c.deleting))
         .bind(&c.created_by)
         .bind(c.created_at)
         .execute(&mut *tx)
@@ -143,6 +147,19 @@ impl Store {
         .fetch_all(&self.pool)
         .await?;
         decode_all(&rows, Cluster::from_row)
+    }
+
+    /// Marks a cluster as being deleted, under its team's lock (so that no create joins
+    /// it from now on); false when there is no such cluster.
+    pub async fn mark_cluster_deleting(&self, c: &Cluster) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        lock_team(&mut tx, &c.team_id).await?;
+        let done = sqlx::query("UPDATE clusters SET deleting = 1 WHERE id = $1")
+            .bind(&c.id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(done.rows_affected() == 1)
     }
 
     /// Deletes a cluster; false when there was none.

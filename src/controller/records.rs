@@ -349,7 +349,7 @@ pub enum Created {
     Queued { task_id: String, region: String },
     /// No region given has room.
     NoRoom,
-    /// The cluster (of the appliance's team) is gone.
+    /// The cluster (of the appliance's team) is gone or being deleted.
     NoSuchCluster,
     /// The cluster already holds the `size` appliances its topology has.
     ClusterFull { size: i64 },
@@ -431,11 +431,13 @@ impl Store {
         // A cluster holds as many appliances as its topology has places; the first to
         // join is its active member.
         if let Some(cluster) = &a.cluster_id {
-            let row = sqlx::query("SELECT topology FROM clusters WHERE id = $1 AND team_id = $2")
-                .bind(cluster)
-                .bind(&a.team_id)
-                .fetch_optional(&mut *tx)
-                .await?;
+            let row = sqlx::query(
+                "SELECT topology FROM clusters WHERE id = $1 AND team_id = $2 AND deleting = 0",
+            )
+            .bind(cluster)
+            .bind(&a.team_id)
+            .fetch_optional(&mut *tx)
+            .await?;
             let Some(row) = row else {
                 return Ok(Created::NoSuchCluster);
             };
@@ -939,6 +941,16 @@ impl Store {
         .execute(&self.pool)
         .await?;
         Ok(done.rows_affected())
+    }
+
+    /// Replaces what a task keeps of its request (to drop what it no longer needs).
+    pub async fn set_task_request(&self, id: &str, request: &str) -> Result<(), StoreError> {
+        sqlx::query("UPDATE tasks SET request = $1 WHERE id = $2")
+            .bind(request)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
     }
 
     /// Cancels a task that is queued and has never run; false when it is not (any more).

@@ -285,6 +285,10 @@ impl Store {
         value: &str,
         from_row: fn(&AnyRow) -> Result<T, sqlx::Error>,
     ) -> Result<Option<T>, StoreError> {
+        // Nothing is named with a NUL, and PostgreSQL cannot even compare one.
+        if value.contains('\0') {
+            return Ok(None);
+        }
         let row = sqlx::query(query)
             .bind(value)
             .fetch_optional(&self.pool)

@@ -319,13 +319,15 @@ impl Store {
         Ok(true)
     }
 
-    /// Gives `user_id` `role` in a team (adding the membership if needed); refused when
-    /// it would demote the team's last owner.
+    /// Gives `user_id` `role` in a team (adding the membership if `may_add`, else
+    /// [`MembershipChange::NoSuchMember`]); refused when it would demote the team's last
+    /// owner.
     pub async fn set_membership(
         &self,
         team_id: &str,
         user_id: &str,
-        role: super::teams::TeamRole,
+        role: TeamRole,
+        may_add: bool,
         now: i64,
     ) -> Result<MembershipChange, StoreError> {
         let mut tx = self.pool.begin().await?;
@@ -343,6 +345,9 @@ impl Store {
                 .execute(&mut *tx)
                 .await?;
         if updated.rows_affected() == 0 {
+            if !may_add {
+                return Ok(MembershipChange::NoSuchMember);
+            }
             sqlx::query(
                 "INSERT INTO memberships (team_id, user_id, role, created_at) \
                  VALUES ($1, $2, $3, $4)",

@@ -27,7 +27,8 @@ pub struct CreateAccount {
     role: String,
     /// The common name of its client certificate, issued by the CA an `api` listener
     /// trusts (`client_ca`). Without it, the controller issues a certificate from its
-    /// own CA (common name `service-account.NAME`) and returns it, with its key, once.
+    /// own CA (common name `service-account.NAME.RANDOM`) and returns it, with its key,
+    /// once.
     subject: Option<String>,
 }
 

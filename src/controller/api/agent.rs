@@ -14,7 +14,7 @@ use crate::controller::fleet::operations::{AgentMethod, AgentRequest};
 pub const MAX_AGENT_BODY: usize = 1024 * 1024;
 
 /// The id (after `prefix`) and the agent's path (with the query) of a pass-through URI.
-pub fn split(prefix: &str, path_and_query: &str) -> Option<(String, String)> {
+fn split(prefix: &str, path_and_query: &str) -> Option<(String, String)> {
     let rest = path_and_query.strip_prefix(prefix)?;
     let (id, agent_path) = rest.split_once("/agent")?;
     if id.is_empty() || id.contains('/') {
@@ -28,11 +28,42 @@ pub fn split(prefix: &str, path_and_query: &str) -> Option<(String, String)> {
     Some((id.to_string(), agent_path))
 }
 
-pub fn text(headers: &http::HeaderMap, name: header::HeaderName) -> Option<String> {
+fn text(headers: &http::HeaderMap, name: header::HeaderName) -> Option<String> {
     headers
         .get(name)
         .and_then(|v| v.to_str().ok())
         .map(String::from)
+}
+
+/// The request for an agent a pass-through request carries (of an appliance, or of a
+/// cluster's members), and the id after `prefix` in its path.
+pub async fn agent_request(req: Request, prefix: &str) -> Result<(String, AgentRequest), ApiError> {
+    let method = match *req.method() {
+        Method::GET => AgentMethod::Get,
+        Method::PUT => AgentMethod::Put,
+        Method::POST => AgentMethod::Post,
+        Method::DELETE => AgentMethod::Delete,
+        _ => return Err(ApiError::MethodNotAllowed),
+    };
+    let target = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_default();
+    let (id, path) = split(prefix, &target).ok_or(ApiError::NoRoute)?;
+    let (content_type, accept) = (
+        text(req.headers(), header::CONTENT_TYPE),
+        text(req.headers(), header::ACCEPT),
+    );
+    let body = read_body(req, MAX_AGENT_BODY).await?;
+    let request = AgentRequest {
+        method,
+        path,
+        content_type,
+        accept,
+        body,
+    };
+    Ok((id, request))
 }
 
 /// Every method of the pass-through.
@@ -41,37 +72,10 @@ pub async fn forward(
     Caller(me): Caller,
     req: Request,
 ) -> Result<Response, ApiError> {
-    let method = match *req.method() {
-        Method::GET => AgentMethod::Get,
-        Method::PUT => AgentMethod::Put,
-        Method::POST => AgentMethod::Post,
-        Method::DELETE => AgentMethod::Delete,
-        _ => return Err(ApiError::NoRoute),
-    };
-    let target = req
-        .uri()
-        .path_and_query()
-        .map(|p| p.as_str().to_owned())
-        .unwrap_or_default();
-    let (id, path) = split("/v1/appliances/", &target).ok_or(ApiError::NoRoute)?;
-    let (content_type, accept) = (
-        text(req.headers(), header::CONTENT_TYPE),
-        text(req.headers(), header::ACCEPT),
-    );
-    let body = read_body(req, MAX_AGENT_BODY).await?;
+    let (id, request) = agent_request(req, "/v1/appliances/").await?;
     let (a, answer) = s
         .fleet
-        .pass_through(
-            &me,
-            &ApplianceId::from(id),
-            AgentRequest {
-                method,
-                path,
-                content_type,
-                accept,
-                body,
-            },
-        )
+        .pass_through(&me, &ApplianceId::from(id), request)
         .await?;
     let content_type = match answer.content_type.as_deref() {
         Some(t) if t.starts_with("application/json") => "application/json",

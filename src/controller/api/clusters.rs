@@ -3,17 +3,16 @@
 
 use axum::extract::{Request, State};
 use axum::response::Response;
-use http::{Method, header};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::agent::{MAX_AGENT_BODY, split, text};
-use super::extract::{Body, Caller, Id, read_body};
+use super::agent::agent_request;
+use super::extract::{Body, Caller, Id};
 use super::views::{TaskView, accepted, created, ok};
 use super::{ApiError, ApiState};
 use crate::controller::fleet::clusters::ClusterDetail;
 use crate::controller::fleet::ids::ClusterId;
-use crate::controller::fleet::operations::{AgentMethod, AgentRequest, Queued};
+use crate::controller::fleet::operations::Queued;
 
 /// A cluster to create.
 #[derive(Deserialize, ToSchema)]
@@ -152,18 +151,39 @@ pub async fn delete(
     }))
 }
 
-/// The same write to every member's agent (admins): the active member first, the
-/// others only if it took it, as one task whose result lists each member's outcome.
-#[utoipa::path(operation_id = "cluster_agent_write", put, path = "/v1/clusters/{id}/agent/{path}", tag = "clusters",
-    params(("id" = String, Path), ("path" = String, Path, description = "the agent's path")),
-    request_body(content = String, content_type = "text/plain"),
-    responses(
-        (status = 202, description = "Queued: the task (also for POST and DELETE)", body = TaskView),
-        (status = 403, description = "Writes need the admin role"),
-        (status = 404, description = "No such cluster"),
-        (status = 409, description = "The cluster has no appliances"),
-    ))]
-pub async fn write_doc() {}
+// The OpenAPI operations of a cluster write (served by `write`, routed in `mod.rs` with
+// the path as a wildcard): one per method.
+macro_rules! cluster_write_doc {
+    ($name:ident, $op:literal, $method:ident, [$($body:tt)*]) => {
+        /// The same write to every member's agent (admins): the active member first, the
+        /// others only if it took it, as one task whose result lists each member's
+        /// outcome.
+        #[utoipa::path(operation_id = $op, $method, path = "/v1/clusters/{id}/agent/{path}", tag = "clusters",
+            params(("id" = String, Path), ("path" = String, Path, description = "the agent's path")),
+            $($body)*
+            responses(
+                (status = 202, description = "Queued: the task", body = TaskView),
+                (status = 403, description = "Writes need the admin role"),
+                (status = 404, description = "No such cluster"),
+                (status = 409, description = "The cluster has no appliances"),
+            ))]
+        pub async fn $name() {}
+    };
+}
+
+cluster_write_doc!(
+    put_doc,
+    "cluster_agent_put",
+    put,
+    [request_body(content = String, content_type = "text/plain"),]
+);
+cluster_write_doc!(
+    post_doc,
+    "cluster_agent_post",
+    post,
+    [request_body(content = String, content_type = "text/plain"),]
+);
+cluster_write_doc!(delete_doc, "cluster_agent_delete", delete, []);
 
 /// PUT, POST and DELETE on `/v1/clusters/:id/agent/...`.
 pub async fn write(
@@ -171,36 +191,10 @@ pub async fn write(
     Caller(me): Caller,
     req: Request,
 ) -> Result<Response, ApiError> {
-    let method = match *req.method() {
-        Method::PUT => AgentMethod::Put,
-        Method::POST => AgentMethod::Post,
-        Method::DELETE => AgentMethod::Delete,
-        _ => return Err(ApiError::MethodNotAllowed),
-    };
-    let target = req
-        .uri()
-        .path_and_query()
-        .map(|p| p.as_str().to_owned())
-        .unwrap_or_default();
-    let (id, path) = split("/v1/clusters/", &target).ok_or(ApiError::NoRoute)?;
-    let (content_type, accept) = (
-        text(req.headers(), header::CONTENT_TYPE),
-        text(req.headers(), header::ACCEPT),
-    );
-    let body = read_body(req, MAX_AGENT_BODY).await?;
+    let (id, request) = agent_request(req, "/v1/clusters/").await?;
     let task = s
         .fleet
-        .cluster_write(
-            &me,
-            &ClusterId::from(id),
-            AgentRequest {
-                method,
-                path,
-                content_type,
-                accept,
-                body,
-            },
-        )
+        .cluster_write(&me, &ClusterId::from(id), request)
         .await?;
     Ok(accepted(Queued {
         task,

@@ -72,7 +72,7 @@ pub struct ApiState {
             Errors are RFC 9457 problem documents with a stable `type`.",
         license(name = "Apache-2.0", identifier = "Apache-2.0"),
     ),
-    paths(agent::get_doc, agent::put_doc, agent::post_doc, agent::delete_doc, clusters::write_doc),
+    paths(agent::get_doc, agent::put_doc, agent::post_doc, agent::delete_doc, clusters::put_doc, clusters::post_doc, clusters::delete_doc),
     components(schemas(views::Problem)),
     modifiers(&Conventions),
     security(("bearer" = []), ("client_certificate" = [])),

@@ -20,9 +20,11 @@ pub struct NewAccount {
     pub subject: Option<String>,
 }
 
-/// The common name of a certificate the controller issues to an account.
+/// The common name of a certificate the controller issues to an account: its name and
+/// a random part, so that an account made again under the same name is not the old
+/// certificate's (wherever a CRL does not reach).
 pub fn issued_subject(name: &str) -> String {
-    format!("service-account.{name}")
+    format!("service-account.{name}.{}", &auth::new_id()[..8])
 }
 
 /// A subject an account may be mapped to: printable, at most 128 characters, and none
@@ -104,7 +106,8 @@ impl Fleet {
         Ok((account, issued))
     }
 
-    async fn revoke_serial(&self, serial: String) -> Result<(), FleetError> {
+    /// Revokes a certificate the CA issued; the listeners that check the CRL reload it.
+    pub(super) async fn revoke_serial(&self, serial: String) -> Result<(), FleetError> {
         let ca = self.ca.clone();
         blocking(move || {
             ca.revoke(&serial)
@@ -170,6 +173,7 @@ impl Fleet {
             id: account.id.clone(),
             name: format!("service-account:{}", account.name),
             admin: false,
+            account: true,
             teams: vec![Membership {
                 team_id: team.id,
                 team_name: team.name,

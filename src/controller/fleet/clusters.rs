@@ -13,8 +13,8 @@ use crate::controller::auth;
 use crate::controller::clusters::{Cluster, Topology};
 use crate::controller::teams::TeamRole;
 
-/// A cluster with its members (appliances not deleted, oldest first) and which of them
-/// is active.
+/// A cluster with its members (appliances not deleted, the active one first) and which
+/// of them is active.
 pub struct ClusterDetail {
     pub cluster: Cluster,
     pub members: Vec<Appliance>,
@@ -52,21 +52,31 @@ fn parse_method(s: &str) -> Option<AgentMethod> {
 
 impl Fleet {
     async fn detail(&self, cluster: Cluster) -> Result<ClusterDetail, FleetError> {
-        let members: Vec<Appliance> = self
-            .store
-            .appliances(false)
-            .await?
-            .into_iter()
+        let appliances = self.store.appliances(false).await?;
+        Ok(with_members(cluster, &appliances))
+    }
+}
+
+/// A cluster with its members among `appliances`.
+fn with_members(cluster: Cluster, appliances: &[Appliance]) -> ClusterDetail {
+    {
+        let mut members: Vec<Appliance> = appliances
+            .iter()
             .filter(|a| a.cluster_id.as_deref() == Some(cluster.id.as_str()))
+            .cloned()
             .collect();
         let active = active_of(&cluster, &members);
-        Ok(ClusterDetail {
+        // The active member first, then the others, oldest first.
+        members.sort_by_key(|a| Some(&a.id) != active.as_ref());
+        ClusterDetail {
             cluster,
             members,
             active,
-        })
+        }
     }
+}
 
+impl Fleet {
     /// Creates a cluster for a team (its members and owners).
     pub async fn create_cluster(
         &self,
@@ -75,16 +85,7 @@ impl Fleet {
         name: &str,
         topology: &str,
     ) -> Result<ClusterDetail, FleetError> {
-        let ok = !name.is_empty()
-            && name.len() <= 64
-            && name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
-        if !ok {
-            return Err(FleetError::Invalid(format!(
-                "name {name:?}: 1 to 64 letters, digits, '.', '_' or '-'"
-            )));
-        }
+        operations::check_name(name)?;
         let topology = Topology::parse(topology).ok_or_else(|| {
             FleetError::Invalid(format!("topology {topology:?}: SINGLE or ACTIVE_STANDBY"))
         })?;
@@ -95,6 +96,7 @@ impl Fleet {
             name: name.to_string(),
             topology,
             active_id: None,
+            deleting: false,
             created_by: caller.id.clone(),
             created_at: self.clock.now(),
         };
@@ -106,13 +108,15 @@ impl Fleet {
 
     /// The clusters of the caller's teams (admins: all).
     pub async fn clusters(&self, caller: &Principal) -> Result<Vec<ClusterDetail>, FleetError> {
-        let mut out = Vec::new();
-        for c in self.store.clusters().await? {
-            if caller.sees(&c.team_id) {
-                out.push(self.detail(c).await?);
-            }
-        }
-        Ok(out)
+        let appliances = self.store.appliances(false).await?;
+        Ok(self
+            .store
+            .clusters()
+            .await?
+            .into_iter()
+            .filter(|c| caller.sees(&c.team_id))
+            .map(|c| with_members(c, &appliances))
+            .collect())
     }
 
     pub async fn cluster(
@@ -171,8 +175,9 @@ impl Fleet {
             .ok_or_else(|| FleetError::Internal(format!("task {id} vanished")))
     }
 
-    /// Deletes a cluster (its team's members and owners): a task destroys its
-    /// appliances, then the cluster.
+    /// Deletes a cluster (its team's members and owners): from now on no appliance
+    /// joins it, and a task queues the destroy of each of its appliances, then removes
+    /// it.
     pub async fn delete_cluster(
         &self,
         caller: &Principal,
@@ -180,6 +185,9 @@ impl Fleet {
     ) -> Result<Task, FleetError> {
         let detail = self.cluster(caller, id).await?;
         caller.needs(&detail.cluster.team_id, TeamRole::Member, "delete clusters")?;
+        if !self.store.mark_cluster_deleting(&detail.cluster).await? {
+            return Err(FleetError::NoSuchCluster);
+        }
         self.queue_cluster_task(caller, TaskKind::ClusterDestroy, &detail.cluster, json!({}))
             .await
     }
@@ -233,8 +241,12 @@ impl Fleet {
             .as_str()
             .and_then(parse_method)
             .ok_or_else(|| FleetError::Internal("a cluster write without a method".into()))?;
+        // Dropped once the write ran: a write that lost it is not sent empty.
+        let body = request["body"].as_str().ok_or_else(|| {
+            FleetError::Conflict("this write ran already; its body is not kept: write again".into())
+        })?;
         let body = base64::engine::general_purpose::STANDARD
-            .decode(request["body"].as_str().unwrap_or_default())
+            .decode(body)
             .map_err(|e| FleetError::Internal(e.to_string()))?;
         let actor = request["actor"].as_str().unwrap_or("-").to_string();
         let make = || AgentRequest {
@@ -311,19 +323,36 @@ impl Fleet {
         }
     }
 
-    /// A cluster's destroy: each member destroyed, then the cluster.
-    pub(super) async fn run_cluster_destroy(&self, request: &Value) -> Result<Value, FleetError> {
+    /// A cluster's destroy: each member's destroy queued as its own task (as a
+    /// `DELETE` of it would be: one operation per appliance at a time), then the cluster
+    /// removed. A member still busy with another operation fails the task (409), the
+    /// cluster staying closed to new members; deleting it again finishes the work.
+    pub(super) async fn run_cluster_destroy(
+        &self,
+        task: &Task,
+        request: &Value,
+    ) -> Result<Value, FleetError> {
         let cluster_id = request["cluster_id"].as_str().unwrap_or_default();
         let Some(cluster) = self.store.cluster(cluster_id).await? else {
-            return Ok(json!({"cluster_id": cluster_id, "destroyed": []}));
+            return Ok(json!({"cluster_id": cluster_id, "destroy_tasks": []}));
         };
         let detail = self.detail(cluster).await?;
-        let mut destroyed = Vec::new();
+        let mut queued = Vec::new();
         for a in &detail.members {
-            self.destroy(&a.id).await?;
-            destroyed.push(a.id.clone());
+            if lifecycle::next(a.state, Event::Destroy).is_none() {
+                continue;
+            }
+            let id = self
+                .queue(
+                    TaskKind::Destroy,
+                    Some(&a.id),
+                    &task.owner_id,
+                    json!({"action": "destroy", "cluster_id": cluster_id}),
+                )
+                .await?;
+            queued.push(id);
         }
         self.store.delete_cluster(cluster_id).await?;
-        Ok(json!({"cluster_id": cluster_id, "destroyed": destroyed}))
+        Ok(json!({"cluster_id": cluster_id, "destroy_tasks": queued}))
     }
 }

@@ -18,22 +18,6 @@ pub struct NewKeypair {
     pub public_key: Option<String>,
 }
 
-/// A key pair's name: 1 to 64 letters, digits, `.`, `_` or `-`.
-fn check_keypair_name(name: &str) -> Result<(), FleetError> {
-    let ok = !name.is_empty()
-        && name.len() <= 64
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
-    if ok {
-        Ok(())
-    } else {
-        Err(FleetError::Invalid(format!(
-            "name {name:?}: 1 to 64 letters, digits, '.', '_' or '-'"
-        )))
-    }
-}
-
 impl Fleet {
     /// Makes a key pair for a team (its members and owners, admins): the private key
     /// comes back only when the controller generated it.
@@ -42,10 +26,29 @@ impl Fleet {
         caller: &Principal,
         new: NewKeypair,
     ) -> Result<(Keypair, Option<zeroize::Zeroizing<String>>), FleetError> {
-        check_keypair_name(&new.name)?;
+        operations::check_name(&new.name)?;
         let team = self
             .team_for(caller, new.team.as_deref(), "make key pairs")
             .await?;
+        // Over the quota already: refused before any key is generated (the insert checks
+        // again, under the team's lock).
+        if let Some(limit) = team.quotas.max_keypairs {
+            let used = self
+                .store
+                .keypairs()
+                .await?
+                .iter()
+                .filter(|k| k.team_id == team.id)
+                .count();
+            let used = i64::try_from(used).unwrap_or(i64::MAX);
+            if used >= limit {
+                return Err(FleetError::QuotaExceeded {
+                    quota: "max_keypairs",
+                    limit,
+                    used,
+                });
+            }
+        }
         let (public, private) = match (new.public_key, new.kind.as_deref()) {
             (Some(_), Some(_)) => {
                 return Err(FleetError::Invalid(

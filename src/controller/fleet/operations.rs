@@ -98,13 +98,9 @@ fn invalid(msg: impl Into<String>) -> FleetError {
     FleetError::Invalid(msg.into())
 }
 
-fn check_appliance_name(name: &str) -> Result<(), FleetError> {
-    let ok = !name.is_empty()
-        && name.len() <= 64
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
-    if ok {
+/// The name of something the fleet keeps (an appliance, a key pair, a cluster).
+pub(super) fn check_name(name: &str) -> Result<(), FleetError> {
+    if auth::is_plain_name(name) {
         Ok(())
     } else {
         Err(invalid(format!(
@@ -202,7 +198,7 @@ impl Fleet {
         mut body: CreateRequest,
     ) -> Result<Queued, FleetError> {
         let now = self.clock.now();
-        check_appliance_name(&body.name)?;
+        check_name(&body.name)?;
         let (min, max) = self.ttl_range();
         let ttl = body
             .ttl_minutes
@@ -234,18 +230,6 @@ impl Fleet {
             .team_for(caller, body.team.as_deref(), "create appliances")
             .await?;
         body.team = Some(team.id.clone());
-        // Minutes are used by appliances that run, not by creating one: checked here,
-        // against this month's use so far.
-        if let Some(limit) = team.quotas.max_appliance_minutes {
-            let used = self.minutes_this_month(&team.id).await?;
-            if used >= limit {
-                return Err(FleetError::QuotaExceeded {
-                    quota: "max_appliance_minutes",
-                    limit,
-                    used,
-                });
-            }
-        }
         let keypair = match &body.keypair {
             Some(k) => Some(self.keypair_for_create(&team.id, k).await?),
             None => None,
@@ -275,6 +259,17 @@ impl Fleet {
         }
         let canonical = serde_json::to_string(&body).unwrap_or_default();
         let hash = auth::token_hash(&format!("{}\n{canonical}", caller.id));
+        // The same request again (a retry) gets its task back, whatever the quotas and
+        // places say now.
+        if let Some(external) = &body.external_id
+            && let Some(existing) = self
+                .store
+                .appliance_by_external_id(&team.id, external)
+                .await?
+        {
+            return self.same_request(existing, &hash, external).await;
+        }
+        self.check_minutes(&team).await?;
         let appliance = Appliance {
             id: auth::new_id(),
             name: body.name.clone(),
@@ -326,7 +321,9 @@ impl Fleet {
                 used,
             }),
             Ok(Created::NoSuchTeam) => Err(FleetError::NoSuchTeam),
-            Ok(Created::NoSuchCluster) => Err(FleetError::NoSuchCluster),
+            Ok(Created::NoSuchCluster) => Err(FleetError::Conflict(
+                "the cluster is being deleted: no appliance joins it".into(),
+            )),
             Ok(Created::ClusterFull { size }) => Err(FleetError::Conflict(format!(
                 "the cluster already has the {size} appliance(s) its topology holds"
             ))),
@@ -345,7 +342,7 @@ impl Fleet {
                 })
             }
             Err(StoreError::Conflict(_)) => {
-                // The idempotency key: the same request again gets the same task.
+                // The same key was taken meanwhile: the same request gets its task.
                 let external = body.external_id.as_deref().unwrap_or_default();
                 let existing = self
                     .store
@@ -354,23 +351,34 @@ impl Fleet {
                     .ok_or_else(|| {
                         FleetError::Internal("external_id conflict without a row".into())
                     })?;
-                if existing.request_hash != hash {
-                    return Err(FleetError::Conflict(format!(
-                        "external_id {external:?} was used with another request"
-                    )));
-                }
-                let task = self
-                    .store
-                    .create_task_of(&existing.id)
-                    .await?
-                    .ok_or_else(|| FleetError::Internal("appliance without create task".into()))?;
-                Ok(Queued {
-                    task,
-                    appliance: Some(existing),
-                })
+                self.same_request(existing, &hash, external).await
             }
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// The idempotency key: the same request again gets the same task; another request
+    /// with the key is a conflict.
+    async fn same_request(
+        &self,
+        existing: Appliance,
+        hash: &str,
+        external: &str,
+    ) -> Result<Queued, FleetError> {
+        if existing.request_hash != hash {
+            return Err(FleetError::Conflict(format!(
+                "external_id {external:?} was used with another request"
+            )));
+        }
+        let task = self
+            .store
+            .create_task_of(&existing.id)
+            .await?
+            .ok_or_else(|| FleetError::Internal("appliance without create task".into()))?;
+        Ok(Queued {
+            task,
+            appliance: Some(existing),
+        })
     }
 
     async fn queued_task(&self, id: &str) -> Result<Task, FleetError> {
@@ -407,6 +415,12 @@ impl Fleet {
                 "action {action:?}: start (or on), stop (or off), suspend, resume, extend, destroy or rotate-certificate"
             ))
         })?;
+        // What makes an appliance run (longer) needs minutes left this month.
+        if matches!(event, Event::Start | Event::Resume | Event::Extend)
+            && let Some(team) = self.store.team(&a.team_id).await?
+        {
+            self.check_minutes(&team).await?;
+        }
         // The moves and tasks this causes are recorded as the user's.
         let actor = Some(caller.name.clone());
         if event == Event::Extend {
@@ -625,6 +639,11 @@ impl Fleet {
     /// cancelled create leaves its appliance failed, with nothing made.
     pub async fn cancel_task(&self, caller: &Principal, id: &TaskId) -> Result<Task, FleetError> {
         let task = self.task(caller, id).await?;
+        if !caller.admin && task.owner_id != caller.id {
+            return Err(FleetError::Forbidden(
+                "only the task's creator or an admin cancels it".into(),
+            ));
+        }
         let not_now = |why: &str| {
             FleetError::Conflict(format!(
                 "task {} ({}) cannot be cancelled: {why}",

@@ -178,13 +178,7 @@ impl Fleet {
             return self.view(id).await;
         }
         if let Some(serial) = a.cert_serial.clone() {
-            let ca = self.ca.clone();
-            blocking(move || {
-                ca.revoke(&serial)
-                    .map_err(|e| FleetError::Internal(format!("the CA cannot revoke: {e}")))
-            })
-            .await?;
-            (self.on_revoke)();
+            self.revoke_serial(serial).await?;
         }
         let machine = ApplianceId::from(id.to_string());
         on_backend(&self.backend, move |b| b.delete(&machine)).await?;

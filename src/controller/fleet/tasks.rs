@@ -157,8 +157,21 @@ impl Fleet {
                     Ok(self.ping_many(&targets, check).await)
                 }
             }
-            TaskKind::ClusterWrite => self.run_cluster_write(&request).await,
-            TaskKind::ClusterDestroy => self.run_cluster_destroy(&request).await,
+            TaskKind::ClusterWrite => {
+                let outcome = self.run_cluster_write(&request).await;
+                // The body written (a configuration, a certificate's key) is not kept.
+                let mut kept = request.clone();
+                kept["body"] = Value::Null;
+                if let Err(e) = self
+                    .store
+                    .set_task_request(&task.id, &kept.to_string())
+                    .await
+                {
+                    tracing::error!(task = %task.id, error = %e, "cannot drop a cluster write's body");
+                }
+                outcome
+            }
+            TaskKind::ClusterDestroy => self.run_cluster_destroy(task, &request).await,
         }
     }
 

@@ -19,6 +19,8 @@ pub struct Principal {
     /// The user's name (what events and logs record as the actor).
     pub name: String,
     pub admin: bool,
+    /// A service account (not a user): it acts for its one team only.
+    pub account: bool,
     pub teams: Vec<Membership>,
 }
 
@@ -29,6 +31,7 @@ impl Principal {
             id: user.id.clone(),
             name: user.name.clone(),
             admin: user.role == Role::Admin,
+            account: false,
             teams,
         }
     }
@@ -154,6 +157,11 @@ impl Fleet {
         caller: &Principal,
         name: &str,
     ) -> Result<TeamDetail, FleetError> {
+        if caller.account {
+            return Err(FleetError::Forbidden(
+                "a service account acts for its one team; it creates none".into(),
+            ));
+        }
         if !caller.admin && !self.config.teams.members_may_create {
             return Err(FleetError::Forbidden(
                 "only admins create teams here (teams.members_may_create is off)".into(),
@@ -221,13 +229,36 @@ impl Fleet {
         let role = TeamRole::parse(role).ok_or_else(|| {
             FleetError::Invalid(format!("role {role:?}: owner, member or viewer"))
         })?;
-        let user = self.user_by_ref(user).await?;
+        // Owners change the roles of the team's members; only admins add users, so
+        // that nobody is made a member (or an owner) of a team without an admin, and
+        // an owner learns nothing of users outside its team.
+        let user_id = if caller.admin {
+            self.user_by_ref(user).await?.id
+        } else {
+            self.member_by_ref(&t, user).await?.ok_or_else(|| {
+                FleetError::Forbidden(
+                    "an owner changes the roles of the team's members; only admins add users to a team"
+                        .into(),
+                )
+            })?
+        };
         let change = self
             .store
-            .set_membership(&t.id, &user.id, role, self.clock.now())
+            .set_membership(&t.id, &user_id, role, caller.admin, self.clock.now())
             .await?;
         self.membership_changed(change, &t)?;
         self.team(caller, &TeamRef::from(t.id)).await
+    }
+
+    /// A member of a team by user id or name, if it is one.
+    async fn member_by_ref(&self, t: &Team, user: &str) -> Result<Option<String>, FleetError> {
+        Ok(self
+            .store
+            .members(&t.id)
+            .await?
+            .into_iter()
+            .find(|m| m.user_id == user || m.user_name == user)
+            .map(|m| m.user_id))
     }
 
     /// Removes a user from a team: its owners and admins may remove anyone, anyone may
@@ -239,11 +270,20 @@ impl Fleet {
         user: &str,
     ) -> Result<(), FleetError> {
         let t = self.visible_team(caller, team).await?;
-        let user = self.user_by_ref(user).await?;
-        if user.id != caller.id {
+        // Anyone may leave; removing someone else needs the owner role, checked before
+        // the user is looked up (a viewer learns nothing of who exists).
+        let leaving = user == caller.id || user == caller.name;
+        if !leaving {
             caller.needs(&t.id, TeamRole::Owner, "manage members")?;
         }
-        let change = self.store.remove_membership(&t.id, &user.id).await?;
+        let user_id = if leaving {
+            caller.id.clone()
+        } else {
+            self.member_by_ref(&t, user)
+                .await?
+                .ok_or(FleetError::NoSuchUser)?
+        };
+        let change = self.store.remove_membership(&t.id, &user_id).await?;
         self.membership_changed(change, &t)
     }
 
@@ -325,27 +365,30 @@ impl Fleet {
                 .visible_team(caller, &TeamRef::from(t.to_string()))
                 .await
                 .map_err(|_| FleetError::Invalid(format!("team {t:?}: no such team of yours")))?,
-            None => match caller.teams.as_slice() {
-                [only] => self
-                    .store
-                    .team(&only.team_id)
-                    .await?
-                    .ok_or(FleetError::NoSuchTeam)?,
-                [] => {
-                    return Err(FleetError::Invalid(
-                        "team: you belong to no team; name one".into(),
-                    ));
-                }
-                several => {
-                    let names: Vec<&str> = several.iter().map(|m| m.team_name.as_str()).collect();
-                    return Err(FleetError::Invalid(format!(
-                        "team: you belong to several teams; name one of {}",
-                        names.join(", ")
-                    )));
-                }
-            },
+            None => self.only_team(caller).await?,
         };
         caller.needs(&team.id, TeamRole::Member, what)?;
         Ok(team)
+    }
+
+    /// The caller's team, for a request that names none: its only one.
+    pub(super) async fn only_team(&self, caller: &Principal) -> Result<Team, FleetError> {
+        match caller.teams.as_slice() {
+            [only] => self
+                .store
+                .team(&only.team_id)
+                .await?
+                .ok_or(FleetError::NoSuchTeam),
+            [] => Err(FleetError::Invalid(
+                "team: you belong to no team; name one".into(),
+            )),
+            several => {
+                let names: Vec<&str> = several.iter().map(|m| m.team_name.as_str()).collect();
+                Err(FleetError::Invalid(format!(
+                    "team: you belong to several teams; name one of {}",
+                    names.join(", ")
+                )))
+            }
+        }
     }
 }

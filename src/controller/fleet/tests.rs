@@ -699,6 +699,14 @@ async fn the_security_model_rule_by_rule() {
         .err()
         .unwrap();
     assert_eq!(kind(&e), (403, "forbidden"));
+    // An owner changes its members' roles; only admins add users to a team.
+    let e = s
+        .fleet
+        .set_member(&owner, &blue_ref, "otto", "viewer")
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(kind(&e), (403, "forbidden"));
     let e = s
         .fleet
         .rename_team(&member, &blue_ref, "navy")
@@ -1148,6 +1156,13 @@ async fn usage_and_invoices_from_a_scripted_lifecycle_across_a_month_and_a_resta
         e.extensions().unwrap(),
         json!({"quota": "max_appliance_minutes", "limit": 25, "used": 25})
     );
+    // Nor does it extend what it has.
+    let e = again
+        .act(&s.user, &machine, "extend", Some(5))
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(kind(&e), (403, "quota-exceeded"));
 }
 
 #[tokio::test]
@@ -1197,6 +1212,7 @@ async fn launched_expiring_and_stopped_are_mailed_and_retried_without_holding_up
     // (`spawned`, `expired`, `stop`) are not.
     s.clock.advance(5 * 60 + 1);
     s.fleet.timers_once().await.unwrap();
+    s.fleet.webhooks_once().await;
     s.clock.advance(5 * 60);
     s.fleet.timers_once().await.unwrap();
     assert_eq!(s.run_tasks().await, 1);
@@ -1390,7 +1406,16 @@ async fn a_cluster_takes_a_write_active_first_and_is_destroyed_with_its_applianc
     let e = s.fleet.delete_cluster(&outsider, &cid).await.err().unwrap();
     assert_eq!(kind(&e), (404, "not-found"));
     s.fleet.delete_cluster(&s.user, &cid).await.unwrap();
-    assert_eq!(s.run_tasks().await, 1);
+    // From now on no appliance joins it.
+    let e = s
+        .fleet
+        .create(&s.user, join("late", "pair"))
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(kind(&e), (409, "conflict"));
+    // The cluster's task, then the destroy task it queued for each member.
+    assert_eq!(s.run_tasks().await, 3);
     for id in &ids {
         assert_eq!(s.state(id).await, State::Deleted);
     }

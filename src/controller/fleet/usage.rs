@@ -185,11 +185,26 @@ impl Fleet {
         Ok(usage::usage(&billed, from, to, self.clock.now()))
     }
 
-    /// A team's appliance-minutes this calendar month (for its quota).
-    pub(super) async fn minutes_this_month(&self, team_id: &str) -> Result<i64, FleetError> {
+    /// Refused when the team has used its appliance-minutes this calendar month
+    /// (creating, starting, resuming or extending an appliance would use more).
+    pub(super) async fn check_minutes(&self, team: &Team) -> Result<(), FleetError> {
+        let Some(limit) = team.quotas.max_appliance_minutes else {
+            return Ok(());
+        };
         let from = month_start(self.clock.now());
-        let used = self.minutes(Some(team_id), from, self.minute_end()).await?;
-        Ok(used.values().sum())
+        let used: i64 = self
+            .minutes(Some(&team.id), from, self.minute_end())
+            .await?
+            .values()
+            .sum();
+        if used >= limit {
+            return Err(FleetError::QuotaExceeded {
+                quota: "max_appliance_minutes",
+                limit,
+                used,
+            });
+        }
+        Ok(())
     }
 
     /// Usage over `[from, to)` (whole minutes; default: this month so far) of one team
@@ -222,9 +237,18 @@ impl Fleet {
             ),
             None => None,
         };
-        let used = self
-            .minutes(team.as_ref().map(|t| t.id.as_str()), from, to)
-            .await?;
+        let used = match (&team, caller.admin) {
+            (Some(t), _) => self.minutes(Some(&t.id), from, to).await?,
+            (None, true) => self.minutes(None, from, to).await?,
+            // Only what the caller's teams used is read.
+            (None, false) => {
+                let mut all = BTreeMap::new();
+                for m in &caller.teams {
+                    all.extend(self.minutes(Some(&m.team_id), from, to).await?);
+                }
+                all
+            }
+        };
         let names: BTreeMap<String, String> = self
             .store
             .teams()
@@ -262,18 +286,7 @@ impl Fleet {
                 self.visible_team(caller, &TeamRef::from(t.to_string()))
                     .await?
             }
-            None => match caller.teams.as_slice() {
-                [only] => self
-                    .store
-                    .team(&only.team_id)
-                    .await?
-                    .ok_or(FleetError::NoSuchTeam)?,
-                _ => {
-                    return Err(FleetError::Invalid(
-                        "team: name the team whose invoices to list".into(),
-                    ));
-                }
-            },
+            None => self.only_team(caller).await?,
         };
         caller.needs(&team.id, TeamRole::Owner, "read invoices")?;
         Ok(team)
