@@ -755,12 +755,31 @@ async fn scenario(db_url: &str, net: u8) {
     assert_eq!(done["state"], "succeeded", "{done}");
     let r = c.call(&mike, "DELETE", "/v1/teams/blue", "").await;
     problem(&r, 403, "forbidden", "a member deleting the team");
+    // Before the team goes, its draft is what its invoice will say.
+    let r = c.call(&olga, "GET", "/v1/invoices?team=blue", "").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let draft = r.json()["items"][0].clone();
+    assert_eq!(draft["status"], "draft");
     let r = c.call(&olga, "DELETE", "/v1/teams/blue", "").await;
     assert_eq!(r.status, 204, "{}", r.body);
     let r = c
         .call(&root, "GET", &format!("/v1/teams/{blue_id}"), "")
         .await;
     problem(&r, 404, "not-found", "a deleted team");
+    // Its invoice was issued as it went, and stays for admins.
+    let path = format!("/v1/invoices/{}", draft["id"].as_str().unwrap());
+    let r = c.call(&root, "GET", &path, "").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let issued = r.json();
+    assert_eq!(issued["status"], "issued");
+    assert_eq!(issued["lines"], draft["lines"]);
+    let r = c.call(&olga, "GET", &path, "").await;
+    problem(
+        &r,
+        404,
+        "not-found",
+        "a deleted team's invoice, for its former owner",
+    );
 }
 
 #[tokio::test]

@@ -198,9 +198,20 @@ impl Fleet {
     }
 
     /// Deletes a team (its owners, admins), refused while it owns live appliances.
+    /// Its usage is invoiced first: every month's invoice is issued (this month's too:
+    /// with no appliance left, its usage is final) and kept, for admins to read.
     pub async fn delete_team(&self, caller: &Principal, team: &TeamRef) -> Result<(), FleetError> {
         let t = self.visible_team(caller, team).await?;
         caller.needs(&t.id, TeamRole::Owner, "delete the team")?;
+        if self
+            .store
+            .appliances(false)
+            .await?
+            .iter()
+            .all(|a| a.team_id != t.id)
+        {
+            self.issue_invoices(&t).await?;
+        }
         match self.store.delete_team(&t.id).await? {
             TeamDeletion::Done => Ok(()),
             TeamDeletion::NoSuchTeam => Err(FleetError::NoSuchTeam),

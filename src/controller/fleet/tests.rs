@@ -1427,3 +1427,35 @@ async fn a_cluster_takes_a_write_active_first_and_is_destroyed_with_its_applianc
         "the single one"
     );
 }
+
+#[tokio::test]
+async fn a_deleted_team_has_its_invoices_issued_and_kept() {
+    use super::usage::{InvoiceStatus, month_start, next_month};
+    use crate::controller::fleet::ids::{ApplianceId, TeamRef};
+    let s = setup().await;
+    let admin = someone(&s, "root", Role::Admin).await;
+    let team = TeamRef::from(s.user.teams[0].team_id.clone());
+    let m1 = next_month(month_start(s.clock.now()));
+    s.clock.0.store(m1 + 3600, Ordering::SeqCst);
+    let id = s.create("lb", None).await;
+    assert_eq!(s.report(&id, CallbackEvent::Launched).await, State::Active);
+    s.clock.advance(600);
+    s.fleet
+        .delete(&s.user, &ApplianceId::from(id.clone()))
+        .await
+        .unwrap();
+    assert_eq!(s.run_tasks().await, 1);
+    // The team goes with its appliances: this month's invoice is issued at once (its
+    // usage is final) and stays, for admins.
+    s.fleet.delete_team(&s.user, &team).await.unwrap();
+    let id = format!(
+        "inv-{}-{}",
+        &crate::certs::format_unix(m1)[..7],
+        team.as_str()
+    );
+    let kept = s.fleet.invoice(&admin, &id).await.unwrap();
+    assert_eq!(kept.status, InvoiceStatus::Issued);
+    assert_eq!(kept.total, 10 * 3 + 10, "ten minutes at 3 + 1");
+    let e = s.fleet.invoice(&s.user, &id).await.err().unwrap();
+    assert_eq!(kind(&e), (404, "not-found"));
+}

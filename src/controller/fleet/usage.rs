@@ -185,18 +185,20 @@ impl Fleet {
         Ok(usage::usage(&billed, from, to, self.clock.now()))
     }
 
+    /// A team's appliance-minutes this calendar month so far.
+    pub(super) async fn minutes_this_month(&self, team_id: &str) -> Result<i64, FleetError> {
+        let from = month_start(self.clock.now());
+        let used = self.minutes(Some(team_id), from, self.minute_end()).await?;
+        Ok(used.values().sum())
+    }
+
     /// Refused when the team has used its appliance-minutes this calendar month
     /// (creating, starting, resuming or extending an appliance would use more).
     pub(super) async fn check_minutes(&self, team: &Team) -> Result<(), FleetError> {
         let Some(limit) = team.quotas.max_appliance_minutes else {
             return Ok(());
         };
-        let from = month_start(self.clock.now());
-        let used: i64 = self
-            .minutes(Some(&team.id), from, self.minute_end())
-            .await?
-            .values()
-            .sum();
+        let used = self.minutes_this_month(&team.id).await?;
         if used >= limit {
             return Err(FleetError::QuotaExceeded {
                 quota: "max_appliance_minutes",
@@ -293,12 +295,17 @@ impl Fleet {
     }
 
     /// The invoice of a team for the month starting at `start`: issued (kept, or issued
-    /// now) when the month is over, else the draft.
-    async fn invoice_of(&self, team: &Team, start: i64) -> Result<Invoice, FleetError> {
+    /// now) when the month is over or `final_now`, else the draft.
+    async fn invoice_of(
+        &self,
+        team: &Team,
+        start: i64,
+        final_now: bool,
+    ) -> Result<Invoice, FleetError> {
         let end = next_month(start);
         let month = month_name(start);
         let id = invoice_id(&month, &team.id);
-        let issued = end <= self.clock.now();
+        let issued = final_now || end <= self.clock.now();
         if issued && let Some(kept) = self.store.invoice(&team.id, &month).await? {
             return self.stored(team, kept, start, end);
         }
@@ -358,6 +365,20 @@ impl Fleet {
         })
     }
 
+    /// Issues every invoice of a team that has no appliance left, this month's too (its
+    /// usage is final): before the team is deleted.
+    pub(super) async fn issue_invoices(&self, team: &Team) -> Result<(), FleetError> {
+        let current = month_start(self.clock.now());
+        if let Some(first) = self.store.first_appliance_at(&team.id).await? {
+            let mut m = month_start(first.min(current));
+            while m <= current {
+                self.invoice_of(team, m, true).await?;
+                m = next_month(m);
+            }
+        }
+        Ok(())
+    }
+
     /// A team's invoices, newest first (this month's draft, then every month back to
     /// its first appliance's), a page of them, and how many there are.
     pub async fn invoices(
@@ -392,7 +413,7 @@ impl Fleet {
         let total = months.len();
         let mut page = Vec::new();
         for start in months.into_iter().skip(offset).take(limit) {
-            page.push(self.invoice_of(&team, start).await?);
+            page.push(self.invoice_of(&team, start, false).await?);
         }
         Ok((page, total))
     }
@@ -400,15 +421,33 @@ impl Fleet {
     /// One invoice by id.
     pub async fn invoice(&self, caller: &Principal, id: &str) -> Result<Invoice, FleetError> {
         let (start, team_id) = parse_invoice_id(id).ok_or(FleetError::NoSuchInvoice)?;
-        let team = self
+        let team = match self
             .visible_team(caller, &TeamRef::from(team_id.to_string()))
             .await
-            .map_err(|_| FleetError::NoSuchInvoice)?;
+        {
+            Ok(team) => team,
+            // A deleted team's invoices stay, for admins.
+            Err(_) if caller.admin => {
+                let kept = self
+                    .store
+                    .invoice(team_id, &month_name(start))
+                    .await?
+                    .ok_or(FleetError::NoSuchInvoice)?;
+                let gone = Team {
+                    id: team_id.to_string(),
+                    name: format!("(deleted team {team_id})"),
+                    created_at: 0,
+                    quotas: Default::default(),
+                };
+                return self.stored(&gone, kept, start, next_month(start));
+            }
+            Err(_) => return Err(FleetError::NoSuchInvoice),
+        };
         if team.id != team_id || start > self.clock.now() {
             return Err(FleetError::NoSuchInvoice);
         }
         caller.needs(&team.id, TeamRole::Owner, "read invoices")?;
-        self.invoice_of(&team, start).await
+        self.invoice_of(&team, start, false).await
     }
 }
 
