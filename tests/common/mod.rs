@@ -141,13 +141,23 @@ pub fn wait_listening(child: &mut Child, addr: SocketAddr, log: &Path) {
     panic!("nothing listens on {addr}: {}", log_text());
 }
 
-/// A loopback port nobody listens on right now.
+/// A loopback port nobody listens on right now, and not one this test process was
+/// given before (the kernel may hand out the same free port twice before anyone binds
+/// it, and two listeners of one controller must not get the same).
 pub fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    loop {
+        let port = StdListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut given = GIVEN.lock().unwrap();
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 /// The agent binary running on a loopback port.

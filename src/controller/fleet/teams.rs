@@ -14,9 +14,10 @@ use crate::controller::teams::{
 /// Who is calling, with its place in each of its teams.
 #[derive(Debug, Clone)]
 pub struct Principal {
-    /// The user's id (what tasks record as their owner).
+    /// The user's or the service account's id (what tasks record as their owner).
     pub id: String,
-    /// The user's name (what events and logs record as the actor).
+    /// Its name (what events and logs record as the actor; `service-account:NAME` for
+    /// an account).
     pub name: String,
     pub admin: bool,
     /// A service account (not a user): it acts for its one team only.
