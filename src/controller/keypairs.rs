@@ -144,6 +144,15 @@ impl Store {
         decode_all(&rows, Keypair::from_row)
     }
 
+    /// How many key pairs a team holds.
+    pub async fn keypair_count(&self, team_id: &str) -> Result<i64, StoreError> {
+        let row = sqlx::query("SELECT COUNT(*) AS n FROM keypairs WHERE team_id = $1")
+            .bind(team_id)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(row.try_get("n")?)
+    }
+
     /// Deletes a key pair; false when there was none.
     pub async fn delete_keypair(&self, id: &str) -> Result<bool, StoreError> {
         let done = sqlx::query("DELETE FROM keypairs WHERE id = $1")

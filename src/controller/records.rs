@@ -1158,6 +1158,30 @@ impl Store {
         Ok(out)
     }
 
+    /// The appliances of a cluster that are not deleted, oldest first.
+    pub async fn cluster_members(&self, cluster_id: &str) -> Result<Vec<Appliance>, StoreError> {
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            appliance_columns!(),
+            " FROM appliances WHERE cluster_id = $1 AND state <> 'deleted' ORDER BY created_at, id"
+        ))
+        .bind(cluster_id)
+        .fetch_all(&self.pool)
+        .await?;
+        decode_all(&rows, Appliance::from_row)
+    }
+
+    /// How many appliances of a team are not deleted.
+    pub async fn live_appliances(&self, team_id: &str) -> Result<i64, StoreError> {
+        let row = sqlx::query(
+            "SELECT COUNT(*) AS n FROM appliances WHERE team_id = $1 AND state <> 'deleted'",
+        )
+        .bind(team_id)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(row.try_get("n")?)
+    }
+
     /// The creation time of a team's first appliance, if it has any.
     pub async fn first_appliance_at(&self, team_id: &str) -> Result<Option<i64>, StoreError> {
         let row = sqlx::query("SELECT MIN(created_at) AS first FROM appliances WHERE team_id = $1")

@@ -52,8 +52,8 @@ fn parse_method(s: &str) -> Option<AgentMethod> {
 
 impl Fleet {
     async fn detail(&self, cluster: Cluster) -> Result<ClusterDetail, FleetError> {
-        let appliances = self.store.appliances(false).await?;
-        Ok(with_members(cluster, &appliances))
+        let members = self.store.cluster_members(&cluster.id).await?;
+        Ok(with_members(cluster, &members))
     }
 }
 

@@ -33,14 +33,7 @@ impl Fleet {
         // Over the quota already: refused before any key is generated (the insert checks
         // again, under the team's lock).
         if let Some(limit) = team.quotas.max_keypairs {
-            let used = self
-                .store
-                .keypairs()
-                .await?
-                .iter()
-                .filter(|k| k.team_id == team.id)
-                .count();
-            let used = i64::try_from(used).unwrap_or(i64::MAX);
+            let used = self.store.keypair_count(&team.id).await?;
             if used >= limit {
                 return Err(FleetError::QuotaExceeded {
                     quota: "max_keypairs",

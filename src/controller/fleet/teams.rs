@@ -204,13 +204,7 @@ impl Fleet {
     pub async fn delete_team(&self, caller: &Principal, team: &TeamRef) -> Result<(), FleetError> {
         let t = self.visible_team(caller, team).await?;
         caller.needs(&t.id, TeamRole::Owner, "delete the team")?;
-        if self
-            .store
-            .appliances(false)
-            .await?
-            .iter()
-            .all(|a| a.team_id != t.id)
-        {
+        if self.store.live_appliances(&t.id).await? == 0 {
             self.issue_invoices(&t).await?;
         }
         match self.store.delete_team(&t.id).await? {
