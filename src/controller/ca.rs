@@ -101,6 +101,11 @@ impl ControllerCa {
         make: impl FnOnce() -> IssueRequest,
     ) -> Result<(PathBuf, PathBuf), PkiError> {
         let prefix = self.dir.join(name);
+        // Controllers sharing the directory (on PostgreSQL) start at the same time: one
+        // checks and issues while the others wait, or one could load another's
+        // certificate with its own key.
+        let lock = self.dir.join(".kept.lock");
+        let _held = crate::fsutil::lock_exclusive(&lock).map_err(|e| PkiError::Io(lock, e))?;
         let crt = prefix.with_extension("crt");
         let key = prefix.with_extension("key");
         let fresh = certs::load_certs(&crt)
@@ -154,4 +159,33 @@ impl ControllerCa {
 /// Issued material as the agent's `PUT /certificate` takes it: key, leaf, CA.
 pub fn bundle(issued: &Issued) -> String {
     format!("{}{}{}", issued.key_pem, issued.cert_pem, issued.ca_pem)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Controllers sharing a CA directory that start together each end up with a
+    /// matching certificate and key (one issues, the others wait and load it).
+    #[test]
+    fn concurrent_starts_agree_on_the_kept_certificate() {
+        let dir = tempfile::tempdir().unwrap();
+        ControllerCa::open(dir.path(), 30, 14).unwrap();
+        for _ in 0..5 {
+            for ext in ["crt", "key"] {
+                let _ = std::fs::remove_file(dir.path().join(format!("controller-client.{ext}")));
+            }
+            let threads: Vec<_> = (0..6)
+                .map(|_| {
+                    let path = dir.path().to_path_buf();
+                    std::thread::spawn(move || {
+                        ControllerCa::open(&path, 30, 14).unwrap().agent_client()
+                    })
+                })
+                .collect();
+            for t in threads {
+                t.join().unwrap().expect("certificate and key match");
+            }
+        }
+    }
 }

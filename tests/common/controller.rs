@@ -161,6 +161,14 @@ impl Controller {
         Client::new(&self.ca_cert(), None)
     }
 
+    /// A connection to the admin listener; a failure shows the controller's log.
+    async fn connect_admin(&self) -> super::Conn {
+        match self.client().connect(self.admin).await {
+            Ok(conn) => conn,
+            Err(e) => panic!("connect {}: {e}\n{}", self.admin, self.log_text()),
+        }
+    }
+
     /// `applianced controller user add`; returns the generated password.
     pub fn add_user(&self, name: &str, admin: bool) -> String {
         user_add(&self.config, name, admin)
@@ -171,7 +179,7 @@ impl Controller {
             "Basic {}",
             base64::engine::general_purpose::STANDARD.encode(format!("{name}:{password}"))
         );
-        let mut conn = self.client().connect(self.admin).await.unwrap();
+        let mut conn = self.connect_admin().await;
         let r = conn
             .request("POST", "/v1/tokens", b"", &[("authorization", &basic)])
             .await
@@ -192,7 +200,7 @@ impl Controller {
 
     pub async fn call(&self, token: &str, method: &str, path: &str, body: &str) -> Resp {
         let bearer = format!("Bearer {token}");
-        let mut conn = self.client().connect(self.admin).await.unwrap();
+        let mut conn = self.connect_admin().await;
         conn.request(
             method,
             path,
