@@ -304,6 +304,11 @@ pub fn check_chains_to(
 }
 
 /// Lower-case hex of `bytes`.
+/// The SHA-256 digest of `bytes`, lower-case hex (certificate fingerprints).
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, bytes).as_ref())
+}
+
 pub fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write;
     bytes

@@ -77,9 +77,66 @@ struct AgentArgs {
     state_dir: Option<PathBuf>,
     #[arg(long)]
     run_dir: Option<PathBuf>,
+    /// Join the controller at this URL (its appliance listener, https://HOST:PORT)
+    /// first: make a key, send a certificate signing request with --token, wait until
+    /// it is accepted, write STATE_DIR/agent.toml; then serve. Enrolled already: serve.
+    #[arg(
+        long,
+        value_name = "URL",
+        requires = "token",
+        conflicts_with = "config"
+    )]
+    enrol: Option<String>,
+    /// The one-time enrolment token an admin issued.
+    #[arg(long, requires = "enrol")]
+    token: Option<String>,
+    /// The SHA-256 fingerprint of the controller's CA certificate (sha256:HEX).
+    #[arg(long, requires = "enrol", conflicts_with = "ca")]
+    ca_fingerprint: Option<String>,
+    /// The controller's CA certificate (a file), instead of --ca-fingerprint.
+    #[arg(long, requires = "enrol")]
+    ca: Option<PathBuf>,
+    /// The appliance's name (default: from its key's fingerprint).
+    #[arg(long, requires = "enrol")]
+    name: Option<String>,
 }
 
 impl AgentArgs {
+    /// The enrolment asked for with `--enrol`, its arguments taken out.
+    fn enrolment(&mut self) -> Result<Option<crate::agent::enrol::Enrolment>, String> {
+        use crate::agent::enrol::{Enrolment, Trust, parse_fingerprint};
+        let Some(url) = self.enrol.take() else {
+            return Ok(None);
+        };
+        let trust = match (self.ca_fingerprint.take(), self.ca.take()) {
+            (Some(fp), None) => Trust::Fingerprint(parse_fingerprint(&fp)?),
+            (None, Some(file)) => Trust::CaFile(file),
+            _ => {
+                return Err(
+                    "--enrol needs --ca-fingerprint SHA256 or --ca FILE to recognise the controller"
+                        .into(),
+                );
+            }
+        };
+        let state_dir = self
+            .state_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(agent::DEFAULT_STATE_DIR));
+        // The directory is named in the configuration written: the agent that reads it
+        // later may run elsewhere.
+        let state_dir = std::path::absolute(&state_dir).map_err(|e| format!("--state-dir: {e}"))?;
+        self.state_dir = Some(state_dir.clone());
+        Ok(Some(Enrolment {
+            url,
+            token: self.token.take().unwrap_or_default(),
+            trust,
+            listen: self.listen.clone(),
+            state_dir,
+            run_dir: self.run_dir.clone(),
+            name: self.name.take(),
+        }))
+    }
+
     fn split(self) -> (Option<PathBuf>, AgentOverrides) {
         (
             self.config,
@@ -139,8 +196,29 @@ enum ConfigCommand {
 pub fn main() -> i32 {
     let cli = Cli::parse();
     match cli.command {
-        Command::Agent(args) => {
+        Command::Agent(mut args) => {
+            let enrolment = match args.enrolment() {
+                Ok(e) => e,
+                Err(e) => {
+                    eprintln!("applianced: {e}");
+                    return exit::CONFIG;
+                }
+            };
             let (path, overrides) = args.split();
+            // An enrolled agent's configuration is in its state directory.
+            let enrolled = overrides
+                .state_dir
+                .as_ref()
+                .map(|d| d.join(crate::agent::enrol::CONFIG_FILE))
+                .filter(|p| p.exists() || enrolment.is_some());
+            if let Some(e) = enrolment {
+                let _log = crate::logging::init(None);
+                if let Err(why) = enrol(&e) {
+                    eprintln!("applianced: enrolment: {why}");
+                    return exit::FAILURE;
+                }
+            }
+            let path = path.or(enrolled);
             let explicit = path.is_some();
             let path = path.unwrap_or_else(|| PathBuf::from(agent::DEFAULT_PATH));
             let config = match AgentConfig::load(&path, explicit, overrides) {
@@ -203,6 +281,15 @@ pub fn main() -> i32 {
             (None, None) => exit::CONFIG,
         },
     }
+}
+
+/// Runs an enrolment to its end on a runtime of its own.
+fn enrol(e: &crate::agent::enrol::Enrolment) -> Result<PathBuf, String> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    runtime.block_on(crate::agent::enrol::enrol(e))
 }
 
 fn user_add(config: &std::path::Path, name: &str, admin: bool, personal_team: bool) -> i32 {

@@ -183,6 +183,8 @@ async fn moves_and_tasks(store: &Store, owner: &str, now: i64) {
         region: None,
         notify_email: None,
         cluster_id: None,
+        backend: "process".into(),
+        public_key: None,
     };
     let task = |kind| NewTask {
         kind,
@@ -324,6 +326,8 @@ async fn teams_under_concurrency(store: &Store, now: i64) {
         region: None,
         notify_email: None,
         cluster_id: None,
+        backend: "process".into(),
+        public_key: None,
     };
     let everywhere = [("big".to_string(), 100)];
     let appliances: Vec<Appliance> = (0..8).map(appliance).collect();

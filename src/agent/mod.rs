@@ -26,6 +26,7 @@ use crate::transport::{App, ConnInfo, ServerLimits, TlsMaterial, TlsSettings};
 pub mod addresses;
 pub mod bundle;
 pub mod daemons;
+pub mod enrol;
 pub mod handoff;
 pub mod ids;
 pub mod instances;
@@ -299,6 +300,23 @@ impl Agent {
         // One swap at a time, so files and the live configuration always agree.
         let _guard = self.certificate_lock.lock().await;
         let current = self.tls.load_full();
+        // A certificate alone renews the certificate of the key the agent has (one the
+        // appliance made and keeps): the bundle is completed with that key, which must
+        // match.
+        let has_key = crate::certs::parse_pem(&body).is_ok_and(|b| !b.keys.is_empty());
+        let body = if has_key {
+            body
+        } else {
+            let path = self.tls_paths.key.clone();
+            let key = tokio::task::spawn_blocking(move || std::fs::read(&path))
+                .await
+                .map_err(|e| AgentError::Internal(e.to_string()))?
+                .map_err(|e| AgentError::Internal(format!("the current key: {e}")))?;
+            let mut whole = body.to_vec();
+            whole.push(b'\n');
+            whole.extend_from_slice(&key);
+            Bytes::from(whole)
+        };
         let bundle = current.validate_server_bundle(&body)?;
         let paths = self.tls_paths.clone();
         let (cert_pem, key_pem) = (bundle.cert_pem.clone(), bundle.key_pem.clone());

@@ -9,6 +9,7 @@ use serde::Deserialize;
 use super::{ConfigError, HumanDuration, Problem};
 
 pub const DEFAULT_PATH: &str = "/etc/applianced/agent.toml";
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/applianced";
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -265,7 +266,7 @@ impl Default for StatusSection {
 }
 
 fn default_state_dir() -> PathBuf {
-    PathBuf::from("/var/lib/applianced")
+    PathBuf::from(DEFAULT_STATE_DIR)
 }
 
 fn default_run_dir() -> PathBuf {

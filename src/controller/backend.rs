@@ -437,7 +437,7 @@ fn gone_within(mut gone: impl FnMut() -> bool, timeout: Duration) -> bool {
 }
 
 /// A TOML basic string.
-fn toml_string(s: &str) -> String {
+pub(crate) fn toml_string(s: &str) -> String {
     let mut out = String::with_capacity(s.len() + 2);
     out.push('"');
     for c in s.chars() {

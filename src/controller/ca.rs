@@ -71,11 +71,38 @@ impl ControllerCa {
 
     /// An appliance's certificate: server (its agent) and client (its callbacks).
     pub fn issue_appliance(&self, id: &str, address: &str) -> Result<Issued, PkiError> {
+        self.ca.issue(&self.appliance_request(id, address))
+    }
+
+    /// [`ControllerCa::issue_appliance`] for a key the appliance keeps (`spki`: its
+    /// SubjectPublicKeyInfo, DER): an enrolled appliance's. The result has no key.
+    pub fn issue_appliance_for_key(
+        &self,
+        id: &str,
+        address: &str,
+        spki: &[u8],
+    ) -> Result<Issued, PkiError> {
+        self.ca
+            .issue_for_key(&self.appliance_request(id, address), spki)
+    }
+
+    fn appliance_request(&self, id: &str, address: &str) -> IssueRequest {
         let mut req = IssueRequest::server(id);
         req.client = true;
         req.sans = vec![address.to_string()];
         req.days = self.certificate_days;
-        self.ca.issue(&req)
+        req
+    }
+
+    /// The CA certificate, PEM.
+    pub fn ca_pem(&self) -> &str {
+        self.ca.cert_pem()
+    }
+
+    /// The SHA-256 fingerprint of the CA certificate (DER), lower-case hex: what an
+    /// enrolling appliance pins.
+    pub fn fingerprint(&self) -> String {
+        certs::sha256_hex(self.ca.cert_der())
     }
 
     /// A client certificate for `cn` (a service account's).

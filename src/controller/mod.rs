@@ -23,6 +23,7 @@ pub mod auth;
 pub mod backend;
 pub mod ca;
 pub mod clusters;
+pub mod enrolments;
 pub mod fleet;
 pub mod https;
 pub mod invoices;
@@ -74,7 +75,9 @@ impl ListenerTls {
             cert,
             key,
             client_ca,
-            client_optional: l.client_auth == ClientAuth::Optional,
+            // Appliance listeners also take appliances without a certificate yet: they
+            // may only ask to join (enrolment); everything else there needs one.
+            client_optional: l.client_auth == ClientAuth::Optional || l.zone == Zone::Appliance,
             crl,
         })
     }
@@ -127,7 +130,7 @@ fn listener_sans(ip: IpAddr) -> Vec<String> {
 }
 
 /// The URL appliances post to: the configured one, or the first appliance listener.
-fn controller_url(config: &ControllerConfig) -> Option<String> {
+pub(crate) fn controller_url(config: &ControllerConfig) -> Option<String> {
     if let Some(url) = &config.backend.controller_url {
         return Some(url.clone());
     }

@@ -51,6 +51,11 @@ pub struct Appliance {
     pub notify_email: Option<String>,
     /// The cluster it joined at create.
     pub cluster_id: Option<String>,
+    /// The backend that serves it (`process`, `enrolled`, ...).
+    pub backend: String,
+    /// An enrolled appliance's public key (SubjectPublicKeyInfo, base64), which its
+    /// renewed certificates name.
+    pub public_key: Option<String>,
 }
 
 macro_rules! appliance_columns {
@@ -58,7 +63,8 @@ macro_rules! appliance_columns {
         "id, name, team_id, owner_id, external_id, request_hash, state, state_since, \
          ttl_minutes, callback_url, slot, address, agent_port, cert_serial, cert_not_after, \
          launched_at, expires_at, last_heartbeat_at, last_status, created_at, keypair_id, \
-         authorized_key, template, image, flavor, network, region, notify_email, cluster_id"
+         authorized_key, template, image, flavor, network, region, notify_email, cluster_id, \
+         backend, public_key"
     };
 }
 
@@ -94,6 +100,8 @@ impl Appliance {
             region: r.try_get("region")?,
             notify_email: r.try_get("notify_email")?,
             cluster_id: r.try_get("cluster_id")?,
+            backend: r.try_get("backend")?,
+            public_key: r.try_get("public_key")?,
         })
     }
 }
@@ -411,22 +419,8 @@ impl Store {
         if !lock_team(&mut tx, &a.team_id).await? {
             return Ok(Created::NoSuchTeam);
         }
-        let limit: Option<i64> = sqlx::query("SELECT max_appliances FROM teams WHERE id = $1")
-            .bind(&a.team_id)
-            .fetch_one(&mut *tx)
-            .await?
-            .try_get("max_appliances")?;
-        if let Some(limit) = limit {
-            let used: i64 = sqlx::query(
-                "SELECT COUNT(*) AS n FROM appliances WHERE team_id = $1 AND state <> 'deleted'",
-            )
-            .bind(&a.team_id)
-            .fetch_one(&mut *tx)
-            .await?
-            .try_get("n")?;
-            if used >= limit {
-                return Ok(Created::OverQuota { limit, used });
-            }
+        if let Some((limit, used)) = over_appliance_quota(&mut tx, &a.team_id).await? {
+            return Ok(Created::OverQuota { limit, used });
         }
         // A cluster holds as many appliances as its topology has places; the first to
         // join is its active member.
@@ -489,46 +483,7 @@ impl Store {
         let Some(region) = region else {
             return Ok(Created::NoRoom);
         };
-        sqlx::query(concat!(
-            "INSERT INTO appliances (",
-            appliance_columns!(),
-            ", updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, \
-             $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $20)"
-        ))
-        .bind(&a.id)
-        .bind(&a.name)
-        .bind(&a.team_id)
-        .bind(&a.owner_id)
-        .bind(&a.external_id)
-        .bind(&a.request_hash)
-        .bind(a.state.as_str())
-        .bind(a.state_since)
-        .bind(a.ttl_minutes)
-        .bind(&a.callback_url)
-        .bind(a.slot)
-        .bind(&a.address)
-        .bind(a.agent_port)
-        .bind(&a.cert_serial)
-        .bind(a.cert_not_after)
-        .bind(a.launched_at)
-        .bind(a.expires_at)
-        .bind(a.last_heartbeat_at)
-        .bind(&a.last_status)
-        .bind(a.created_at)
-        .bind(&a.keypair_id)
-        .bind(&a.authorized_key)
-        .bind(&a.template)
-        .bind(&a.image)
-        .bind(&a.flavor)
-        .bind(&a.network)
-        .bind(&region)
-        .bind(&a.notify_email)
-        .bind(&a.cluster_id)
-        .execute(&mut *tx)
-        .await
-        .map_err(|e| {
-            unique_to_conflict(e, "an appliance of this team with this external_id".into())
-        })?;
+        insert_appliance(&mut tx, a, Some(&region)).await?;
         let task_id = insert_task(&mut tx, task, a.created_at).await?;
         let record = Record {
             kind: "requested",
@@ -1190,4 +1145,89 @@ impl Store {
             .await?;
         Ok(row.try_get("first")?)
     }
+}
+
+/// The team's appliance quota and its use, when one more appliance would exceed it
+/// (its row locked by the caller).
+pub(super) async fn over_appliance_quota(
+    tx: &mut Tx<'_>,
+    team_id: &str,
+) -> Result<Option<(i64, i64)>, StoreError> {
+    let limit: Option<i64> = sqlx::query("SELECT max_appliances FROM teams WHERE id = $1")
+        .bind(team_id)
+        .fetch_one(&mut **tx)
+        .await?
+        .try_get("max_appliances")?;
+    let Some(limit) = limit else {
+        return Ok(None);
+    };
+    let used: i64 = sqlx::query(
+        "SELECT COUNT(*) AS n FROM appliances WHERE team_id = $1 AND state <> 'deleted'",
+    )
+    .bind(team_id)
+    .fetch_one(&mut **tx)
+    .await?
+    .try_get("n")?;
+    Ok((used >= limit).then_some((limit, used)))
+}
+
+/// Records an appliance that exists already (an enrolled one), with its first event.
+pub(super) async fn insert_existing_appliance(
+    tx: &mut Tx<'_>,
+    a: &Appliance,
+    record: &Record<'_>,
+) -> Result<(), StoreError> {
+    insert_appliance(tx, a, a.region.as_deref()).await?;
+    insert_event(tx, a, None, a.state, record, a.created_at).await
+}
+
+/// Inserts an appliance's row, placed in `region`.
+async fn insert_appliance(
+    tx: &mut Tx<'_>,
+    a: &Appliance,
+    region: Option<&str>,
+) -> Result<(), StoreError> {
+    sqlx::query(concat!(
+            "INSERT INTO appliances (",
+            appliance_columns!(),
+            ", updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, \
+             $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30, $31, $20)"
+        ))
+        .bind(&a.id)
+        .bind(&a.name)
+        .bind(&a.team_id)
+        .bind(&a.owner_id)
+        .bind(&a.external_id)
+        .bind(&a.request_hash)
+        .bind(a.state.as_str())
+        .bind(a.state_since)
+        .bind(a.ttl_minutes)
+        .bind(&a.callback_url)
+        .bind(a.slot)
+        .bind(&a.address)
+        .bind(a.agent_port)
+        .bind(&a.cert_serial)
+        .bind(a.cert_not_after)
+        .bind(a.launched_at)
+        .bind(a.expires_at)
+        .bind(a.last_heartbeat_at)
+        .bind(&a.last_status)
+        .bind(a.created_at)
+        .bind(&a.keypair_id)
+        .bind(&a.authorized_key)
+        .bind(&a.template)
+        .bind(&a.image)
+        .bind(&a.flavor)
+        .bind(&a.network)
+        .bind(region)
+        .bind(&a.notify_email)
+        .bind(&a.cluster_id)
+        .bind(&a.backend)
+        .bind(&a.public_key)
+        .execute(&mut **tx)
+        .await
+        .map_err(|e| {
+            unique_to_conflict(e, "an appliance of this team with this external_id".into())
+        })?;
+    Ok(())
 }

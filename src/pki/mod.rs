@@ -21,6 +21,7 @@ use crate::certs::{self, CertInfo};
 use crate::fsutil::{ensure_dir, write_atomic};
 
 pub mod cli;
+pub mod csr;
 
 /// Default lifetime of a CA made by `pki init`.
 pub const DEFAULT_CA_DAYS: u32 = 3650;
@@ -261,8 +262,34 @@ impl Ca {
         Ok(Issuer::from_ca_cert_der(&self.cert_der, &self.key)?)
     }
 
+    /// The CA certificate, DER.
+    pub fn cert_der(&self) -> &[u8] {
+        &self.cert_der
+    }
+
     /// Issues a certificate and records it in the index.
     pub fn issue(&self, req: &IssueRequest) -> Result<Issued, PkiError> {
+        let key = req.key_type.generate()?;
+        let mut issued = self.sign(req, &key)?;
+        issued.key_pem = key.serialize_pem();
+        Ok(issued)
+    }
+
+    /// Issues a certificate for a public key whose private half stays with its owner
+    /// (a certificate signing request's): `spki` is its SubjectPublicKeyInfo (DER). The
+    /// result has no key.
+    pub fn issue_for_key(&self, req: &IssueRequest, spki: &[u8]) -> Result<Issued, PkiError> {
+        let key = rcgen::SubjectPublicKeyInfo::from_der(spki)
+            .map_err(|e| PkiError::Invalid(format!("unusable public key: {e}")))?;
+        self.sign(req, &key)
+    }
+
+    /// Signs `req` for `key` and records it in the index; the result's key is empty.
+    fn sign(
+        &self,
+        req: &IssueRequest,
+        key: &impl rcgen::PublicKeyData,
+    ) -> Result<Issued, PkiError> {
         if req.cn.trim().is_empty() {
             return Err(PkiError::Invalid(
                 "the common name must not be empty".into(),
@@ -314,8 +341,7 @@ impl Ca {
         let serial = random_serial();
         let serial_hex = certs::hex(serial.as_ref());
         params.serial_number = Some(serial);
-        let key = req.key_type.generate()?;
-        let cert = params.signed_by(&key, &self.issuer()?)?;
+        let cert = params.signed_by(key, &self.issuer()?)?;
 
         let _lock = self.lock()?;
         let mut index = load_index(&self.dir)?;
@@ -333,7 +359,7 @@ impl Ca {
         Ok(Issued {
             cert_pem: cert.pem(),
             ca_pem: self.cert_pem.clone(),
-            key_pem: key.serialize_pem(),
+            key_pem: String::new(),
             serial: serial_hex,
             not_after,
         })

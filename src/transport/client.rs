@@ -219,3 +219,97 @@ pub fn json_headers() -> HeaderMap {
     h.insert(header::ACCEPT, HeaderValue::from_static("application/json"));
     h
 }
+
+/// A TLS client configuration (no client certificate) that trusts a server whose chain
+/// holds a CA certificate with this SHA-256 fingerprint (of its DER), and whose leaf that
+/// CA issued for the name connected to: trust on first use made safe by a fingerprint
+/// given out of band (an enrolment command).
+pub fn client_config_pinned(fingerprint: [u8; 32]) -> Result<ClientConfig, String> {
+    let verifier = Arc::new(PinnedCa {
+        fingerprint,
+        provider: certs::provider(),
+    });
+    Ok(ClientConfig::builder_with_provider(certs::provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth())
+}
+
+#[derive(Debug)]
+struct PinnedCa {
+    fingerprint: [u8; 32],
+    provider: Arc<rustls::crypto::CryptoProvider>,
+}
+
+impl rustls::client::danger::ServerCertVerifier for PinnedCa {
+    fn verify_server_cert(
+        &self,
+        end_entity: &rustls_pki_types::CertificateDer<'_>,
+        intermediates: &[rustls_pki_types::CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: rustls_pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        let pinned = intermediates.iter().find(|c| {
+            aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, c.as_ref()).as_ref()
+                == self.fingerprint
+        });
+        let Some(ca) = pinned else {
+            return Err(rustls::Error::General(
+                "the server's chain has no CA certificate with the pinned fingerprint".into(),
+            ));
+        };
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(ca.clone().into_owned())
+            .map_err(|e| rustls::Error::General(format!("the pinned CA: {e}")))?;
+        let others: Vec<_> = intermediates
+            .iter()
+            .filter(|c| c.as_ref() != ca.as_ref())
+            .cloned()
+            .collect();
+        rustls::client::WebPkiServerVerifier::builder_with_provider(
+            Arc::new(roots),
+            self.provider.clone(),
+        )
+        .build()
+        .map_err(|e| rustls::Error::General(e.to_string()))?
+        .verify_server_cert(end_entity, &others, server_name, ocsp_response, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls_pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls_pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}

@@ -116,6 +116,7 @@ impl Controller {
             .spawn()
             .unwrap();
         wait_listening(&mut child, self.admin, &self.log);
+        wait_listening(&mut child, self.appliance_zone, &self.log);
         self.child = Some(child);
     }
 

@@ -141,22 +141,35 @@ pub fn wait_listening(child: &mut Child, addr: SocketAddr, log: &Path) {
     panic!("nothing listens on {addr}: {}", log_text());
 }
 
-/// A loopback port nobody listens on right now, and not one this test process was
-/// given before (the kernel may hand out the same free port twice before anyone binds
-/// it, and two listeners of one controller must not get the same).
+/// A loopback port nobody listens on right now, below the kernel's ephemeral range (so
+/// that no outgoing connection takes it as its source port before the test's server
+/// binds it), and not one this test process was given before (two listeners of one
+/// controller must not get the same).
 pub fn free_port() -> u16 {
     static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let ephemeral_low: u32 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32768);
+    let (low, high) = (10_000u32, ephemeral_low.max(10_100));
+    // A different sequence in each test process.
+    let mut x = u64::from(std::process::id())
+        ^ std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0);
     loop {
-        let port = StdListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        // xorshift64
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let port = (low + (x % u64::from(high - low)) as u32) as u16;
         let mut given = GIVEN.lock().unwrap();
-        if !given.contains(&port) {
-            given.push(port);
-            return port;
+        if given.contains(&port) || StdListener::bind(("127.0.0.1", port)).is_err() {
+            continue;
         }
+        given.push(port);
+        return port;
     }
 }
 

@@ -46,7 +46,7 @@ impl ApiError {
             ApiError::Malformed(_) => (StatusCode::BAD_REQUEST, "invalid-input"),
             ApiError::PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "payload-too-large"),
             ApiError::BodyTimeout => (StatusCode::REQUEST_TIMEOUT, "request-timeout"),
-            ApiError::NoApplianceCertificate => (StatusCode::FORBIDDEN, "forbidden"),
+            ApiError::NoApplianceCertificate => (StatusCode::UNAUTHORIZED, "unauthorized"),
         }
     }
 

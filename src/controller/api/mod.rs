@@ -34,6 +34,7 @@ pub mod appliances;
 pub mod callbacks;
 pub mod catalogue;
 pub mod clusters;
+pub mod enrolments;
 pub mod error;
 pub mod extract;
 pub mod keypairs;
@@ -204,6 +205,11 @@ fn admin_api() -> (Router<ApiState>, utoipa::openapi::OpenApi) {
         .routes(routes!(keypairs::get, keypairs::delete))
         .routes(routes!(clusters::list, clusters::create))
         .routes(routes!(clusters::get, clusters::delete))
+        .routes(routes!(enrolments::list_tokens, enrolments::create_token))
+        .routes(routes!(enrolments::delete_token))
+        .routes(routes!(enrolments::list))
+        .routes(routes!(enrolments::accept))
+        .routes(routes!(enrolments::reject))
         .routes(routes!(appliances::list, appliances::create))
         .routes(routes!(appliances::get, appliances::delete))
         .routes(routes!(appliances::act))
@@ -228,9 +234,11 @@ fn admin_api() -> (Router<ApiState>, utoipa::openapi::OpenApi) {
         .routes(routes!(usage::get_invoice))
         .routes(routes!(openapi_json))
         .split_for_parts();
-    // The appliance zone's one route is part of the same contract.
+    // The appliance zone's routes are part of the same contract.
     let (_, callbacks) = OpenApiRouter::<ApiState>::new()
         .routes(routes!(callbacks::report))
+        .routes(routes!(enrolments::submit))
+        .routes(routes!(enrolments::poll))
         .split_for_parts();
     doc.merge(callbacks);
     Conventions.modify(&mut doc);
@@ -314,9 +322,18 @@ pub fn router(zone: Zone, fleet: Arc<Fleet>) -> Router {
             .0
             .route("/", axum::routing::get(documentation))
             .route("/{file}", axum::routing::get(documentation)),
-        Zone::Appliance => {
-            Router::new().route("/v1/events", axum::routing::post(callbacks::report))
-        }
+        // Appliances' callbacks (with their certificates), and enrolment (without one
+        // yet: the token is the credential).
+        Zone::Appliance => Router::new()
+            .route("/v1/events", axum::routing::post(callbacks::report))
+            .route(
+                "/v1/enrolment-requests",
+                axum::routing::post(enrolments::submit),
+            )
+            .route(
+                "/v1/enrolment-requests/{id}",
+                axum::routing::get(enrolments::poll),
+            ),
         // Integrations: the same API, for service accounts (their client certificates)
         // only: a request that came without one is marked as such.
         Zone::Api => admin_api()

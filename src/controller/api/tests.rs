@@ -223,6 +223,7 @@ async fn every_documented_operation_is_routed_and_asks_for_credentials() {
         "DELETE /v1/appliances/{id}/agent/{path}",
         "DELETE /v1/clusters/{id}",
         "DELETE /v1/clusters/{id}/agent/{path}",
+        "DELETE /v1/enrolment-tokens/{id}",
         "DELETE /v1/keypairs/{id}",
         "DELETE /v1/service-accounts/{id}",
         "DELETE /v1/teams/{id}",
@@ -235,6 +236,9 @@ async fn every_documented_operation_is_routed_and_asks_for_credentials() {
         "GET /v1/appliances/{id}/events",
         "GET /v1/clusters",
         "GET /v1/clusters/{id}",
+        "GET /v1/enrolment-requests/{id}",
+        "GET /v1/enrolment-tokens",
+        "GET /v1/enrolments",
         "GET /v1/flavors",
         "GET /v1/flavors/{id}",
         "GET /v1/images",
@@ -268,6 +272,10 @@ async fn every_documented_operation_is_routed_and_asks_for_credentials() {
         "POST /v1/appliances/{id}/ping",
         "POST /v1/clusters",
         "POST /v1/clusters/{id}/agent/{path}",
+        "POST /v1/enrolment-requests",
+        "POST /v1/enrolment-tokens",
+        "POST /v1/enrolments/{id}/accept",
+        "POST /v1/enrolments/{id}/reject",
         "POST /v1/events",
         "POST /v1/keypairs",
         "POST /v1/ping",
@@ -297,8 +305,10 @@ async fn every_documented_operation_is_routed_and_asks_for_credentials() {
         let a = h.call(method, &path, None, "").await;
         match op.as_str() {
             "GET /v1/openapi.json" => assert_eq!(a.status, 200),
-            // The appliance zone's route, not served on admin listeners.
-            "POST /v1/events" => problem(&a, 404, "not-found", op),
+            // The appliance zone's routes, not served on admin listeners.
+            "POST /v1/events"
+            | "POST /v1/enrolment-requests"
+            | "GET /v1/enrolment-requests/{id}" => problem(&a, 404, "not-found", op),
             _ => {
                 problem(&a, 401, "unauthorized", op);
                 assert!(a.headers.contains_key("www-authenticate"), "{op}");

@@ -29,6 +29,14 @@ pub enum FleetError {
     NoSuchInvoice,
     #[error("no such cluster")]
     NoSuchCluster,
+    #[error("no such enrolment")]
+    NoSuchEnrolment,
+    /// An enrolment token that is unknown, used or expired.
+    #[error("{0}")]
+    EnrolmentRefused(String),
+    /// Too many requests from one source, or too many waiting (429).
+    #[error("{0}")]
+    TooManyRequests(String),
     /// A cluster write a member did not take; every member's outcome.
     #[error("the write did not reach every member of the cluster")]
     ClusterWriteFailed(Value),
@@ -100,7 +108,10 @@ impl FleetError {
             | FleetError::NoSuchAccount
             | FleetError::NoSuchInvoice
             | FleetError::NoSuchCluster
+            | FleetError::NoSuchEnrolment
             | FleetError::NoSuchEntry(_) => (404, "not-found"),
+            FleetError::EnrolmentRefused(_) => (401, "enrolment-refused"),
+            FleetError::TooManyRequests(_) => (429, "too-many-requests"),
             FleetError::Forbidden(_) => (403, "forbidden"),
             FleetError::QuotaExceeded { .. } => (403, "quota-exceeded"),
             FleetError::Conflict(_) => (409, "conflict"),
@@ -158,6 +169,7 @@ pub fn reason(status: u16) -> &'static str {
         409 => "Conflict",
         413 => "Payload Too Large",
         422 => "Unprocessable Entity",
+        429 => "Too Many Requests",
         500 => "Internal Server Error",
         502 => "Bad Gateway",
         503 => "Service Unavailable",

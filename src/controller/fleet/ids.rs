@@ -60,3 +60,11 @@ typed_id!(
     /// A cluster.
     ClusterId
 );
+typed_id!(
+    /// A request to join (enrolment).
+    EnrolmentId
+);
+typed_id!(
+    /// An enrolment token (its record; never the token).
+    EnrolmentTokenId
+);

@@ -29,6 +29,7 @@ pub mod agents;
 mod callbacks;
 pub mod catalogue;
 pub mod clusters;
+pub mod enrolments;
 pub mod error;
 pub mod ids;
 pub mod keypairs;

@@ -82,6 +82,8 @@ mod tests {
             region: Some("near".into()),
             notify_email: Some("ops@example.com".into()),
             cluster_id: None,
+            backend: "process".into(),
+            public_key: None,
         };
         let event = serde_json::json!({"event": "launched", "appliance_id": "a-1",
             "at": "2027-01-15T08:00:00Z"});

@@ -300,6 +300,8 @@ impl Fleet {
             region: None,
             notify_email: body.notify_email.clone(),
             cluster_id: cluster.as_ref().map(|c| c.id.clone()),
+            backend: self.backend.name().to_string(),
+            public_key: None,
         };
         let mut request: Value = serde_json::from_str(&canonical).unwrap_or_default();
         request["actor"] = Value::String(caller.name.clone());
@@ -431,12 +433,13 @@ impl Fleet {
         if minutes.is_some() {
             return Err(invalid("minutes is only for extend"));
         }
+        let backend = self.backend_of(&a);
         if let Some(machine) = machine_action(event)
-            && !machine.supported_by(self.backend.capabilities())
+            && !machine.supported_by(backend.capabilities())
         {
             return Err(FleetError::Unsupported(format!(
                 "the {} backend cannot {} appliances",
-                self.backend.name(),
+                backend.name(),
                 machine.name()
             )));
         }

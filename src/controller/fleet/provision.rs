@@ -153,10 +153,8 @@ impl Fleet {
 
     pub(super) async fn stop(&self, id: &str) -> Result<Value, FleetError> {
         let machine = ApplianceId::from(id.to_string());
-        on_backend(&self.backend, move |b| {
-            b.action(&machine, MachineAction::Stop)
-        })
-        .await?;
+        let backend = self.backend_of(&self.appliance(id).await?);
+        on_backend(&backend, move |b| b.action(&machine, MachineAction::Stop)).await?;
         let a = self.appliance(id).await?;
         // The appliance's own `stopped` usually arrives first; otherwise the backend's
         // word that the processes are gone confirms it.
@@ -181,7 +179,7 @@ impl Fleet {
             self.revoke_serial(serial).await?;
         }
         let machine = ApplianceId::from(id.to_string());
-        on_backend(&self.backend, move |b| b.delete(&machine)).await?;
+        on_backend(&self.backend_of(&a), move |b| b.delete(&machine)).await?;
         self.apply(
             id,
             Event::Destroyed,
@@ -199,9 +197,21 @@ impl Fleet {
             .ok_or_else(|| illegal(&a, Event::RotateCertificate))?;
         let address = a.address.clone().unwrap_or_default();
         let (ca, id2) = (self.ca.clone(), id.to_string());
+        // An appliance that keeps its own key (an enrolled one) gets a certificate for
+        // that key, without a key; the others a new key too.
+        let kept_key = match &a.public_key {
+            Some(k) => Some(
+                base64::Engine::decode(&base64::engine::general_purpose::STANDARD, k)
+                    .map_err(|e| FleetError::Internal(format!("appliance {id}'s key: {e}")))?,
+            ),
+            None => None,
+        };
         let issued = blocking(move || {
-            ca.issue_appliance(&id2, &address)
-                .map_err(|e| FleetError::Internal(format!("the CA cannot issue: {e}")))
+            match &kept_key {
+                Some(spki) => ca.issue_appliance_for_key(&id2, &address, spki),
+                None => ca.issue_appliance(&id2, &address),
+            }
+            .map_err(|e| FleetError::Internal(format!("the CA cannot issue: {e}")))
         })
         .await?;
         let reply = self
