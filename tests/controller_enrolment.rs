@@ -510,6 +510,7 @@ async fn a_flood_of_requests_to_join_is_refused() {
         statuses.push(r.status);
         if r.status == 429 {
             assert_eq!(r.json()["type"], "urn:applianced:problem:too-many-requests");
+            assert_eq!(r.headers["retry-after"], "60");
         }
     }
     assert!(statuses[..30].iter().all(|s| *s == 422), "{statuses:?}");

@@ -105,5 +105,10 @@ pub fn problem(e: &ApiError, instance: &str) -> Response {
             HeaderValue::from_static("Basic realm=\"applianced\", Bearer"),
         );
     }
+    if status == StatusCode::TOO_MANY_REQUESTS {
+        // The window of the request limits is a minute.
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("60"));
+    }
     r
 }
