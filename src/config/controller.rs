@@ -375,6 +375,9 @@ pub enum BackendKind {
     /// Each appliance is an `applianced agent` process on its own loopback address.
     #[default]
     Process,
+    /// The same, each appliance in its own network namespace, joined to a bridge the
+    /// controller manages by a veth pair, with its own address from `subnet` (root).
+    Netns,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -384,8 +387,14 @@ pub struct Backend {
     /// First loopback address handed to `process` appliances (then the next ones).
     pub first_address: IpAddr,
     pub max_appliances: u32,
-    /// Port each `process` appliance's agent listens on.
-    pub agent_port: u16,
+    /// Port each appliance's agent listens on. Default: 9443 (`process`), 443 (`netns`).
+    pub agent_port: Option<u16>,
+    /// `netns`: the bridge the appliances' namespaces are joined to (created if
+    /// missing), at most 9 characters (its ports are named `BRIDGE.SLOT`).
+    pub bridge: Option<String>,
+    /// `netns`: the appliances' IPv4 subnet, `NETWORK/PREFIX` (/16 to /29): the bridge
+    /// takes its first address, slot N the address after it plus N.
+    pub subnet: Option<String>,
     /// The agent program. Default: this program.
     pub agent_binary: Option<PathBuf>,
     /// URL appliances post their callbacks to. Default: the first `appliance` listener.
@@ -404,7 +413,9 @@ impl Default for Backend {
             kind: BackendKind::Process,
             first_address: IpAddr::from([127, 0, 1, 1]),
             max_appliances: 250,
-            agent_port: 9443,
+            agent_port: None,
+            bridge: None,
+            subnet: None,
             agent_binary: None,
             controller_url: None,
             controller_ca: None,
@@ -412,6 +423,49 @@ impl Default for Backend {
             appliance_id_first: APPLIANCE_ID_FIRST,
         }
     }
+}
+
+impl Backend {
+    /// The port appliances' agents listen on.
+    pub fn agent_port(&self) -> u16 {
+        self.agent_port.unwrap_or(match self.kind {
+            BackendKind::Process => 9443,
+            BackendKind::Netns => 443,
+        })
+    }
+
+    /// `netns`: the bridge and the subnet (network address and prefix length), once
+    /// validated.
+    pub fn netns(&self) -> Option<(String, std::net::Ipv4Addr, u8)> {
+        if self.kind != BackendKind::Netns {
+            return None;
+        }
+        let (network, prefix) = parse_subnet(self.subnet.as_deref()?).ok()?;
+        Some((self.bridge.clone()?, network, prefix))
+    }
+}
+
+/// `NETWORK/PREFIX`, IPv4, /16 to /29, the network address itself.
+pub fn parse_subnet(s: &str) -> Result<(std::net::Ipv4Addr, u8), String> {
+    let (ip, prefix) = s
+        .split_once('/')
+        .ok_or_else(|| format!("{s:?}: expected NETWORK/PREFIX"))?;
+    let ip: std::net::Ipv4Addr = ip
+        .parse()
+        .map_err(|_| format!("{s:?}: not an IPv4 network"))?;
+    let prefix: u8 = prefix
+        .parse()
+        .ok()
+        .filter(|p| (16..=29).contains(p))
+        .ok_or_else(|| format!("{s:?}: the prefix length must be 16 to 29"))?;
+    let mask = u32::MAX << (32 - prefix);
+    if u32::from(ip) & !mask != 0 {
+        return Err(format!("{s:?}: not the network's address"));
+    }
+    if ip.is_loopback() || ip.is_unspecified() || ip.is_multicast() {
+        return Err(format!("{s:?}: a private unicast network"));
+    }
+    Ok((ip, prefix))
 }
 
 /// The first id of `process` appliances' users and groups: 0x71000000, beside the
@@ -594,7 +648,59 @@ impl ControllerConfig {
                 ),
             );
         }
-        if !self.backend.first_address.is_loopback() {
+        let b = &self.backend;
+        if b.kind == BackendKind::Netns {
+            match b.bridge.as_deref() {
+                None => problem(
+                    "backend.bridge".into(),
+                    "the netns backend needs a bridge name".into(),
+                ),
+                Some(name)
+                    if name.is_empty()
+                        || name.len() > 9
+                        || !name.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-') =>
+                {
+                    problem(
+                        "backend.bridge".into(),
+                        format!("{name:?}: 1 to 9 letters, digits or '-'"),
+                    )
+                }
+                Some(_) => {}
+            }
+            match b.subnet.as_deref().map(parse_subnet) {
+                None => problem(
+                    "backend.subnet".into(),
+                    "the netns backend needs a subnet".into(),
+                ),
+                Some(Err(e)) => problem("backend.subnet".into(), e),
+                Some(Ok((_, prefix))) => {
+                    let hosts = (1u64 << (32 - prefix)) - 3;
+                    if u64::from(b.max_appliances) > hosts {
+                        problem(
+                            "backend.max_appliances".into(),
+                            format!(
+                                "{}: the subnet has addresses for {hosts} appliances",
+                                b.max_appliances
+                            ),
+                        );
+                    }
+                }
+            }
+            if b.controller_url.is_none()
+                && self
+                    .listeners
+                    .iter()
+                    .find(|l| l.zone == Zone::Appliance)
+                    .is_some_and(|l| l.address.ip().is_loopback())
+            {
+                problem(
+                    "backend.controller_url".into(),
+                    "appliances in namespaces cannot reach a loopback appliance listener: listen on \
+                     the bridge's address (the subnet's first) or 0.0.0.0, or set backend.controller_url"
+                        .into(),
+                );
+            }
+        } else if !self.backend.first_address.is_loopback() {
             problem(
                 "backend.first_address".into(),
                 format!(
@@ -902,5 +1008,64 @@ mod tests {
         )
         .unwrap_err();
         assert!(key.contains("client_auth"), "{key}");
+    }
+
+    #[test]
+    fn the_netns_backend_needs_a_bridge_a_subnet_and_a_reachable_listener() {
+        let keys = |backend: &str, listener: &str| -> Vec<String> {
+            let c: ControllerConfig = super::super::parse_toml(&format!(
+                "[[listeners]]\naddress = \"{listener}\"\nzone = \"appliance\"\n[backend]\nkind = \"netns\"\n{backend}"
+            ))
+            .unwrap();
+            c.validate()
+                .err()
+                .unwrap_or_default()
+                .into_iter()
+                .map(|p| p.key)
+                .filter(|k| k.starts_with("backend."))
+                .collect()
+        };
+        let good = "bridge = \"apl0\"\nsubnet = \"10.213.0.0/24\"\n";
+        assert!(keys(good, "10.213.0.1:8444").is_empty());
+        assert!(keys(good, "0.0.0.0:8444").is_empty());
+        assert_eq!(keys(good, "127.0.0.1:8444"), ["backend.controller_url"]);
+        assert_eq!(
+            keys("subnet = \"10.213.0.0/24\"\n", "0.0.0.0:1"),
+            ["backend.bridge"]
+        );
+        for subnet in [
+            "10.213.0.1/24",
+            "10.213.0.0/8",
+            "127.0.0.0/24",
+            "fd00::/64",
+            "x",
+        ] {
+            assert_eq!(
+                keys(
+                    &format!("bridge = \"apl0\"\nsubnet = \"{subnet}\"\n"),
+                    "0.0.0.0:1"
+                ),
+                ["backend.subnet"],
+                "{subnet}"
+            );
+        }
+        assert_eq!(
+            keys(
+                "bridge = \"much-too-long\"\nsubnet = \"10.213.0.0/24\"\n",
+                "0.0.0.0:1"
+            ),
+            ["backend.bridge"]
+        );
+        assert_eq!(
+            keys(
+                "bridge = \"apl0\"\nsubnet = \"10.213.0.0/29\"\nmax_appliances = 6\n",
+                "0.0.0.0:1"
+            ),
+            ["backend.max_appliances"]
+        );
+        let c: ControllerConfig =
+            super::super::parse_toml(&format!("[backend]\nkind = \"netns\"\n{good}")).unwrap();
+        assert_eq!(c.backend.agent_port(), 443);
+        assert_eq!(Backend::default().agent_port(), 9443);
     }
 }

@@ -20,6 +20,7 @@ use crate::controller::fleet::ports::{
     Backend, BackendError, Capabilities, Catalogue, CatalogueEntry, MachineAction, MachineSpec,
     MachineState, Region,
 };
+use crate::controller::netns::Netns;
 use crate::fsutil::{ensure_dir, write_atomic};
 
 pub struct ProcessBackend {
@@ -46,6 +47,9 @@ pub struct ProcessBackend {
     /// The flavors: limits put on an appliance's processes (none configured: one
     /// `default` flavor without limits).
     pub flavors: Vec<FlavorConfig>,
+    /// The `netns` backend: each appliance in its own network namespace on this
+    /// bridge and subnet (instead of a loopback address).
+    pub netns: Option<Netns>,
 }
 
 /// The flavor of appliances when none is configured: no limits.
@@ -60,6 +64,9 @@ impl ProcessBackend {
         let slot = u32::try_from(slot).ok()?;
         if slot >= self.max_appliances {
             return None;
+        }
+        if let Some(netns) = &self.netns {
+            return netns.address(slot).map(IpAddr::V4);
         }
         match self.first_address {
             IpAddr::V4(a) => u32::from(a)
@@ -80,6 +87,16 @@ impl ProcessBackend {
 
     pub fn dir(&self, id: &str) -> PathBuf {
         self.root.join(id)
+    }
+
+    /// The slot an appliance holds: its runtime directory's name.
+    fn slot_of(&self, id: &str) -> Option<u32> {
+        fs::read_link(self.dir(id).join("run"))
+            .ok()?
+            .file_name()?
+            .to_str()?
+            .parse()
+            .ok()
     }
 
     fn config_path(&self, id: &str) -> PathBuf {
@@ -275,8 +292,17 @@ impl ProcessBackend {
         // the agent and, inherited, for its daemons); then an isolated appliance's agent
         // runs as its own user, without groups, keeping only the capability to bind
         // privileged ports (for its daemons).
-        let mut argv: Vec<std::ffi::OsString> =
-            self.limits(id)?.into_iter().map(Into::into).collect();
+        let mut argv: Vec<std::ffi::OsString> = Vec::new();
+        // In its own network namespace first (entering one needs the controller's
+        // privileges).
+        if let Some(netns) = &self.netns {
+            let slot = self.slot_of(id).ok_or_else(|| {
+                BackendError::Failed(format!("appliance {id} has no slot on this host"))
+            })?;
+            let ns = netns.ensure_namespace(slot).map_err(BackendError::Failed)?;
+            argv.extend(["ip", "netns", "exec", ns.as_str()].map(Into::into));
+        }
+        argv.extend(self.limits(id)?.into_iter().map(Into::into));
         if let Some(uid) = self.owner(id) {
             argv.extend(
                 crate::process::setpriv_argv(uid)
@@ -402,6 +428,9 @@ impl ProcessBackend {
     /// Stops the appliance and removes its directories.
     fn destroy(&self, id: &str) -> Result<(), BackendError> {
         self.stop(id)?;
+        if let (Some(netns), Some(slot)) = (&self.netns, self.slot_of(id)) {
+            netns.remove_namespace(slot).map_err(BackendError::Failed)?;
+        }
         if let Ok(run) = fs::read_link(self.dir(id).join("run")) {
             match fs::remove_dir_all(&run) {
                 Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(at(&run)(e).into()),
@@ -454,7 +483,11 @@ pub(crate) fn toml_string(s: &str) -> String {
 
 impl Backend for ProcessBackend {
     fn name(&self) -> &'static str {
-        "process"
+        if self.netns.is_some() {
+            "netns"
+        } else {
+            "process"
+        }
     }
 
     fn capabilities(&self) -> Capabilities {
@@ -500,14 +533,27 @@ impl Backend for ProcessBackend {
                     .map(|f| entry(&f.name, &f.name, describe_flavor(f)))
                     .collect()
             },
-            networks: vec![entry(
-                "loopback",
-                "loopback",
-                match last {
-                    Some(last) => format!("{} to {last}", self.first_address),
-                    None => "no addresses".into(),
-                },
-            )],
+            networks: vec![match &self.netns {
+                Some(n) => entry(
+                    &n.bridge,
+                    &n.bridge,
+                    format!(
+                        "a network namespace each, on bridge {} ({}/{}), addresses from {}",
+                        n.bridge,
+                        n.network,
+                        n.prefix,
+                        n.address(0).map(|a| a.to_string()).unwrap_or_default()
+                    ),
+                ),
+                None => entry(
+                    "loopback",
+                    "loopback",
+                    match last {
+                        Some(last) => format!("{} to {last}", self.first_address),
+                        None => "no addresses".into(),
+                    },
+                ),
+            }],
         }
     }
 
@@ -600,6 +646,7 @@ mod tests {
                 capacity: max,
             }],
             flavors: Vec::new(),
+            netns: None,
         }
     }
 

@@ -30,6 +30,7 @@ pub mod invoices;
 pub mod keypairs;
 pub mod keys;
 pub mod lifecycle;
+pub mod netns;
 pub mod records;
 pub mod smtp;
 pub mod store;
@@ -130,6 +131,16 @@ fn listener_sans(ip: IpAddr) -> Vec<String> {
 }
 
 /// The URL appliances post to: the configured one, or the first appliance listener.
+/// The `netns` backend's bridge and subnet, when it is the backend.
+fn netns_network(config: &ControllerConfig) -> Option<netns::Netns> {
+    let (bridge, network, prefix) = config.backend.netns()?;
+    Some(netns::Netns {
+        bridge,
+        network,
+        prefix,
+    })
+}
+
 pub(crate) fn controller_url(config: &ControllerConfig) -> Option<String> {
     if let Some(url) = &config.backend.controller_url {
         return Some(url.clone());
@@ -139,7 +150,10 @@ pub(crate) fn controller_url(config: &ControllerConfig) -> Option<String> {
         .iter()
         .find(|l| l.zone == Zone::Appliance)?;
     let ip = match l.address.ip() {
-        IpAddr::V4(v4) if v4.is_unspecified() => IpAddr::from([127, 0, 0, 1]),
+        // Appliances in namespaces reach the host at the bridge's address.
+        IpAddr::V4(v4) if v4.is_unspecified() => {
+            netns_network(config).map_or(IpAddr::from([127, 0, 0, 1]), |n| IpAddr::V4(n.gateway()))
+        }
         IpAddr::V6(v6) if v6.is_unspecified() => IpAddr::from([0u16, 0, 0, 0, 0, 0, 0, 1]),
         ip => ip,
     };
@@ -250,6 +264,24 @@ async fn run_async(config: ControllerConfig) -> i32 {
             return exit::CONFIG;
         }
     };
+    // The netns backend's bridge first: appliance listeners may listen on its address.
+    let netns = netns_network(&config);
+    if let Some(n) = &netns {
+        if !nix::unistd::geteuid().is_root() {
+            tracing::error!("the netns backend needs root (network namespaces, a bridge)");
+            return exit::CONFIG;
+        }
+        let ports: Vec<u16> = config
+            .listeners
+            .iter()
+            .filter(|l| l.zone == Zone::Appliance)
+            .map(|l| l.address.port())
+            .collect();
+        if let Err(e) = n.ensure_bridge(&ports) {
+            tracing::error!(bridge = %n.bridge, error = %e, "cannot set up the appliances' bridge");
+            return exit::FAILURE;
+        }
+    }
     let mut bound = Vec::new();
     for (i, l) in config.listeners.iter().enumerate() {
         let files = match ListenerTls::resolve(l, &ca) {
@@ -314,7 +346,7 @@ async fn run_async(config: ControllerConfig) -> i32 {
             .unwrap_or_else(|| PathBuf::from("applianced")),
         first_address: config.backend.first_address,
         max_appliances: config.backend.max_appliances,
-        agent_port: config.backend.agent_port,
+        agent_port: config.backend.agent_port(),
         controller_url: url,
         controller_ca: config
             .backend
@@ -327,6 +359,7 @@ async fn run_async(config: ControllerConfig) -> i32 {
         appliance_ids,
         regions: regions(&config),
         flavors: config.flavors.clone(),
+        netns: netns.clone(),
     });
     // After a revocation, appliance listeners that verify against the controller's CA
     // load the new CRL: new handshakes with a revoked certificate fail.

@@ -63,6 +63,33 @@ impl Controller {
         Controller::launch(dir, config, admin, appliance_zone, state)
     }
 
+    /// A controller whose appliance listener is on `appliance_ip` and whose `[backend]`
+    /// table is `backend` (the `netns` backend's appliances reach it on its bridge).
+    pub fn start_on(db_url: &str, appliance_ip: &str, backend: &str, extra: &str) -> Controller {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(
+            dir.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o711),
+        )
+        .unwrap();
+        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let appliance_zone: SocketAddr = format!("{appliance_ip}:{}", free_port()).parse().unwrap();
+        let config = dir.path().join("controller.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "state_dir = \"{d}\"\n[database]\nurl = \"{db_url}\"\n\
+                 [[listeners]]\naddress = \"{admin}\"\nzone = \"admin\"\n\
+                 [[listeners]]\naddress = \"{appliance_zone}\"\nzone = \"appliance\"\n\
+                 {extra}\n[backend]\n{backend}\n",
+                d = dir.path().join("state").display(),
+            ),
+        )
+        .unwrap();
+        let state = dir.path().join("state");
+        Controller::launch(dir, config, admin, appliance_zone, state)
+    }
+
     /// A second controller sharing this one's database and state directory (its CA,
     /// its appliances), with listeners of its own: several controllers sharing the work.
     pub fn start_peer(&self) -> Controller {

@@ -87,6 +87,7 @@ impl Harness {
                 capacity: 4,
             }],
             flavors: Vec::new(),
+            netns: None,
         });
         let (backend, agents): (Arc<dyn Backend>, Box<dyn AgentClient>) = match fakes {
             Some((backend, agents)) => (backend, Box::new(agents)),

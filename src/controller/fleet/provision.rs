@@ -125,7 +125,7 @@ impl Fleet {
                 .backend
                 .address(slot)
                 .ok_or_else(|| FleetError::NoCapacity("no loopback address left".into()))?;
-            let port = i64::from(self.config.backend.agent_port);
+            let port = i64::from(self.config.backend.agent_port());
             match self
                 .apply(
                     id,

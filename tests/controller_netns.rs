@@ -1,0 +1,271 @@
+//! The `netns` backend, black-box, as root: each appliance in its own network namespace
+//! on a bridge the controller makes, its agent on port 443 of its own address. A
+//! configuration pushed through the pass-through serves on that address, reachable from
+//! the host; appliances cannot reach each other nor the host beyond the controller's
+//! appliance listener; a controller restart adopts them; destroying one leaves no
+//! namespace, link, address or process behind.
+//!
+//! The bridge and its subnet are private to the test (no uplink; removed at the end).
+//! Without `CAP_NET_ADMIN` the test says it is skipped and why.
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::controller::Controller;
+use common::free_port;
+
+/// Whether this process may make network namespaces and bridges; why not otherwise.
+fn net_admin() -> Result<(), String> {
+    if !nix::unistd::geteuid().is_root() {
+        return Err("not root".into());
+    }
+    let probe = format!("aplprobe{}", std::process::id() % 10000);
+    let made = Command::new("ip").args(["netns", "add", &probe]).output();
+    match made {
+        Ok(out) if out.status.success() => {
+            let _ = Command::new("ip").args(["netns", "del", &probe]).output();
+            Ok(())
+        }
+        Ok(out) => Err(String::from_utf8_lossy(&out.stderr).trim().to_string()),
+        Err(e) => Err(format!("ip: {e}")),
+    }
+}
+
+/// Removes what the test's controller made on the host, whatever happened.
+struct Cleanup {
+    bridge: String,
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        for entry in std::fs::read_dir("/run/netns")
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with(&format!("{}-", self.bridge)) {
+                let _ = Command::new("ip").args(["netns", "del", &name]).output();
+            }
+        }
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.bridge])
+            .output();
+        let table = format!("applianced-{}", self.bridge);
+        let _ = Command::new("nft")
+            .args(["delete", "table", "inet", &table])
+            .output();
+    }
+}
+
+/// `curl` from inside a namespace: its exit code (0: a TLS or HTTP answer came; 7:
+/// refused; 28: no answer in time).
+fn curl_from(ns: &str, url: &str) -> i32 {
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns, "curl", "-sk", "-o", "/dev/null"])
+        .args(["--connect-timeout", "2", "--max-time", "4", url])
+        .output()
+        .unwrap();
+    out.status.code().unwrap_or(-1)
+}
+
+/// Whether a TCP connection from inside `ns` to `addr` is established (the answer may
+/// then be a TLS refusal, which does not matter here).
+fn connects_from(ns: &str, addr: &str) -> bool {
+    let code = curl_from(ns, &format!("https://{addr}/"));
+    !matches!(code, 7 | 28)
+}
+
+fn haproxy_config(port: u16) -> String {
+    format!(
+        "global\n    maxconn 64\ndefaults\n    mode http\n    timeout connect 1s\n    timeout client 5s\n    timeout server 5s\nfrontend fe\n    bind {{MYIP}}:{port}\n    http-request return status 200 content-type text/plain string \"served by {{MYIP}}\"\n"
+    )
+}
+
+async fn http_get(addr: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(addr))
+        .await
+        .expect("connect in time")
+        .unwrap();
+    s.write_all(b"GET / HTTP/1.0\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    out
+}
+
+async fn create(c: &Controller, token: &str, name: &str) -> String {
+    let r = c
+        .call(
+            token,
+            "POST",
+            "/v1/appliances",
+            &format!(r#"{{"name": "{name}"}}"#),
+        )
+        .await;
+    assert_eq!(r.status, 202, "{}", r.body);
+    r.json()["appliance_id"].as_str().unwrap().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn appliances_in_their_own_namespaces() {
+    if let Err(why) = net_admin() {
+        eprintln!(
+            "SKIPPED appliances_in_their_own_namespaces: this machine does not let the test \
+             make network namespaces (CAP_NET_ADMIN): {why}"
+        );
+        return;
+    }
+    let n = std::process::id() % 200 + 20;
+    let bridge = format!("aplt{n}");
+    let _cleanup = Cleanup {
+        bridge: bridge.clone(),
+    };
+    let subnet = format!("10.213.{n}.0/28");
+    let gateway = format!("10.213.{n}.1");
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}/c.db", dir.path().display());
+    let mut c = Controller::start_on(
+        &db,
+        &gateway,
+        &format!(
+            "kind = \"netns\"\nbridge = \"{bridge}\"\nsubnet = \"{subnet}\"\nmax_appliances = 4\n"
+        ),
+        "[appliances]\nheartbeat_interval = \"1s\"\n",
+    );
+    let password = c.add_user("root", true);
+    let root = c.token("root", &password).await;
+
+    let r = c.call(&root, "GET", "/v1/networks", "").await;
+    assert_eq!(r.json()[0]["id"], bridge.as_str(), "{}", r.body);
+    let first = create(&c, &root, "ns-a").await;
+    let second = create(&c, &root, "ns-b").await;
+    let a = c
+        .wait_state(&root, &first, "active", Duration::from_secs(30))
+        .await;
+    let b = c
+        .wait_state(&root, &second, "active", Duration::from_secs(30))
+        .await;
+    let (addr_a, addr_b) = (
+        a["address"].as_str().unwrap().to_string(),
+        b["address"].as_str().unwrap().to_string(),
+    );
+    assert!(addr_a.starts_with(&format!("10.213.{n}.")), "{a}");
+    assert_ne!(addr_a, addr_b);
+    assert_eq!(a["agent_url"], format!("https://{addr_a}:443/"), "{a}");
+    // Slot N has the subnet's address N + 2.
+    let slot_of = |addr: &str| addr.rsplit('.').next().unwrap().parse::<u32>().unwrap() - 2;
+    let ns_of = |addr: &str| format!("{bridge}-{}", slot_of(addr));
+    let (ns_a, ns_b) = (ns_of(&addr_a), ns_of(&addr_b));
+    assert!(std::path::Path::new("/run/netns").join(&ns_a).exists());
+
+    // Through the pass-through, a configuration serves on the appliance's own address,
+    // reachable from the host through the bridge.
+    let port = free_port();
+    let instance = "3b2b4c5e-1b1a-4c2e-9a6f-1f2e3d4c5b6a";
+    let r = c
+        .call(
+            &root,
+            "PUT",
+            &format!("/v1/appliances/{first}/agent/instances/{instance}/haproxy"),
+            &haproxy_config(port),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let served = http_get(&format!("{addr_a}:{port}")).await;
+    assert!(served.contains(&format!("served by {addr_a}")), "{served}");
+
+    // Isolation: an appliance reaches neither the other's agent nor its load balancer,
+    // nor a host service on the bridge's address; it reaches its own and the
+    // controller's appliance listener.
+    assert!(
+        connects_from(&ns_a, &format!("{addr_a}:443")),
+        "its own agent"
+    );
+    assert!(
+        connects_from(&ns_b, &c.appliance_zone.to_string()),
+        "the controller's appliance listener"
+    );
+    assert!(
+        !connects_from(&ns_b, &format!("{addr_a}:443")),
+        "another appliance's agent"
+    );
+    assert!(
+        !connects_from(&ns_b, &format!("{addr_a}:{port}")),
+        "another appliance's load balancer"
+    );
+    assert!(
+        !connects_from(&ns_a, &format!("{addr_b}:443")),
+        "the other way round"
+    );
+    let host_service = std::net::TcpListener::bind((gateway.as_str(), 0)).unwrap();
+    let host_port = host_service.local_addr().unwrap().port();
+    assert!(
+        !connects_from(&ns_a, &format!("{gateway}:{host_port}")),
+        "a host service beyond the controller"
+    );
+
+    // A controller restart adopts them: same agents, still reachable.
+    let r = c.call(&root, "POST", "/v1/ping", "").await;
+    assert_eq!(r.json()["reachable"], 2, "{}", r.body);
+    c.restart();
+    let root = c.token("root", &password).await;
+    let r = c.call(&root, "POST", "/v1/ping", "").await;
+    assert_eq!(r.json()["reachable"], 2, "{}", r.body);
+    assert_eq!(c.agents_of(&first).len(), 1);
+
+    // Stop and start: the namespace stays, the agent comes back in it.
+    let (_, done) = c
+        .run_task(
+            &root,
+            "POST",
+            &format!("/v1/appliances/{second}/actions"),
+            r#"{"action": "stop"}"#,
+        )
+        .await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    let (_, done) = c
+        .run_task(
+            &root,
+            "POST",
+            &format!("/v1/appliances/{second}/actions"),
+            r#"{"action": "start"}"#,
+        )
+        .await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    c.wait_state(&root, &second, "active", Duration::from_secs(30))
+        .await;
+
+    // Destroyed: nothing of it is left on the host.
+    let slot_a = slot_of(&addr_a);
+    let (_, done) = c
+        .run_task(&root, "DELETE", &format!("/v1/appliances/{first}"), "")
+        .await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    assert!(!std::path::Path::new("/run/netns").join(&ns_a).exists());
+    assert!(
+        !std::path::Path::new("/sys/class/net")
+            .join(format!("{bridge}.{slot_a}"))
+            .exists()
+    );
+    assert!(c.agents_of(&first).is_empty());
+    assert!(
+        common::processes_with(&format!("appliances/{first}")).is_empty(),
+        "no process of it"
+    );
+    let addresses = Command::new("ip").args(["-o", "addr"]).output().unwrap();
+    assert!(
+        !String::from_utf8_lossy(&addresses.stdout).contains(&format!("{addr_a}/")),
+        "its address is gone"
+    );
+    // The other one still serves.
+    let r = c
+        .call(&root, "POST", &format!("/v1/appliances/{second}/ping"), "")
+        .await;
+    assert_eq!(r.json()["reachable"], true, "{}", r.body);
+    drop(host_service);
+}
