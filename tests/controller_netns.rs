@@ -269,3 +269,143 @@ async fn appliances_in_their_own_namespaces() {
     assert_eq!(r.json()["reachable"], true, "{}", r.body);
     drop(host_service);
 }
+
+/// Two backends at once: a `process` one and a `netns` one, each with its region; a
+/// template names the namespaced region, a create may name a backend; what does not
+/// fit together is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_process_and_a_netns_backend_side_by_side() {
+    if let Err(why) = net_admin() {
+        eprintln!(
+            "SKIPPED a_process_and_a_netns_backend_side_by_side: this machine does not let \
+             the test make network namespaces (CAP_NET_ADMIN): {why}"
+        );
+        return;
+    }
+    let n = (std::process::id() + 100) % 200 + 20;
+    let bridge = format!("aplu{n}");
+    let _cleanup = Cleanup {
+        bridge: bridge.clone(),
+    };
+    let gateway = format!("10.214.{n}.1");
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}/c.db", dir.path().display());
+    let c = Controller::start_on(
+        &db,
+        &gateway,
+        "",
+        &format!(
+            "[[backends]]\nname = \"local\"\nkind = \"process\"\nfirst_address = \"127.0.59.1\"\n\
+             max_appliances = 2\nagent_port = {port}\n\
+             [[backends]]\nname = \"ns\"\nkind = \"netns\"\nbridge = \"{bridge}\"\n\
+             subnet = \"10.214.{n}.0/28\"\nmax_appliances = 2\n\
+             [[regions]]\nname = \"host\"\nbackend = \"local\"\ncapacity = 2\n\
+             [[regions]]\nname = \"isolated\"\nbackend = \"ns\"\ncapacity = 2\n\
+             [[templates]]\nname = \"isolated-lb\"\nflavor = \"default\"\nregion = \"isolated\"\n",
+            port = free_port()
+        ),
+    );
+    let password = c.add_user("root", true);
+    let root = c.token("root", &password).await;
+    let regions = c.call(&root, "GET", "/v1/regions", "").await.json();
+    let pairs: Vec<(String, String)> = regions
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["name"].as_str().unwrap().to_string(),
+                r["backend"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        pairs,
+        [
+            ("host".to_string(), "local".to_string()),
+            ("isolated".to_string(), "ns".to_string())
+        ]
+    );
+    let t = c
+        .call(&root, "GET", "/v1/templates/isolated-lb", "")
+        .await
+        .json();
+    assert_eq!(t["backend"], "ns", "{t}");
+
+    for (body, why) in [
+        (r#"{"name": "x", "backend": "nope"}"#, "not configured"),
+        (
+            r#"{"name": "x", "backend": "local", "region": "isolated"}"#,
+            "not a region of backend",
+        ),
+        (
+            r#"{"name": "x", "backend": "local", "template": "isolated-lb"}"#,
+            "made by backend",
+        ),
+    ] {
+        let r = c.call(&root, "POST", "/v1/appliances", body).await;
+        assert_eq!(r.status, 422, "{body}: {}", r.body);
+        assert!(r.body.contains(why), "{body}: {}", r.body);
+    }
+    let r = c
+        .call(
+            &root,
+            "POST",
+            "/v1/appliances",
+            r#"{"name": "in-ns", "template": "isolated-lb"}"#,
+        )
+        .await;
+    assert_eq!(r.status, 202, "{}", r.body);
+    let in_ns = r.json()["appliance_id"].as_str().unwrap().to_string();
+    let r = c
+        .call(
+            &root,
+            "POST",
+            "/v1/appliances",
+            r#"{"name": "on-host", "backend": "local"}"#,
+        )
+        .await;
+    assert_eq!(r.status, 202, "{}", r.body);
+    let on_host = r.json()["appliance_id"].as_str().unwrap().to_string();
+    let a = c
+        .wait_state(&root, &in_ns, "active", Duration::from_secs(30))
+        .await;
+    let b = c
+        .wait_state(&root, &on_host, "active", Duration::from_secs(30))
+        .await;
+    assert_eq!(
+        (a["backend"].as_str(), a["region"].as_str()),
+        (Some("ns"), Some("isolated"))
+    );
+    assert_eq!(
+        (b["backend"].as_str(), b["region"].as_str()),
+        (Some("local"), Some("host"))
+    );
+    assert!(
+        a["address"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("10.214.{n}.")),
+        "{a}"
+    );
+    assert_eq!(b["address"], "127.0.59.1", "{b}");
+    let r = c.call(&root, "POST", "/v1/ping", "").await;
+    assert_eq!(r.json()["reachable"], 2, "{}", r.body);
+    for id in [&in_ns, &on_host] {
+        let (_, done) = c
+            .run_task(&root, "DELETE", &format!("/v1/appliances/{id}"), "")
+            .await;
+        assert_eq!(done["state"], "succeeded", "{done}");
+    }
+    let left: Vec<_> = std::fs::read_dir("/run/netns")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with(&format!("{bridge}-"))
+        })
+        .collect();
+    assert!(left.is_empty(), "no namespace left");
+}

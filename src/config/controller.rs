@@ -29,8 +29,13 @@ pub struct ControllerConfig {
     pub pki: PkiSection,
     #[serde(default)]
     pub appliances: Appliances,
+    /// The compute backend, when there is one (`[backend]`).
     #[serde(default)]
     pub backend: Backend,
+    /// Several compute backends (`[[backends]]`, each with a `name`); when given,
+    /// `[backend]` is not used. The first is the default one.
+    #[serde(default)]
+    pub backends: Vec<Backend>,
     #[serde(default)]
     pub tasks: Tasks,
     #[serde(default)]
@@ -141,6 +146,8 @@ impl Default for Prices {
 #[serde(deny_unknown_fields)]
 pub struct RegionConfig {
     pub name: String,
+    /// The backend that serves it (by name). Default: the first.
+    pub backend: Option<String>,
     /// Lower first: 1 is placed before 2.
     #[serde(default)]
     pub priority: u32,
@@ -167,6 +174,8 @@ pub struct FlavorConfig {
 #[serde(deny_unknown_fields)]
 pub struct TemplateConfig {
     pub name: String,
+    /// The backend that makes it (by name). Default: its region's, else the first.
+    pub backend: Option<String>,
     pub flavor: String,
     /// Default: the backend's first image.
     pub image: Option<String>,
@@ -383,6 +392,9 @@ pub enum BackendKind {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Backend {
+    /// Its name in `[[backends]]` (templates, regions and creates name it). Default,
+    /// and for `[backend]`: its kind.
+    pub name: Option<String>,
     pub kind: BackendKind,
     /// First loopback address handed to `process` appliances (then the next ones).
     pub first_address: IpAddr,
@@ -410,6 +422,7 @@ pub struct Backend {
 impl Default for Backend {
     fn default() -> Self {
         Backend {
+            name: None,
             kind: BackendKind::Process,
             first_address: IpAddr::from([127, 0, 1, 1]),
             max_appliances: 250,
@@ -426,6 +439,17 @@ impl Default for Backend {
 }
 
 impl Backend {
+    /// Its name: the configured one, else its kind's.
+    pub fn name(&self) -> String {
+        self.name.clone().unwrap_or_else(|| {
+            match self.kind {
+                BackendKind::Process => "process",
+                BackendKind::Netns => "netns",
+            }
+            .to_string()
+        })
+    }
+
     /// The port appliances' agents listen on.
     pub fn agent_port(&self) -> u16 {
         self.agent_port.unwrap_or(match self.kind {
@@ -478,6 +502,23 @@ fn default_state_dir() -> PathBuf {
 }
 
 impl ControllerConfig {
+    /// The compute backends, the default one first: `[[backends]]`, else `[backend]`.
+    pub fn backend_list(&self) -> Vec<Backend> {
+        if self.backends.is_empty() {
+            vec![self.backend.clone()]
+        } else {
+            self.backends.clone()
+        }
+    }
+
+    /// The backend that serves a region: the one it names, else the first.
+    pub fn backend_of_region(&self, region: &RegionConfig) -> String {
+        region
+            .backend
+            .clone()
+            .unwrap_or_else(|| self.backend_list()[0].name())
+    }
+
     pub fn load(path: &Path) -> Result<ControllerConfig, ConfigError> {
         let config: ControllerConfig = super::read_toml(path)?;
         config.validate().map_err(|problems| ConfigError {
@@ -605,21 +646,111 @@ impl ControllerConfig {
         if self.webhooks.max_attempts == 0 {
             problem("webhooks.max_attempts".into(), "must be at least 1".into());
         }
-        if let Some(url) = &self.backend.controller_url
-            && !url.starts_with("https://")
-        {
-            problem(
-                "backend.controller_url".into(),
-                format!("{url:?}: expected https://HOST:PORT"),
-            );
-        }
-        if !self.listeners.iter().any(|l| l.zone == Zone::Appliance)
-            && self.backend.controller_url.is_none()
-        {
-            problem(
-                "listeners".into(),
-                "appliances need an appliance listener (or backend.controller_url)".into(),
-            );
+        let backends = self.backend_list();
+        let prefix = |i: usize| {
+            if self.backends.is_empty() {
+                "backend".to_string()
+            } else {
+                format!("backends[{i}]")
+            }
+        };
+        let has_appliance_listener = self.listeners.iter().any(|l| l.zone == Zone::Appliance);
+        let loopback_listener = self
+            .listeners
+            .iter()
+            .find(|l| l.zone == Zone::Appliance)
+            .is_some_and(|l| l.address.ip().is_loopback());
+        let mut seen_names = HashSet::new();
+        let mut seen_bridges = HashSet::new();
+        for (i, b) in backends.iter().enumerate() {
+            let key = |k: &str| format!("{}.{k}", prefix(i));
+            let name = b.name();
+            if !self.backends.is_empty() && b.name.is_none() {
+                problem(key("name"), "each of [[backends]] needs a name".into());
+            } else if !crate::controller::auth::is_plain_name(&name) || name == "enrolled" {
+                problem(
+                    key("name"),
+                    format!("{name:?}: 1 to 64 letters, digits, '.', '_' or '-', not \"enrolled\""),
+                );
+            } else if !seen_names.insert(name.clone()) {
+                problem(key("name"), format!("{name:?} is used twice"));
+            }
+            if let Some(url) = &b.controller_url
+                && !url.starts_with("https://")
+            {
+                problem(
+                    key("controller_url"),
+                    format!("{url:?}: expected https://HOST:PORT"),
+                );
+            }
+            if !has_appliance_listener && b.controller_url.is_none() {
+                problem(
+                    "listeners".into(),
+                    format!(
+                        "appliances need an appliance listener (or {})",
+                        key("controller_url")
+                    ),
+                );
+            }
+            if b.max_appliances == 0 {
+                problem(key("max_appliances"), "must be at least 1".into());
+            }
+            if b.kind == BackendKind::Netns {
+                match b.bridge.as_deref() {
+                    None => problem(
+                        key("bridge"),
+                        "the netns backend needs a bridge name".into(),
+                    ),
+                    Some(bridge)
+                        if bridge.is_empty()
+                            || bridge.len() > 9
+                            || !bridge
+                                .bytes()
+                                .all(|c| c.is_ascii_alphanumeric() || c == b'-') =>
+                    {
+                        problem(
+                            key("bridge"),
+                            format!("{bridge:?}: 1 to 9 letters, digits or '-'"),
+                        )
+                    }
+                    Some(bridge) if !seen_bridges.insert(bridge.to_string()) => {
+                        problem(key("bridge"), format!("{bridge:?} is used twice"))
+                    }
+                    Some(_) => {}
+                }
+                match b.subnet.as_deref().map(parse_subnet) {
+                    None => problem(key("subnet"), "the netns backend needs a subnet".into()),
+                    Some(Err(e)) => problem(key("subnet"), e),
+                    Some(Ok((_, prefix))) => {
+                        let hosts = (1u64 << (32 - prefix)) - 3;
+                        if u64::from(b.max_appliances) > hosts {
+                            problem(
+                                key("max_appliances"),
+                                format!(
+                                    "{}: the subnet has addresses for {hosts} appliances",
+                                    b.max_appliances
+                                ),
+                            );
+                        }
+                    }
+                }
+                if b.controller_url.is_none() && loopback_listener {
+                    problem(
+                        key("controller_url"),
+                        "appliances in namespaces cannot reach a loopback appliance listener: listen \
+                         on the bridge's address (the subnet's first) or 0.0.0.0, or set controller_url"
+                            .into(),
+                    );
+                }
+            } else if !b.first_address.is_loopback() {
+                problem(
+                    key("first_address"),
+                    format!(
+                        "{}: the process backend uses loopback addresses",
+                        b.first_address
+                    ),
+                );
+            }
         }
         if a.missed_heartbeats == 0 {
             problem(
@@ -637,77 +768,39 @@ impl ControllerConfig {
                 ),
             );
         }
-        let last =
-            u64::from(self.backend.appliance_id_first) + u64::from(self.backend.max_appliances);
-        if self.backend.appliance_id_first < 1000 || last > 0x8000_0000 {
+        // Appliances' user ids: one per slot of every backend, from the first's.
+        let first = &backends[0];
+        let slots: u64 = backends.iter().map(|b| u64::from(b.max_appliances)).sum();
+        let last = u64::from(first.appliance_id_first) + slots;
+        if first.appliance_id_first < 1000 || last > 0x8000_0000 {
             problem(
-                "backend.appliance_id_first".into(),
+                format!("{}.appliance_id_first", prefix(0)),
                 format!(
                     "{}: appliances' ids (one per slot, max_appliances of them) must lie between 1000 and 2147483648",
-                    self.backend.appliance_id_first
+                    first.appliance_id_first
                 ),
             );
         }
-        let b = &self.backend;
-        if b.kind == BackendKind::Netns {
-            match b.bridge.as_deref() {
-                None => problem(
-                    "backend.bridge".into(),
-                    "the netns backend needs a bridge name".into(),
-                ),
-                Some(name)
-                    if name.is_empty()
-                        || name.len() > 9
-                        || !name.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-') =>
-                {
-                    problem(
-                        "backend.bridge".into(),
-                        format!("{name:?}: 1 to 9 letters, digits or '-'"),
-                    )
-                }
-                Some(_) => {}
-            }
-            match b.subnet.as_deref().map(parse_subnet) {
-                None => problem(
-                    "backend.subnet".into(),
-                    "the netns backend needs a subnet".into(),
-                ),
-                Some(Err(e)) => problem("backend.subnet".into(), e),
-                Some(Ok((_, prefix))) => {
-                    let hosts = (1u64 << (32 - prefix)) - 3;
-                    if u64::from(b.max_appliances) > hosts {
-                        problem(
-                            "backend.max_appliances".into(),
-                            format!(
-                                "{}: the subnet has addresses for {hosts} appliances",
-                                b.max_appliances
-                            ),
-                        );
-                    }
-                }
-            }
-            if b.controller_url.is_none()
-                && self
-                    .listeners
-                    .iter()
-                    .find(|l| l.zone == Zone::Appliance)
-                    .is_some_and(|l| l.address.ip().is_loopback())
+        let backend_names: Vec<String> = backends.iter().map(Backend::name).collect();
+        for (i, r) in self.regions.iter().enumerate() {
+            if let Some(b) = &r.backend
+                && !backend_names.contains(b)
             {
                 problem(
-                    "backend.controller_url".into(),
-                    "appliances in namespaces cannot reach a loopback appliance listener: listen on \
-                     the bridge's address (the subnet's first) or 0.0.0.0, or set backend.controller_url"
-                        .into(),
+                    format!("regions[{i}].backend"),
+                    format!("{b:?} is not a backend ({})", backend_names.join(", ")),
                 );
             }
-        } else if !self.backend.first_address.is_loopback() {
-            problem(
-                "backend.first_address".into(),
-                format!(
-                    "{}: the process backend uses loopback addresses",
-                    self.backend.first_address
-                ),
-            );
+        }
+        for (i, t) in self.templates.iter().enumerate() {
+            if let Some(b) = &t.backend
+                && !backend_names.contains(b)
+            {
+                problem(
+                    format!("templates[{i}].backend"),
+                    format!("{b:?} is not a backend ({})", backend_names.join(", ")),
+                );
+            }
         }
         let mut names = |what: &str, list: Vec<&String>| {
             let mut seen = HashSet::new();
@@ -731,15 +824,24 @@ impl ControllerConfig {
             "templates",
             self.templates.iter().map(|t| &t.name).collect(),
         );
-        let capacity: u64 = self.regions.iter().map(|r| u64::from(r.capacity)).sum();
-        if capacity > u64::from(self.backend.max_appliances) {
-            problem(
-                "regions".into(),
-                format!(
-                    "the regions hold {capacity} appliances, more than backend.max_appliances ({})",
-                    self.backend.max_appliances
-                ),
-            );
+        for (i, b) in backends.iter().enumerate() {
+            let name = b.name();
+            let capacity: u64 = self
+                .regions
+                .iter()
+                .filter(|r| r.backend.as_ref().unwrap_or(&backend_names[0]) == &name)
+                .map(|r| u64::from(r.capacity))
+                .sum();
+            if capacity > u64::from(b.max_appliances) {
+                problem(
+                    "regions".into(),
+                    format!(
+                        "the regions of {name} hold {capacity} appliances, more than {}.max_appliances ({})",
+                        prefix(i),
+                        b.max_appliances
+                    ),
+                );
+            }
         }
         for (i, f) in self.flavors.iter().enumerate() {
             if f.cpu_nice.is_some_and(|n| n > 19) {
@@ -819,9 +921,6 @@ impl ControllerConfig {
                 "prices.currency".into(),
                 format!("{currency:?}: an ISO 4217 code, three capital letters"),
             );
-        }
-        if self.backend.max_appliances == 0 {
-            problem("backend.max_appliances".into(), "must be at least 1".into());
         }
         if !self.state_dir.is_absolute() {
             problem(

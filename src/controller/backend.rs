@@ -30,6 +30,10 @@ pub struct ProcessBackend {
     pub run_root: PathBuf,
     pub binary: PathBuf,
     pub first_address: IpAddr,
+    /// Its first slot: slots are numbered across the controller's backends, so that
+    /// appliances' user ids and runtime directories never meet. Its appliances hold
+    /// `slot_base .. slot_base + max_appliances`.
+    pub slot_base: u32,
     pub max_appliances: u32,
     pub agent_port: u16,
     pub controller_url: String,
@@ -61,7 +65,7 @@ const STOP_GRACE: Duration = Duration::from_secs(10);
 impl ProcessBackend {
     /// The management address of a slot, or `None` beyond the configured range.
     pub fn address(&self, slot: i64) -> Option<IpAddr> {
-        let slot = u32::try_from(slot).ok()?;
+        let slot = u32::try_from(slot).ok()?.checked_sub(self.slot_base)?;
         if slot >= self.max_appliances {
             return None;
         }
@@ -510,7 +514,7 @@ impl Backend for ProcessBackend {
         let last = self
             .max_appliances
             .checked_sub(1)
-            .and_then(|n| self.address(i64::from(n)));
+            .and_then(|n| self.address(i64::from(self.slot_base + n)));
         Catalogue {
             images: vec![entry(
                 concat!("applianced-", env!("CARGO_PKG_VERSION")),
@@ -563,6 +567,15 @@ impl Backend for ProcessBackend {
 
     fn address(&self, slot: i64) -> Option<IpAddr> {
         ProcessBackend::address(self, slot)
+    }
+
+    fn slots(&self) -> std::ops::Range<i64> {
+        let base = i64::from(self.slot_base);
+        base..base + i64::from(self.max_appliances)
+    }
+
+    fn agent_port(&self) -> u16 {
+        self.agent_port
     }
 
     fn create(&self, spec: &MachineSpec<'_>) -> Result<MachineState, BackendError> {
@@ -632,6 +645,7 @@ mod tests {
             run_root: "/nonexistent/run".into(),
             binary: "applianced".into(),
             first_address: first.parse().unwrap(),
+            slot_base: 0,
             max_appliances: max,
             agent_port: 9443,
             controller_url: "https://127.0.0.1:8444".into(),

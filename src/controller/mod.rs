@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
-use crate::config::controller::{ClientAuth, ControllerConfig, Listener, Zone};
+use crate::config::controller::{Backend, ClientAuth, ControllerConfig, Listener, Zone};
 use crate::exit;
 use crate::transport::TlsMaterial;
 use crate::transport::client::Client;
@@ -95,24 +95,33 @@ impl ListenerTls {
     }
 }
 
-/// The configured regions, or one, `local`, holding every slot.
-fn regions(config: &ControllerConfig) -> Vec<fleet::ports::Region> {
-    if config.regions.is_empty() {
-        return vec![fleet::ports::Region {
-            name: "local".into(),
-            priority: 0,
-            capacity: config.backend.max_appliances,
-        }];
-    }
-    config
+/// The regions of a backend: those that name it (or, for the first backend, name
+/// none). A backend no region names has one of its own holding all its slots, named
+/// after it (`local` for a lone backend when no region is configured at all).
+fn regions_of(config: &ControllerConfig, b: &Backend, first: bool) -> Vec<fleet::ports::Region> {
+    let name = b.name();
+    let mine: Vec<fleet::ports::Region> = config
         .regions
         .iter()
+        .filter(|r| match &r.backend {
+            Some(named) => *named == name,
+            None => first,
+        })
         .map(|r| fleet::ports::Region {
             name: r.name.clone(),
             priority: r.priority,
             capacity: r.capacity,
         })
-        .collect()
+        .collect();
+    if !mine.is_empty() {
+        return mine;
+    }
+    let lone = config.regions.is_empty() && config.backends.len() <= 1;
+    vec![fleet::ports::Region {
+        name: if lone { "local".into() } else { name },
+        priority: 0,
+        capacity: b.max_appliances,
+    }]
 }
 
 /// Names a controller-issued listener certificate carries.
@@ -130,10 +139,9 @@ fn listener_sans(ip: IpAddr) -> Vec<String> {
     sans
 }
 
-/// The URL appliances post to: the configured one, or the first appliance listener.
-/// The `netns` backend's bridge and subnet, when it is the backend.
-fn netns_network(config: &ControllerConfig) -> Option<netns::Netns> {
-    let (bridge, network, prefix) = config.backend.netns()?;
+/// A `netns` backend's bridge and subnet.
+fn netns_of(b: &Backend) -> Option<netns::Netns> {
+    let (bridge, network, prefix) = b.netns()?;
     Some(netns::Netns {
         bridge,
         network,
@@ -141,8 +149,15 @@ fn netns_network(config: &ControllerConfig) -> Option<netns::Netns> {
     })
 }
 
+/// The URL the default backend's appliances post to (and enrol with).
 pub(crate) fn controller_url(config: &ControllerConfig) -> Option<String> {
-    if let Some(url) = &config.backend.controller_url {
+    controller_url_for(config, &config.backend_list()[0])
+}
+
+/// The URL a backend's appliances post to: the configured one, or the first appliance
+/// listener (a wildcard address as its appliances reach the host).
+fn controller_url_for(config: &ControllerConfig, b: &Backend) -> Option<String> {
+    if let Some(url) = &b.controller_url {
         return Some(url.clone());
     }
     let l = config
@@ -152,7 +167,7 @@ pub(crate) fn controller_url(config: &ControllerConfig) -> Option<String> {
     let ip = match l.address.ip() {
         // Appliances in namespaces reach the host at the bridge's address.
         IpAddr::V4(v4) if v4.is_unspecified() => {
-            netns_network(config).map_or(IpAddr::from([127, 0, 0, 1]), |n| IpAddr::V4(n.gateway()))
+            netns_of(b).map_or(IpAddr::from([127, 0, 0, 1]), |n| IpAddr::V4(n.gateway()))
         }
         IpAddr::V6(v6) if v6.is_unspecified() => IpAddr::from([0u16, 0, 0, 0, 0, 0, 0, 1]),
         ip => ip,
@@ -187,7 +202,9 @@ fn isolation(config: &ControllerConfig, pki_dir: &Path) -> Result<Option<u32>, S
         move |e| format!("{}: {e}", p.display())
     }
     use std::os::unix::fs::PermissionsExt;
-    if !config.backend.isolate_appliances {
+    // The first backend's settings hold for all: one id per slot of every backend.
+    let first = &config.backend_list()[0];
+    if !first.isolate_appliances {
         return Ok(None);
     }
     if !nix::unistd::geteuid().is_root() {
@@ -233,7 +250,7 @@ fn isolation(config: &ControllerConfig, pki_dir: &Path) -> Result<Option<u32>, S
             ));
         }
     }
-    Ok(Some(config.backend.appliance_id_first))
+    Ok(Some(first.appliance_id_first))
 }
 
 async fn run_async(config: ControllerConfig) -> i32 {
@@ -265,8 +282,9 @@ async fn run_async(config: ControllerConfig) -> i32 {
         }
     };
     // The netns backend's bridge first: appliance listeners may listen on its address.
-    let netns = netns_network(&config);
-    if let Some(n) = &netns {
+    // The netns backends' bridges first: appliance listeners may listen on their
+    // addresses.
+    for n in config.backend_list().iter().filter_map(netns_of) {
         if !nix::unistd::geteuid().is_root() {
             tracing::error!("the netns backend needs root (network namespaces, a bridge)");
             return exit::CONFIG;
@@ -331,36 +349,42 @@ async fn run_async(config: ControllerConfig) -> i32 {
             return exit::FAILURE;
         }
     };
-    let Some(url) = controller_url(&config) else {
-        tracing::error!("no appliance listener and no backend.controller_url");
-        return exit::CONFIG;
-    };
-    let backend = Arc::new(backend::ProcessBackend {
-        root: config.state_dir.join("appliances"),
-        run_root: config.state_dir.join("run"),
-        binary: config
-            .backend
-            .agent_binary
-            .clone()
-            .or_else(|| std::env::current_exe().ok())
-            .unwrap_or_else(|| PathBuf::from("applianced")),
-        first_address: config.backend.first_address,
-        max_appliances: config.backend.max_appliances,
-        agent_port: config.backend.agent_port(),
-        controller_url: url,
-        controller_ca: config
-            .backend
-            .controller_ca
-            .clone()
-            .unwrap_or_else(|| ca.ca_cert_path()),
-        ca_cert: ca.ca_cert_path(),
-        crl: ca.crl_path(),
-        heartbeat_interval: config.appliances.heartbeat_interval.0,
-        appliance_ids,
-        regions: regions(&config),
-        flavors: config.flavors.clone(),
-        netns: netns.clone(),
-    });
+    let mut backends: Vec<(String, Arc<dyn fleet::ports::Backend>)> = Vec::new();
+    let mut slot_base = 0u32;
+    for (i, b) in config.backend_list().iter().enumerate() {
+        let Some(url) = controller_url_for(&config, b) else {
+            tracing::error!(backend = %b.name(), "no appliance listener and no controller_url");
+            return exit::CONFIG;
+        };
+        backends.push((
+            b.name(),
+            Arc::new(backend::ProcessBackend {
+                root: config.state_dir.join("appliances"),
+                run_root: config.state_dir.join("run"),
+                binary: b
+                    .agent_binary
+                    .clone()
+                    .or_else(|| std::env::current_exe().ok())
+                    .unwrap_or_else(|| PathBuf::from("applianced")),
+                first_address: b.first_address,
+                slot_base,
+                max_appliances: b.max_appliances,
+                agent_port: b.agent_port(),
+                controller_url: url,
+                controller_ca: b.controller_ca.clone().unwrap_or_else(|| ca.ca_cert_path()),
+                ca_cert: ca.ca_cert_path(),
+                crl: ca.crl_path(),
+                heartbeat_interval: config.appliances.heartbeat_interval.0,
+                appliance_ids,
+                regions: regions_of(&config, b, i == 0),
+                flavors: config.flavors.clone(),
+                netns: netns_of(b),
+            }),
+        ));
+        // Slots are numbered across backends: each appliance's user id and runtime
+        // directory stay its own.
+        slot_base += b.max_appliances;
+    }
     // After a revocation, appliance listeners that verify against the controller's CA
     // load the new CRL: new handshakes with a revoked certificate fail.
     let mut with_crl: Vec<(Arc<ListenerTls>, Arc<ArcSwap<TlsMaterial>>)> = Vec::new();
@@ -414,7 +438,7 @@ async fn run_async(config: ControllerConfig) -> i32 {
         fleet::Parts {
             store: store.clone(),
             ca: ca.clone(),
-            backend,
+            backends,
             agents,
             hooks,
             clock: Arc::new(fleet::SystemClock),

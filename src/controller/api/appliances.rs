@@ -42,6 +42,9 @@ pub struct CreateAppliance {
     /// A region by name; default: the template's, or the first region with room in
     /// placement order.
     region: Option<String>,
+    /// The backend that makes it, by name; default: the template's or region's, else
+    /// the first configured.
+    backend: Option<String>,
     /// A cluster of the team to join, by id or name (a `SINGLE` cluster holds one
     /// appliance, an `ACTIVE_STANDBY` one two; the first to join is active).
     cluster: Option<String>,
@@ -102,6 +105,7 @@ pub async fn create(
         region: body.region,
         notify_email: body.notify_email,
         cluster: body.cluster,
+        backend: body.backend,
     };
     Ok(accepted(s.fleet.create(&me, request).await?))
 }

@@ -36,14 +36,17 @@ pub struct RegionView {
     pub name: String,
     pub priority: u32,
     pub capacity: u32,
+    /// The backend that serves it.
+    pub backend: String,
 }
 
-impl From<Region> for RegionView {
-    fn from(r: Region) -> Self {
+impl From<(String, Region)> for RegionView {
+    fn from((backend, r): (String, Region)) -> Self {
         RegionView {
             name: r.name,
             priority: r.priority,
             capacity: r.capacity,
+            backend,
         }
     }
 }
@@ -64,7 +67,7 @@ impl From<Template> for TemplateView {
     fn from(t: Template) -> Self {
         TemplateView {
             name: t.name,
-            backend: t.backend.to_string(),
+            backend: t.backend,
             image: t.image,
             flavor: t.flavor,
             network: t.network,

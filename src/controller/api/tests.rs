@@ -73,6 +73,7 @@ impl Harness {
             run_root: dir.path().join("run"),
             binary: "/nonexistent".into(),
             first_address: "127.0.44.1".parse().unwrap(),
+            slot_base: 0,
             max_appliances: 4,
             agent_port: 1,
             controller_url: "https://127.0.0.1:1".into(),
@@ -107,7 +108,7 @@ impl Harness {
             crate::controller::fleet::Parts {
                 store: store.clone(),
                 ca,
-                backend,
+                backends: vec![("process".into(), backend)],
                 agents,
                 hooks,
                 clock: Arc::new(crate::controller::fleet::SystemClock),
@@ -905,7 +906,7 @@ async fn the_catalogue_by_id_or_by_name() {
     let regions = get("/v1/regions".into()).await;
     assert_eq!(
         regions,
-        serde_json::json!([{"name": "local", "priority": 0, "capacity": 4}])
+        serde_json::json!([{"name": "local", "priority": 0, "capacity": 4, "backend": "process"}])
     );
     assert_eq!(get("/v1/regions/local".into()).await, regions[0]);
     let templates = get("/v1/templates".into()).await;

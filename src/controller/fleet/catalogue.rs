@@ -29,7 +29,8 @@ impl Kind {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Template {
     pub name: String,
-    pub backend: &'static str,
+    /// The backend that makes it (by name).
+    pub backend: String,
     pub image: String,
     pub flavor: String,
     pub network: String,
@@ -40,6 +41,8 @@ pub struct Template {
 /// and capacity), in placement order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Make {
+    /// The backend that makes it (by name).
+    pub backend: String,
     pub template: Option<String>,
     pub image: String,
     pub flavor: String,
@@ -48,14 +51,17 @@ pub struct Make {
 }
 
 impl Fleet {
-    /// One list of the catalogue.
+    /// One list of the catalogue: every backend's (an id two backends share, once).
     pub fn catalogue_list(&self, _: &Principal, kind: Kind) -> Vec<CatalogueEntry> {
-        let catalogue = self.backend.catalogue();
-        match kind {
-            Kind::Image => catalogue.images,
-            Kind::Flavor => catalogue.flavors,
-            Kind::Network => catalogue.networks,
+        let mut out: Vec<CatalogueEntry> = Vec::new();
+        for (_, b) in &self.backends {
+            for e in pick(b.catalogue(), kind) {
+                if !out.iter().any(|known| known.id == e.id) {
+                    out.push(e);
+                }
+            }
         }
+        out
     }
 
     /// One entry, by id or by name (an id wins over another entry's name).
@@ -65,61 +71,84 @@ impl Fleet {
         kind: Kind,
         id_or_name: &str,
     ) -> Result<CatalogueEntry, FleetError> {
-        let list = self.catalogue_list(user, kind);
-        let by_id = list.iter().position(|e| e.id == id_or_name);
-        let found = by_id.or_else(|| list.iter().position(|e| e.name == id_or_name));
-        found
-            .map(|i| list[i].clone())
+        find_entry(self.catalogue_list(user, kind), id_or_name)
             .ok_or_else(|| FleetError::NoSuchEntry(format!("no {} {id_or_name:?}", kind.name())))
     }
 
-    /// Where appliances are placed, lowest priority value first.
-    pub fn regions(&self, _: &Principal) -> Vec<Region> {
-        let mut regions = self.backend.regions();
-        regions.sort_by(|a, b| (a.priority, &a.name).cmp(&(b.priority, &b.name)));
+    /// Where appliances are placed, with the backend that serves each, lowest priority
+    /// value first.
+    pub fn regions(&self, _: &Principal) -> Vec<(String, Region)> {
+        let mut regions: Vec<(String, Region)> = self
+            .backends
+            .iter()
+            .flat_map(|(name, b)| b.regions().into_iter().map(|r| (name.clone(), r)))
+            .collect();
+        regions.sort_by(|(_, a), (_, b)| (a.priority, &a.name).cmp(&(b.priority, &b.name)));
         regions
     }
 
-    pub fn region(&self, user: &Principal, name: &str) -> Result<Region, FleetError> {
+    pub fn region(&self, user: &Principal, name: &str) -> Result<(String, Region), FleetError> {
         self.regions(user)
             .into_iter()
-            .find(|r| r.name == name)
+            .find(|(_, r)| r.name == name)
             .ok_or_else(|| FleetError::NoSuchEntry(format!("no region {name:?}")))
     }
 
-    /// The templates: the configured ones, or else one named after the backend made of
-    /// the first entry of each list. An image or network a template leaves out is the
-    /// backend's first.
-    pub fn templates(&self, _: &Principal) -> Vec<Template> {
-        let catalogue = self.backend.catalogue();
-        let first = |list: &[CatalogueEntry]| list.first().map(|e| e.id.clone());
-        let (Some(image), Some(flavor), Some(network)) = (
-            first(&catalogue.images),
-            first(&catalogue.flavors),
-            first(&catalogue.networks),
-        ) else {
-            return Vec::new();
+    /// The templates: the configured ones, or else one per backend named after it, made
+    /// of the first entry of each of its lists. An image or network a template leaves
+    /// out is its backend's first.
+    pub fn templates(&self, user: &Principal) -> Vec<Template> {
+        let firsts = |b: &Arc<dyn Backend>| {
+            let c = b.catalogue();
+            let first = |list: &[CatalogueEntry]| list.first().map(|e| e.id.clone());
+            match (first(&c.images), first(&c.flavors), first(&c.networks)) {
+                (Some(i), Some(f), Some(n)) => Some((i, f, n)),
+                _ => None,
+            }
         };
         let configured = &self.config.templates;
         if configured.is_empty() {
-            return vec![Template {
-                name: self.backend.name().to_string(),
-                backend: self.backend.name(),
-                image,
-                flavor,
-                network,
-                region: None,
-            }];
+            return self
+                .backends
+                .iter()
+                .filter_map(|(name, b)| {
+                    let (image, flavor, network) = firsts(b)?;
+                    Some(Template {
+                        name: name.clone(),
+                        backend: name.clone(),
+                        image,
+                        flavor,
+                        network,
+                        region: None,
+                    })
+                })
+                .collect();
         }
+        let regions = self.regions(user);
         configured
             .iter()
-            .map(|t| Template {
-                name: t.name.clone(),
-                backend: self.backend.name(),
-                image: t.image.clone().unwrap_or_else(|| image.clone()),
-                flavor: t.flavor.clone(),
-                network: t.network.clone().unwrap_or_else(|| network.clone()),
-                region: t.region.clone(),
+            .filter_map(|t| {
+                // Its backend: the one it names, else its region's, else the default.
+                let backend = t
+                    .backend
+                    .clone()
+                    .or_else(|| {
+                        let r = t.region.as_ref()?;
+                        regions
+                            .iter()
+                            .find(|(_, known)| &known.name == r)
+                            .map(|(b, _)| b.clone())
+                    })
+                    .unwrap_or_else(|| self.default_backend().0.to_string());
+                let (image, _, network) = firsts(&self.backend_named(&backend)?)?;
+                Some(Template {
+                    name: t.name.clone(),
+                    backend,
+                    image: t.image.clone().unwrap_or(image),
+                    flavor: t.flavor.clone(),
+                    network: t.network.clone().unwrap_or(network),
+                    region: t.region.clone(),
+                })
             })
             .collect()
     }
@@ -130,10 +159,29 @@ impl Fleet {
     pub fn resolve_make(
         &self,
         caller: &Principal,
+        backend: Option<&str>,
         template: Option<&str>,
         parts: [Option<&str>; 3],
         region: Option<&str>,
     ) -> Result<Make, FleetError> {
+        let regions = self.regions(caller);
+        if let Some(b) = backend
+            && self.backend_named(b).is_none()
+        {
+            let names: Vec<&str> = self.backends.iter().map(|(n, _)| n.as_str()).collect();
+            return Err(FleetError::Invalid(format!(
+                "backend {b:?} is not configured ({})",
+                names.join(", ")
+            )));
+        }
+        // The backend asked for, else the region's, else (below) the template's or the
+        // default one.
+        let region_backend = region.and_then(|r| {
+            regions
+                .iter()
+                .find(|(_, known)| known.name == r)
+                .map(|(b, _)| b.clone())
+        });
         let invalid = |m: String| FleetError::Invalid(m);
         let [image, flavor, network] = parts;
         let any_part = parts.iter().any(Option::is_some);
@@ -144,8 +192,12 @@ impl Fleet {
                 ));
             }
             let templates = self.templates(caller);
+            let wanted_backend = backend.map(str::to_string).or(region_backend.clone());
             let found = match template {
-                None => templates.first(),
+                // The first template of the backend asked for (or of any).
+                None => templates
+                    .iter()
+                    .find(|t| wanted_backend.as_ref().is_none_or(|b| &t.backend == b)),
                 Some(t) => templates.iter().find(|known| known.name == t),
             };
             let t = found.ok_or_else(|| {
@@ -156,7 +208,16 @@ impl Fleet {
                     names.join(", ")
                 ))
             })?;
+            if let Some(b) = &wanted_backend
+                && &t.backend != b
+            {
+                return Err(invalid(format!(
+                    "template {:?} is made by backend {:?}, not {b:?}",
+                    t.name, t.backend
+                )));
+            }
             Make {
+                backend: t.backend.clone(),
                 template: Some(t.name.clone()),
                 image: t.image.clone(),
                 flavor: t.flavor.clone(),
@@ -164,6 +225,14 @@ impl Fleet {
                 regions: t.region.iter().map(|r| (r.clone(), 0)).collect(),
             }
         } else {
+            let name = backend
+                .map(str::to_string)
+                .or(region_backend.clone())
+                .unwrap_or_else(|| self.default_backend().0.to_string());
+            let catalogue = self
+                .backend_named(&name)
+                .map(|b| b.catalogue())
+                .unwrap_or_default();
             let mut ids = Vec::new();
             for (kind, given) in [
                 (Kind::Image, image),
@@ -176,8 +245,11 @@ impl Fleet {
                         kind.name()
                     ))
                 })?;
-                let entry = self.catalogue_entry(caller, kind, given).map_err(|_| {
-                    invalid(format!("{} {given:?} is not in the catalogue", kind.name()))
+                let entry = find_entry(pick(catalogue.clone(), kind), given).ok_or_else(|| {
+                    invalid(format!(
+                        "{} {given:?} is not in the catalogue of backend {name:?}",
+                        kind.name()
+                    ))
                 })?;
                 ids.push(entry.id);
             }
@@ -185,6 +257,7 @@ impl Fleet {
                 .try_into()
                 .map_err(|_| FleetError::Internal("three parts".into()))?;
             Make {
+                backend: name,
                 template: None,
                 image,
                 flavor,
@@ -192,22 +265,25 @@ impl Fleet {
                 regions: Vec::new(),
             }
         };
-        let regions = self.regions(caller);
         let wanted = region
             .map(str::to_string)
             .or(make.regions.first().map(|r| r.0.clone()));
+        // Only the regions of the backend that makes it.
+        let mine = regions.into_iter().filter(|(b, _)| *b == make.backend);
         make.regions = match wanted {
             Some(name) => {
-                let r = regions
+                let (_, r) = mine
                     .into_iter()
-                    .find(|r| r.name == name)
-                    .ok_or_else(|| invalid(format!("region {name:?} is not in the catalogue")))?;
+                    .find(|(_, r)| r.name == name)
+                    .ok_or_else(|| {
+                        invalid(format!(
+                            "region {name:?} is not a region of backend {:?}",
+                            make.backend
+                        ))
+                    })?;
                 vec![(r.name, i64::from(r.capacity))]
             }
-            None => regions
-                .into_iter()
-                .map(|r| (r.name, i64::from(r.capacity)))
-                .collect(),
+            None => mine.map(|(_, r)| (r.name, i64::from(r.capacity))).collect(),
         };
         Ok(make)
     }
@@ -218,4 +294,20 @@ impl Fleet {
             .find(|t| t.name == name)
             .ok_or_else(|| FleetError::NoSuchEntry(format!("no template {name:?}")))
     }
+}
+
+/// One list of a catalogue.
+fn pick(c: ports::Catalogue, kind: Kind) -> Vec<CatalogueEntry> {
+    match kind {
+        Kind::Image => c.images,
+        Kind::Flavor => c.flavors,
+        Kind::Network => c.networks,
+    }
+}
+
+/// An entry by id, else by name.
+fn find_entry(list: Vec<CatalogueEntry>, id_or_name: &str) -> Option<CatalogueEntry> {
+    let by_id = list.iter().position(|e| e.id == id_or_name);
+    let found = by_id.or_else(|| list.iter().position(|e| e.name == id_or_name));
+    found.map(|i| list[i].clone())
 }

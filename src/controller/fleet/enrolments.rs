@@ -413,6 +413,15 @@ impl Backend for EnrolledBackend {
         None
     }
 
+    fn slots(&self) -> std::ops::Range<i64> {
+        0..0
+    }
+
+    /// Each declares its own when it enrols.
+    fn agent_port(&self) -> u16 {
+        0
+    }
+
     fn create(&self, _spec: &MachineSpec<'_>) -> Result<MachineState, ports::BackendError> {
         Err(unsupported("create"))
     }
@@ -440,12 +449,32 @@ fn unsupported(action: &'static str) -> ports::BackendError {
 }
 
 impl Fleet {
-    /// The backend that serves `a`.
+    /// The backend that serves `a`: the one it names; an appliance of a backend no
+    /// longer configured can only be forgotten.
     pub(super) fn backend_of(&self, a: &Appliance) -> Arc<dyn Backend> {
         if a.backend == ENROLLED {
-            Arc::new(EnrolledBackend)
-        } else {
-            self.backend.clone()
+            return Arc::new(EnrolledBackend);
         }
+        match self.backend_named(&a.backend) {
+            Some(b) => b,
+            None => {
+                tracing::warn!(appliance = %a.id, backend = %a.backend, "the appliance's backend is not configured");
+                Arc::new(EnrolledBackend)
+            }
+        }
+    }
+
+    /// A configured backend by name.
+    pub fn backend_named(&self, name: &str) -> Option<Arc<dyn Backend>> {
+        self.backends
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, b)| b.clone())
+    }
+
+    /// The default backend and its name.
+    pub fn default_backend(&self) -> (&str, &Arc<dyn Backend>) {
+        let (name, b) = &self.backends[0];
+        (name, b)
     }
 }

@@ -89,6 +89,12 @@ impl Backend for FakeBackend {
     fn address(&self, slot: i64) -> Option<IpAddr> {
         Some(IpAddr::from([127, 0, 46, u8::try_from(slot + 1).ok()?]))
     }
+    fn slots(&self) -> std::ops::Range<i64> {
+        0..i64::from(self.capacity.load(Ordering::SeqCst))
+    }
+    fn agent_port(&self) -> u16 {
+        9443
+    }
     fn create(&self, spec: &MachineSpec<'_>) -> Result<MachineState, BackendError> {
         self.record("create", spec.id);
         if self.disk_full.load(Ordering::SeqCst) {

@@ -134,7 +134,8 @@ fn illegal(a: &Appliance, event: Event) -> FleetError {
 pub struct Parts {
     pub store: Arc<Store>,
     pub ca: Arc<ControllerCa>,
-    pub backend: Arc<dyn Backend>,
+    /// The compute backends by name, the default one first.
+    pub backends: Vec<(String, Arc<dyn Backend>)>,
     pub agents: Box<dyn AgentClient>,
     pub hooks: Box<dyn AgentClient>,
     pub clock: Arc<dyn Clock>,
@@ -147,7 +148,8 @@ pub struct Parts {
 pub struct Fleet {
     pub store: Arc<Store>,
     pub ca: Arc<ControllerCa>,
-    pub backend: Arc<dyn Backend>,
+    /// The compute backends by name, the default one first (never empty).
+    pub backends: Vec<(String, Arc<dyn Backend>)>,
     /// Calls agents with the controller's client certificate (replaced by
     /// [`Fleet::set_agent_client`] before it expires).
     agents: arc_swap::ArcSwap<Box<dyn AgentClient>>,
@@ -169,7 +171,7 @@ impl Fleet {
         let Parts {
             store,
             ca,
-            backend,
+            backends,
             agents,
             hooks,
             clock,
@@ -182,7 +184,7 @@ impl Fleet {
         Fleet {
             store,
             ca,
-            backend,
+            backends,
             agents: arc_swap::ArcSwap::from_pointee(agents),
             hooks,
             lease_owner: format!(

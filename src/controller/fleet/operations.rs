@@ -40,6 +40,10 @@ pub struct CreateRequest {
     pub notify_email: Option<String>,
     /// A cluster of the team to join, by id or name; its id once resolved.
     pub cluster: Option<String>,
+    /// The backend that makes it, by name (absent from the canonical form when not
+    /// given, as before there were several).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub backend: Option<String>,
 }
 
 /// Filters of a list.
@@ -242,6 +246,7 @@ impl Fleet {
         body.cluster = cluster.as_ref().map(|c| c.id.clone());
         let make = self.resolve_make(
             caller,
+            body.backend.as_deref(),
             body.template.as_deref(),
             [
                 body.image.as_deref(),
@@ -251,10 +256,13 @@ impl Fleet {
             body.region.as_deref(),
         )?;
         body.template.clone_from(&make.template);
-        if !self.backend.capabilities().create {
+        let backend = self
+            .backend_named(&make.backend)
+            .ok_or_else(|| FleetError::Internal(format!("backend {} vanished", make.backend)))?;
+        if !backend.capabilities().create {
             return Err(FleetError::Unsupported(format!(
                 "the {} backend cannot create appliances",
-                self.backend.name()
+                make.backend
             )));
         }
         let canonical = serde_json::to_string(&body).unwrap_or_default();
@@ -300,7 +308,7 @@ impl Fleet {
             region: None,
             notify_email: body.notify_email.clone(),
             cluster_id: cluster.as_ref().map(|c| c.id.clone()),
-            backend: self.backend.name().to_string(),
+            backend: make.backend.clone(),
             public_key: None,
         };
         let mut request: Value = serde_json::from_str(&canonical).unwrap_or_default();

@@ -202,6 +202,10 @@ pub trait Backend: Send + Sync + 'static {
     fn regions(&self) -> Vec<Region>;
     /// The management address of a slot, if the backend has that many.
     fn address(&self, slot: i64) -> Option<IpAddr>;
+    /// The slots its machines hold (none for a backend without slots).
+    fn slots(&self) -> std::ops::Range<i64>;
+    /// The port its machines' agents listen on.
+    fn agent_port(&self) -> u16;
     /// Makes the machine and starts it, idempotently: a machine that exists already is
     /// made again to the spec (a new certificate replaces the old one). Its state after.
     fn create(&self, spec: &MachineSpec<'_>) -> Result<MachineState, BackendError>;

@@ -54,9 +54,10 @@ impl Fleet {
         let slot = a.slot.unwrap_or_default();
         let machine = ApplianceId::from(id.to_string());
         let m = machine.clone();
-        let mut state = on_backend(&self.backend, move |b| Ok(b.get(&m))).await?;
+        let backend = self.backend_of(&a);
+        let mut state = on_backend(&backend, move |b| Ok(b.get(&m))).await?;
         if a.cert_serial.is_none() || state == MachineState::Absent {
-            let (ca, backend, m) = (self.ca.clone(), self.backend.clone(), machine.clone());
+            let (ca, backend, m) = (self.ca.clone(), backend.clone(), machine.clone());
             let authorized_key = a.authorized_key.clone();
             let flavor = a.flavor.clone().unwrap_or_default();
             let (issued, made) = blocking(move || {
@@ -91,7 +92,7 @@ impl Fleet {
         }
         if !matches!(state, MachineState::Running { .. }) {
             let m = machine.clone();
-            state = on_backend(&self.backend, move |b| {
+            state = on_backend(&backend, move |b| {
                 b.action(&m, MachineAction::Start)?;
                 Ok(b.get(&m))
             })
@@ -113,19 +114,22 @@ impl Fleet {
 
     /// Gives the appliance the lowest free loopback slot.
     pub(super) async fn allocate_slot(&self, id: &str) -> Result<Appliance, FleetError> {
+        let backend = self.backend_of(&self.appliance(id).await?);
         for _ in 0..10 {
+            // Slots are numbered across backends; each backend has its own range.
             let used = self.store.used_slots().await?;
-            let capacity: u32 = self.backend.regions().iter().map(|r| r.capacity).sum();
-            let slot = (0..i64::from(capacity))
-                .find(|s| !used.contains(s))
-                .ok_or_else(|| {
-                    FleetError::NoCapacity(format!("all {capacity} appliance slots are in use"))
-                })?;
-            let address = self
-                .backend
+            let slots = backend.slots();
+            let slot = slots.clone().find(|s| !used.contains(s)).ok_or_else(|| {
+                FleetError::NoCapacity(format!(
+                    "all {} appliance slots of backend {} are in use",
+                    slots.end - slots.start,
+                    backend.name()
+                ))
+            })?;
+            let address = backend
                 .address(slot)
-                .ok_or_else(|| FleetError::NoCapacity("no loopback address left".into()))?;
-            let port = i64::from(self.config.backend.agent_port());
+                .ok_or_else(|| FleetError::NoCapacity("no address left".into()))?;
+            let port = i64::from(backend.agent_port());
             match self
                 .apply(
                     id,

@@ -30,6 +30,7 @@ fn request(name: &str) -> CreateRequest {
         region: None,
         notify_email: None,
         cluster: None,
+        backend: None,
     }
 }
 
@@ -78,7 +79,7 @@ async fn setup() -> Setup {
         Parts {
             store: store.clone(),
             ca,
-            backend: backend.clone(),
+            backends: vec![("process".into(), backend.clone())],
             agents: Box::new(agents.clone()),
             hooks: Box::new(hooks.clone()),
             clock: clock.clone(),
@@ -971,7 +972,7 @@ fn restarted(s: &Setup, prices: crate::config::controller::Prices) -> Fleet {
         Parts {
             store: s.fleet.store.clone(),
             ca: s.fleet.ca.clone(),
-            backend: s.backend.clone(),
+            backends: vec![("process".into(), s.backend.clone())],
             agents: Box::new(s.agents.clone()),
             hooks: Box::new(s.hooks.clone()),
             clock: s.clock.clone(),

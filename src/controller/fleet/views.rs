@@ -40,6 +40,9 @@ pub struct ApplianceView {
     pub flavor: Option<String>,
     pub network: Option<String>,
     pub region: Option<String>,
+    /// The backend that serves it (`enrolled` for an appliance that joined by
+    /// enrolment).
+    pub backend: String,
     /// Where its `launched`, `expiring` and `stopped` events are mailed.
     pub notify_email: Option<String>,
     /// The cluster it belongs to.
@@ -89,6 +92,7 @@ impl From<&Appliance> for ApplianceView {
             flavor: a.flavor.clone(),
             network: a.network.clone(),
             region: a.region.clone(),
+            backend: a.backend.clone(),
             notify_email: a.notify_email.clone(),
             cluster_id: a.cluster_id.clone(),
             created_at: crate::certs::format_unix(a.created_at),
