@@ -7,28 +7,10 @@ mod common;
 
 use std::time::Duration;
 
-use common::controller::Controller;
+use common::controller::{Controller, http_get, served_by_config};
 use serde_json::{Value, json};
 
 const INSTANCE: &str = "6f1c2a9e-4b3d-4e5f-8a7b-9c0d1e2f3a4b";
-
-fn haproxy_config(port: u16) -> String {
-    format!(
-        "global\n    maxconn 64\ndefaults\n    mode http\n    timeout connect 1s\n    timeout client 5s\n    timeout server 5s\nfrontend fe\n    bind {{MYIP}}:{port}\n    http-request return status 200 content-type text/plain string \"served by {{MYIP}}\"\n"
-    )
-}
-
-/// A plain HTTP GET to `addr`, the response.
-async fn http_get(addr: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(b"GET / HTTP/1.0\r\nhost: x\r\n\r\n")
-        .await
-        .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).await.unwrap();
-    out
-}
 
 /// When the agent of an appliance logged a request to `path` with `method` (its log
 /// line's timestamp), each time it did.
@@ -103,7 +85,7 @@ async fn scenario(db_url: &str, net: u8) {
             &root,
             "PUT",
             &format!("/v1/clusters/{cid}/agent{path}"),
-            &haproxy_config(port),
+            &served_by_config(port),
         )
         .await;
     assert_eq!(accepted["kind"], "cluster-write");
@@ -116,7 +98,7 @@ async fn scenario(db_url: &str, net: u8) {
     );
     assert_eq!(members[1]["outcome"], "applied", "{done}");
     for address in &addresses {
-        let served = http_get(&format!("{address}:{port}")).await;
+        let served = http_get(&format!("{address}:{port}")).await.unwrap();
         assert!(served.contains(&format!("served by {address}")), "{served}");
     }
     let (first, second) = (
@@ -155,6 +137,7 @@ async fn scenario(db_url: &str, net: u8) {
     assert!(
         http_get(&format!("{}:{port}", addresses[1]))
             .await
+            .unwrap()
             .contains("served by")
     );
 

@@ -353,10 +353,21 @@ async fn scenario(db_url: &str, net: u8) {
         );
     }
 
-    // The same state directory restarts the agent without --enrol.
-    edge.kill();
+    // Shut down by its owner, it reports `stopped`; the same state directory starts it
+    // again without --enrol, and it is active again.
+    let pid = edge.child.as_ref().unwrap().id();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    assert_eq!(edge.wait_exit(Duration::from_secs(20)), Some(0));
+    c.wait_state(&root, &appliance, "stopped", Duration::from_secs(10))
+        .await;
     edge.run(&[]);
     edge.wait_serving();
+    c.wait_state(&root, &appliance, "active", Duration::from_secs(10))
+        .await;
     let r = c
         .call(
             &root,

@@ -9,7 +9,7 @@ mod common;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::controller::Controller;
+use common::controller::{Controller, http_get, served_by_config};
 use common::*;
 use serde_json::Value;
 
@@ -64,28 +64,6 @@ async fn hooks() -> Hooks {
 fn hmac_hex(secret: &[u8], msg: &[u8]) -> String {
     let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, secret);
     applianced::certs::hex(aws_lc_rs::hmac::sign(&key, msg).as_ref())
-}
-
-fn haproxy_config(port: u16) -> String {
-    format!(
-        "global\n    maxconn 64\ndefaults\n    mode http\n    timeout connect 1s\n    timeout client 5s\n    timeout server 5s\nfrontend fe\n    bind {{MYIP}}:{port}\n    http-request return status 200 content-type text/plain string \"served by {{MYIP}}\"\n"
-    )
-}
-
-/// A plain HTTP GET to `addr`, the body.
-async fn http_get(addr: &str) -> Result<String, String> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr)
-        .await
-        .map_err(|e| e.to_string())?;
-    s.write_all(b"GET / HTTP/1.0\r\nhost: x\r\n\r\n")
-        .await
-        .map_err(|e| e.to_string())?;
-    let mut out = String::new();
-    s.read_to_string(&mut out)
-        .await
-        .map_err(|e| e.to_string())?;
-    Ok(out)
 }
 
 async fn create(c: &Controller, token: &str, body: &str) -> (Value, String) {
@@ -272,7 +250,7 @@ async fn scenario(db_url: &str, net: u8) {
                 "/v1/appliances/{}/agent/instances/{instance}/haproxy",
                 ids[0]
             ),
-            &haproxy_config(port),
+            &served_by_config(port),
         )
         .await;
     assert_eq!(r.status, 201, "{}", r.body);
@@ -395,7 +373,7 @@ async fn scenario(db_url: &str, net: u8) {
     let agent_path = format!("/v1/appliances/{mine}/agent/instances/{instance}/haproxy");
     for method in ["PUT", "POST", "DELETE"] {
         let r = c
-            .call(&member, method, &agent_path, &haproxy_config(free_port()))
+            .call(&member, method, &agent_path, &served_by_config(free_port()))
             .await;
         assert_eq!(
             (r.status, r.json()["type"].as_str()),
@@ -431,7 +409,7 @@ async fn scenario(db_url: &str, net: u8) {
         r.body
     );
     let r = c
-        .call(&root, "PUT", &agent_path, &haproxy_config(free_port()))
+        .call(&root, "PUT", &agent_path, &served_by_config(free_port()))
         .await;
     assert_eq!(r.status, 201, "admins write: {}", r.body);
     tenants_stay_on_their_appliance(&c, &root, &mine, &agent_path).await;

@@ -13,7 +13,7 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
-use common::controller::Controller;
+use common::controller::{Controller, http_get, served_by_config};
 use common::free_port;
 
 /// Whether this process may make network namespaces and bridges; why not otherwise.
@@ -76,26 +76,6 @@ fn curl_from(ns: &str, url: &str) -> i32 {
 fn connects_from(ns: &str, addr: &str) -> bool {
     let code = curl_from(ns, &format!("https://{addr}/"));
     !matches!(code, 7 | 28)
-}
-
-fn haproxy_config(port: u16) -> String {
-    format!(
-        "global\n    maxconn 64\ndefaults\n    mode http\n    timeout connect 1s\n    timeout client 5s\n    timeout server 5s\nfrontend fe\n    bind {{MYIP}}:{port}\n    http-request return status 200 content-type text/plain string \"served by {{MYIP}}\"\n"
-    )
-}
-
-async fn http_get(addr: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(addr))
-        .await
-        .expect("connect in time")
-        .unwrap();
-    s.write_all(b"GET / HTTP/1.0\r\nhost: x\r\n\r\n")
-        .await
-        .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).await.unwrap();
-    out
 }
 
 async fn create(c: &Controller, token: &str, name: &str) -> String {
@@ -172,11 +152,11 @@ async fn appliances_in_their_own_namespaces() {
             &root,
             "PUT",
             &format!("/v1/appliances/{first}/agent/instances/{instance}/haproxy"),
-            &haproxy_config(port),
+            &served_by_config(port),
         )
         .await;
     assert_eq!(r.status, 201, "{}", r.body);
-    let served = http_get(&format!("{addr_a}:{port}")).await;
+    let served = http_get(&format!("{addr_a}:{port}")).await.unwrap();
     assert!(served.contains(&format!("served by {addr_a}")), "{served}");
 
     // Isolation: an appliance reaches neither the other's agent nor its load balancer,

@@ -65,8 +65,8 @@ async fn scenario(db_url: &str, net: u8) {
     let regions = get("/v1/regions").await;
     assert_eq!(
         regions,
-        json!([{"name": "near", "priority": 1, "capacity": 1},
-               {"name": "far", "priority": 2, "capacity": 1}])
+        json!([{"name": "near", "priority": 1, "capacity": 1, "backend": "process"},
+               {"name": "far", "priority": 2, "capacity": 1, "backend": "process"}])
     );
     let flavors = get("/v1/flavors").await;
     let names: Vec<&Value> = flavors

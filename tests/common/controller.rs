@@ -37,30 +37,15 @@ impl Controller {
         extra: &str,
         backend_extra: &str,
     ) -> Controller {
-        let dir = tempfile::tempdir().unwrap();
-        // Searchable by others: appliances run as their own users.
-        std::fs::set_permissions(
-            dir.path(),
-            std::os::unix::fs::PermissionsExt::from_mode(0o711),
-        )
-        .unwrap();
-        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let appliance_zone: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let config = dir.path().join("controller.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "state_dir = \"{d}\"\n[database]\nurl = \"{db_url}\"\n\
-                 [[listeners]]\naddress = \"{admin}\"\nzone = \"admin\"\n\
-                 [[listeners]]\naddress = \"{appliance_zone}\"\nzone = \"appliance\"\n\
-                 {extra}\n[backend]\nfirst_address = \"{first_address}\"\nagent_port = {port}\n{backend_extra}\n",
-                d = dir.path().join("state").display(),
-                port = free_port(),
+        Controller::start_on(
+            db_url,
+            "127.0.0.1",
+            &format!(
+                "first_address = \"{first_address}\"\nagent_port = {port}\n{backend_extra}",
+                port = free_port()
             ),
+            extra,
         )
-        .unwrap();
-        let state = dir.path().join("state");
-        Controller::launch(dir, config, admin, appliance_zone, state)
     }
 
     /// A controller whose appliance listener is on `appliance_ip` and whose `[backend]`
@@ -361,4 +346,33 @@ pub fn user_add(config: &std::path::Path, name: &str, admin: bool) -> String {
         .find_map(|l| l.strip_prefix("password: "))
         .unwrap()
         .to_string()
+}
+
+/// A haproxy configuration for an appliance: every request on `{MYIP}:port` is
+/// answered "served by" and the appliance's address.
+pub fn served_by_config(port: u16) -> String {
+    format!(
+        "global\n    maxconn 64\ndefaults\n    mode http\n    timeout connect 1s\n    timeout client 5s\n    timeout server 5s\nfrontend fe\n    bind {{MYIP}}:{port}\n    http-request return status 200 content-type text/plain string \"served by {{MYIP}}\"\n"
+    )
+}
+
+/// A plain HTTP/1.0 GET to `addr` (within 5 s): the whole response.
+pub async fn http_get(addr: &str) -> Result<String, String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let exchange = async {
+        let mut s = tokio::net::TcpStream::connect(addr)
+            .await
+            .map_err(|e| e.to_string())?;
+        s.write_all(b"GET / HTTP/1.0\r\nhost: x\r\n\r\n")
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut out = String::new();
+        s.read_to_string(&mut out)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(out)
+    };
+    tokio::time::timeout(Duration::from_secs(5), exchange)
+        .await
+        .map_err(|_| format!("no answer from {addr} in 5 s"))?
 }

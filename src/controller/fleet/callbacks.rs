@@ -23,7 +23,20 @@ impl Fleet {
         let status = cb.status.filter(|s| !s.is_null()).map(|s| s.to_string());
         match cb.event {
             CallbackEvent::Launched => {
+                // An enrolled appliance is powered by its owner: one that was stopped and
+                // comes back says `launched`, and boots again.
+                if a.backend == enrolments::ENROLLED && a.state == State::Stopped {
+                    self.apply(
+                        &a.id,
+                        Event::Start,
+                        |_| Changes::default(),
+                        Some(json!({"reported_by": "appliance"})),
+                    )
+                    .await?;
+                }
                 let ttl = a.ttl_minutes * 60;
+                // Without a time to live (an enrolled appliance), it never expires.
+                let expires = (ttl > 0).then_some(now + ttl);
                 self.apply(
                     &a.id,
                     Event::Launched,
@@ -31,8 +44,8 @@ impl Fleet {
                         // The expiry clock starts at the first `launched` after a boot.
                         launched_at: matches!(cur.state, State::Booting | State::LaunchTimeout)
                             .then_some(now),
-                        expires_at: matches!(cur.state, State::Booting | State::LaunchTimeout)
-                            .then_some(now + ttl),
+                        expires_at: expires
+                            .filter(|_| matches!(cur.state, State::Booting | State::LaunchTimeout)),
                         last_heartbeat_at: Some(now),
                         last_status: status.clone(),
                         ..Changes::default()

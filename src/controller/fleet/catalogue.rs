@@ -200,7 +200,22 @@ impl Fleet {
                     .find(|t| wanted_backend.as_ref().is_none_or(|b| &t.backend == b)),
                 Some(t) => templates.iter().find(|known| known.name == t),
             };
-            let t = found.ok_or_else(|| {
+            // A backend no template names: the first of each of its lists.
+            let implicit = match (&found, template, &wanted_backend) {
+                (None, None, Some(b)) => self.backend_named(b).and_then(|backend| {
+                    let c = backend.catalogue();
+                    Some(Template {
+                        name: String::new(),
+                        backend: b.clone(),
+                        image: c.images.first()?.id.clone(),
+                        flavor: c.flavors.first()?.id.clone(),
+                        network: c.networks.first()?.id.clone(),
+                        region: None,
+                    })
+                }),
+                _ => None,
+            };
+            let t = found.or(implicit.as_ref()).ok_or_else(|| {
                 let names: Vec<&str> = templates.iter().map(|t| t.name.as_str()).collect();
                 invalid(format!(
                     "template {:?} is not in the catalogue ({})",
@@ -218,7 +233,7 @@ impl Fleet {
             }
             Make {
                 backend: t.backend.clone(),
-                template: Some(t.name.clone()),
+                template: (!t.name.is_empty()).then(|| t.name.clone()),
                 image: t.image.clone(),
                 flavor: t.flavor.clone(),
                 network: t.network.clone(),
