@@ -420,9 +420,15 @@ async fn scenario(db_url: &str, net: u8) {
     assert!(!rejected.state().join("agent.toml").exists());
 
     // A token that accepts at once: the appliance joins without an admin.
+    // This one trusts the controller's CA from a file rather than by its fingerprint.
     let issued = issue(&c, &root, json!({"team": "tenant", "auto_accept": true})).await;
     let mut auto = Machine::new(net, 3);
-    auto.enrol(issued["command"].as_str().unwrap(), &[]);
+    let with_file = issued["command"]
+        .as_str()
+        .unwrap()
+        .replace(&format!("--ca-fingerprint {fingerprint}"), "--ca");
+    let ca_file = c.ca_cert().display().to_string();
+    auto.enrol(&with_file, &[ca_file.as_str()]);
     auto.wait_serving();
     let accepted = enrolments(&c, &root, "accepted").await;
     let joined = accepted

@@ -192,6 +192,18 @@ impl Store {
         decode_all(&rows, EnrolmentToken::from_row)
     }
 
+    pub async fn enrolment_token(&self, id: &str) -> Result<Option<EnrolmentToken>, StoreError> {
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            token_columns!(),
+            " FROM enrolment_tokens WHERE id = $1"
+        ))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.as_ref().map(EnrolmentToken::from_row).transpose()?)
+    }
+
     /// Deletes a token (revokes it before use); false when there is none.
     pub async fn delete_enrolment_token(&self, id: &str) -> Result<bool, StoreError> {
         let done = sqlx::query("DELETE FROM enrolment_tokens WHERE id = $1")

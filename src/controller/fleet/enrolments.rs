@@ -294,12 +294,12 @@ impl Fleet {
         })
         .await?;
         let now = self.clock.now();
+        // Its owner: the admin who issued the token (or, the token deleted since, who
+        // accepted it).
         let owner = self
             .store
-            .enrolment_tokens()
+            .enrolment_token(&e.token_id)
             .await?
-            .into_iter()
-            .find(|t| t.id == e.token_id)
             .map(|t| t.created_by)
             .unwrap_or_else(|| decided_by.to_string());
         let appliance = Appliance {
