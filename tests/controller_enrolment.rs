@@ -438,6 +438,71 @@ async fn scenario(db_url: &str, net: u8) {
     assert_eq!(joined["decided_by"], "auto-accept");
     assert!(joined["name"].as_str().unwrap().starts_with("enrolled-"));
 
+    let auto_id = joined["appliance_id"].as_str().unwrap().to_string();
+
+    // Only an appliance's own certificate answers for it: a record pointing at another
+    // agent (here the forgotten edge, still serving) reaches nothing.
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::AnyPool::connect(db_url).await.unwrap();
+    sqlx::query("UPDATE appliances SET address = $1, agent_port = $2 WHERE id = $3")
+        .bind(edge.listen.ip().to_string())
+        .bind(i64::from(edge.listen.port()))
+        .bind(&auto_id)
+        .execute(&pool)
+        .await
+        .unwrap();
+    let r = c
+        .call(&root, "POST", &format!("/v1/appliances/{auto_id}/ping"), "")
+        .await;
+    assert_eq!(r.status, 502, "{}", r.body);
+    assert!(
+        r.body.contains("presented the certificate of"),
+        "{}",
+        r.body
+    );
+    sqlx::query("UPDATE appliances SET address = $1, agent_port = $2 WHERE id = $3")
+        .bind(auto.listen.ip().to_string())
+        .bind(i64::from(auto.listen.port()))
+        .bind(&auto_id)
+        .execute(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+
+    // A request declaring a live appliance's address and port is not accepted; a
+    // deleted token's waiting request is refused with it.
+    let issued = issue(&c, &root, json!({"team": "tenant"})).await;
+    let clash = json!({"token": issued["token"], "csr": csr(), "name": "clash",
+        "address": auto.listen.ip().to_string(), "port": auto.listen.port()});
+    let r = submit(&c, &clash).await;
+    assert_eq!(r.status, 202, "{}", r.body);
+    let clash_id = r.json()["id"].as_str().unwrap().to_string();
+    let r = c
+        .call(
+            &root,
+            "POST",
+            &format!("/v1/enrolments/{clash_id}/accept"),
+            "",
+        )
+        .await;
+    assert_eq!(r.status, 409, "{}", r.body);
+    assert!(
+        r.body.contains("another appliance is reached"),
+        "{}",
+        r.body
+    );
+    let r = c
+        .call(
+            &root,
+            "DELETE",
+            &format!("/v1/enrolment-tokens/{}", issued["id"].as_str().unwrap()),
+            "",
+        )
+        .await;
+    assert_eq!(r.status, 204, "{}", r.body);
+    let rejected_now = enrolments(&c, &root, "rejected").await;
+    assert!(rejected_now.iter().any(|e| e["id"] == clash_id.as_str()));
+
     // An expired token, a weak key.
     let issued = issue(&c, &root, json!({"team": "tenant", "ttl_seconds": 1})).await;
     let weak = weak_csr();

@@ -369,6 +369,26 @@ async fn a_process_and_a_netns_backend_side_by_side() {
         "{a}"
     );
     assert_eq!(b["address"], "127.0.59.1", "{b}");
+    // The namespace's interface has the address the controller recorded (the netns
+    // backend's first slot, though the process backend's slots come before it).
+    let shown = Command::new("ip")
+        .args([
+            "-n",
+            &format!("{bridge}-0"),
+            "-o",
+            "-4",
+            "addr",
+            "show",
+            "dev",
+            "eth0",
+        ])
+        .output()
+        .unwrap();
+    let shown = String::from_utf8_lossy(&shown.stdout).to_string();
+    assert!(
+        shown.contains(&format!("inet {}/28", a["address"].as_str().unwrap())),
+        "{shown}"
+    );
     let r = c.call(&root, "POST", "/v1/ping", "").await;
     assert_eq!(r.json()["reachable"], 2, "{}", r.body);
     for id in [&in_ns, &on_host] {

@@ -781,7 +781,68 @@ impl ControllerConfig {
                 ),
             );
         }
+        // One user-id range and one isolation rule for all backends' appliances.
+        for (i, b) in backends.iter().enumerate().skip(1) {
+            if b.isolate_appliances != first.isolate_appliances
+                || b.appliance_id_first != first.appliance_id_first
+            {
+                problem(
+                    format!("{}.isolate_appliances", prefix(i)),
+                    "isolate_appliances and appliance_id_first are the first backend's for all: \
+                     give every backend the same (or leave them out)"
+                        .into(),
+                );
+            }
+        }
+        // No two backends hand out the same addresses.
+        let ranges: Vec<(usize, u128, u128)> = backends
+            .iter()
+            .enumerate()
+            .filter_map(|(i, b)| {
+                let (start, len) = match b.netns() {
+                    Some((_, network, prefix)) => {
+                        (u128::from(u32::from(network)), 1u128 << (32 - prefix))
+                    }
+                    None if b.kind == BackendKind::Netns => return None,
+                    None => {
+                        let start = match b.first_address {
+                            IpAddr::V4(v4) => u128::from(u32::from(v4)),
+                            IpAddr::V6(v6) => u128::from(v6) ^ (1u128 << 127),
+                        };
+                        (start, u128::from(b.max_appliances))
+                    }
+                };
+                Some((i, start, start + len))
+            })
+            .collect();
+        for (n, (i, a_start, a_end)) in ranges.iter().enumerate() {
+            for (j, b_start, b_end) in &ranges[n + 1..] {
+                if a_start < b_end && b_start < a_end {
+                    problem(
+                        prefix(*j),
+                        format!("its appliances' addresses overlap those of {}", prefix(*i)),
+                    );
+                }
+            }
+        }
         let backend_names: Vec<String> = backends.iter().map(Backend::name).collect();
+        // A backend no region names gets a region of its own name: it must not be
+        // another's.
+        for b in &backend_names {
+            let named = self
+                .regions
+                .iter()
+                .any(|r| r.backend.as_ref().unwrap_or(&backend_names[0]) == b);
+            if !named && self.regions.iter().any(|r| &r.name == b) && !self.regions.is_empty() {
+                problem(
+                    "regions".into(),
+                    format!(
+                        "backend {b:?} has no region, so it gets one of its name, but a region of \
+                         another backend is called so"
+                    ),
+                );
+            }
+        }
         for (i, r) in self.regions.iter().enumerate() {
             if let Some(b) = &r.backend
                 && !backend_names.contains(b)
@@ -1166,5 +1227,56 @@ mod tests {
             super::super::parse_toml(&format!("[backend]\nkind = \"netns\"\n{good}")).unwrap();
         assert_eq!(c.backend.agent_port(), 443);
         assert_eq!(Backend::default().agent_port(), 9443);
+    }
+
+    #[test]
+    fn several_backends_must_not_overlap_or_disagree() {
+        let keys = |text: &str| -> Vec<String> {
+            let c: ControllerConfig = super::super::parse_toml(&format!(
+                "[[listeners]]\naddress = \"0.0.0.0:8444\"\nzone = \"appliance\"\n{text}"
+            ))
+            .unwrap();
+            let mut k: Vec<String> = c
+                .validate()
+                .err()
+                .unwrap_or_default()
+                .into_iter()
+                .map(|p| p.key)
+                .filter(|k| k.starts_with("backends") || k == "regions")
+                .collect();
+            k.dedup();
+            k
+        };
+        let two = |second: &str| {
+            format!(
+                "[[backends]]\nname = \"a\"\nfirst_address = \"127.0.1.1\"\nmax_appliances = 10\n\
+                 [[backends]]\nname = \"b\"\n{second}"
+            )
+        };
+        assert!(keys(&two("first_address = \"127.0.2.1\"\n")).is_empty());
+        assert_eq!(
+            keys(&two("first_address = \"127.0.1.5\"\n")),
+            ["backends[1]"]
+        );
+        assert_eq!(
+            keys(&two(
+                "first_address = \"127.0.2.1\"\nisolate_appliances = false\n"
+            )),
+            ["backends[1].isolate_appliances"]
+        );
+        assert_eq!(
+            keys(
+                &two("first_address = \"127.0.2.1\"\nname = \"a\"\n").replace("name = \"b\"\n", "")
+            ),
+            ["backends[1].name"]
+        );
+        // b has no region, so it gets one called "b": a's region must not be.
+        assert_eq!(
+            keys(
+                &(two("first_address = \"127.0.2.1\"\n")
+                    + "[[regions]]\nname = \"b\"\ncapacity = 1\n")
+            ),
+            ["regions"]
+        );
     }
 }

@@ -103,6 +103,12 @@ impl ProcessBackend {
             .ok()
     }
 
+    /// The appliance's slot among this backend's own (its addresses and namespaces are
+    /// numbered so).
+    fn local_slot(&self, id: &str) -> Option<u32> {
+        self.slot_of(id)?.checked_sub(self.slot_base)
+    }
+
     fn config_path(&self, id: &str) -> PathBuf {
         self.dir(id).join("agent.toml")
     }
@@ -300,7 +306,7 @@ impl ProcessBackend {
         // In its own network namespace first (entering one needs the controller's
         // privileges).
         if let Some(netns) = &self.netns {
-            let slot = self.slot_of(id).ok_or_else(|| {
+            let slot = self.local_slot(id).ok_or_else(|| {
                 BackendError::Failed(format!("appliance {id} has no slot on this host"))
             })?;
             let ns = netns.ensure_namespace(slot).map_err(BackendError::Failed)?;
@@ -432,7 +438,7 @@ impl ProcessBackend {
     /// Stops the appliance and removes its directories.
     fn destroy(&self, id: &str) -> Result<(), BackendError> {
         self.stop(id)?;
-        if let (Some(netns), Some(slot)) = (&self.netns, self.slot_of(id)) {
+        if let (Some(netns), Some(slot)) = (&self.netns, self.local_slot(id)) {
             netns.remove_namespace(slot).map_err(BackendError::Failed)?;
         }
         if let Ok(run) = fs::read_link(self.dir(id).join("run")) {

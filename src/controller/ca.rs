@@ -135,17 +135,27 @@ impl ControllerCa {
         let _held = crate::fsutil::lock_exclusive(&lock).map_err(|e| PkiError::Io(lock, e))?;
         let crt = prefix.with_extension("crt");
         let key = prefix.with_extension("key");
+        let req_wanted = make();
+        // The names it must carry (a listener's, which change with the configuration).
+        let wanted: std::collections::BTreeSet<String> = req_wanted.sans.iter().cloned().collect();
         let fresh = certs::load_certs(&crt)
             .ok()
             .and_then(|c| c.into_iter().next())
             .and_then(|c| certs::CertInfo::parse(&c).ok())
             .is_some_and(|info| {
+                let has: std::collections::BTreeSet<String> = info
+                    .dns_names
+                    .iter()
+                    .cloned()
+                    .chain(info.ip_addresses.iter().map(|ip| ip.to_string()))
+                    .collect();
                 info.not_after - certs::now_unix() > i64::from(self.rotate_before_days) * 86_400
+                    && (wanted.is_empty() || has == wanted)
             });
         if fresh && key.exists() {
             return Ok((crt, key));
         }
-        let mut req = make();
+        let mut req = req_wanted;
         req.days = self.certificate_days;
         self.ca.issue(&req)?.write(&prefix)
     }

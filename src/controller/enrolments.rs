@@ -150,6 +150,10 @@ pub enum Accepted {
     Done(Box<Enrolment>),
     /// Not pending (decided already), or no such request.
     NotPending,
+    /// Its team was deleted since the token was issued.
+    NoTeam,
+    /// Another live appliance is reached at that address and port.
+    AddressTaken,
     OverQuota {
         limit: i64,
         used: i64,
@@ -204,12 +208,41 @@ impl Store {
         Ok(row.as_ref().map(EnrolmentToken::from_row).transpose()?)
     }
 
+    async fn token_by_hash(&self, token_hash: &str) -> Result<Option<EnrolmentToken>, StoreError> {
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            token_columns!(),
+            " FROM enrolment_tokens WHERE token_hash = $1"
+        ))
+        .bind(token_hash)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.as_ref().map(EnrolmentToken::from_row).transpose()?)
+    }
+
     /// Deletes a token (revokes it before use); false when there is none.
-    pub async fn delete_enrolment_token(&self, id: &str) -> Result<bool, StoreError> {
+    pub async fn delete_enrolment_token(
+        &self,
+        id: &str,
+        decided_by: &str,
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
         let done = sqlx::query("DELETE FROM enrolment_tokens WHERE id = $1")
             .bind(id)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
+        // A request it made that still waits is refused with it.
+        sqlx::query(
+            "UPDATE enrolments SET state = 'rejected', decided_at = $1, decided_by = $2 \
+             WHERE token_id = $3 AND state = 'pending'",
+        )
+        .bind(now)
+        .bind(decided_by)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
         Ok(done.rows_affected() == 1)
     }
 
@@ -223,41 +256,43 @@ impl Store {
         max_pending: i64,
     ) -> Result<(Submitted, Option<Enrolment>), StoreError> {
         let mut tx = self.pool.begin().await?;
+        // Spent first (a write takes the lock at once): of racing requests with one
+        // token, exactly one gets past this.
+        let spent = sqlx::query(
+            "UPDATE enrolment_tokens SET used_at = $1 \
+             WHERE token_hash = $2 AND used_at IS NULL AND expires_at > $1",
+        )
+        .bind(e.created_at)
+        .bind(token_hash)
+        .execute(&mut *tx)
+        .await?;
+        if spent.rows_affected() != 1 {
+            tx.rollback().await?;
+            let why = match self.token_by_hash(token_hash).await? {
+                None => Submitted::UnknownToken,
+                Some(t) if t.used_at.is_some() => Submitted::UsedToken,
+                Some(_) => Submitted::ExpiredToken,
+            };
+            return Ok((why, None));
+        }
         let row = sqlx::query(concat!(
             "SELECT ",
             token_columns!(),
             " FROM enrolment_tokens WHERE token_hash = $1"
         ))
         .bind(token_hash)
-        .fetch_optional(&mut *tx)
+        .fetch_one(&mut *tx)
         .await?;
-        let Some(row) = row else {
-            return Ok((Submitted::UnknownToken, None));
-        };
         let token = EnrolmentToken::from_row(&row)?;
-        if token.used_at.is_some() {
-            return Ok((Submitted::UsedToken, None));
-        }
-        if token.expires_at <= e.created_at {
-            return Ok((Submitted::ExpiredToken, None));
-        }
         let pending: i64 =
             sqlx::query("SELECT COUNT(*) AS n FROM enrolments WHERE state = 'pending'")
                 .fetch_one(&mut *tx)
                 .await?
                 .try_get("n")?;
         if pending >= max_pending {
+            // The token stays unspent: the appliance may try again later.
+            tx.rollback().await?;
             return Ok((Submitted::TooManyPending(pending), None));
-        }
-        let spent = sqlx::query(
-            "UPDATE enrolment_tokens SET used_at = $1 WHERE id = $2 AND used_at IS NULL",
-        )
-        .bind(e.created_at)
-        .bind(&token.id)
-        .execute(&mut *tx)
-        .await?;
-        if spent.rows_affected() != 1 {
-            return Ok((Submitted::UsedToken, None));
         }
         let e = Enrolment {
             token_id: token.id.clone(),
@@ -336,7 +371,7 @@ impl Store {
     ) -> Result<Accepted, StoreError> {
         let mut tx = self.pool.begin().await?;
         if !lock_team(&mut tx, &appliance.team_id).await? {
-            return Ok(Accepted::NotPending);
+            return Ok(Accepted::NoTeam);
         }
         let done = sqlx::query(
             "UPDATE enrolments SET state = 'accepted', appliance_id = $1, certificate = $2, \
@@ -356,6 +391,18 @@ impl Store {
         }
         if let Some((limit, used)) = over_appliance_quota(&mut tx, &appliance.team_id).await? {
             return Ok(Accepted::OverQuota { limit, used });
+        }
+        let taken: i64 = sqlx::query(
+            "SELECT COUNT(*) AS n FROM appliances WHERE address = $1 AND agent_port = $2 \
+             AND state <> 'deleted'",
+        )
+        .bind(&appliance.address)
+        .bind(appliance.agent_port)
+        .fetch_one(&mut *tx)
+        .await?
+        .try_get("n")?;
+        if taken > 0 {
+            return Ok(Accepted::AddressTaken);
         }
         insert_existing_appliance(&mut tx, appliance, record).await?;
         tx.commit().await?;

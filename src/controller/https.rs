@@ -23,7 +23,16 @@ impl AgentClient for Client {
                     headers.insert(n, v);
                 }
             }
-            match self.send(method, &request.url, headers, request.body).await {
+            match self
+                .send_to(
+                    method,
+                    &request.url,
+                    headers,
+                    request.body,
+                    request.peer.as_deref(),
+                )
+                .await
+            {
                 Ok(reply) => Ok(Incoming {
                     status: reply.status.as_u16(),
                     content_type: reply
@@ -39,9 +48,9 @@ impl AgentClient for Client {
                 Err(e @ (ClientError::Http(..) | ClientError::Timeout(..))) => {
                     Err(CallError::Broken(e.to_string()))
                 }
-                Err(e @ (ClientError::Url(_) | ClientError::NoTls)) => {
-                    Err(CallError::Refused(e.to_string()))
-                }
+                Err(
+                    e @ (ClientError::Url(_) | ClientError::NoTls | ClientError::WrongPeer(..)),
+                ) => Err(CallError::Refused(e.to_string())),
             }
         })
     }

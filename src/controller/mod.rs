@@ -54,14 +54,20 @@ struct ListenerTls {
 }
 
 impl ListenerTls {
-    fn resolve(l: &Listener, ca: &ca::ControllerCa) -> Result<ListenerTls, String> {
+    /// `gateways`: the netns bridges' addresses, by which appliances in namespaces reach
+    /// a listener on a wildcard address.
+    fn resolve(
+        l: &Listener,
+        ca: &ca::ControllerCa,
+        gateways: &[IpAddr],
+    ) -> Result<ListenerTls, String> {
         let (cert, key) = match (&l.cert, &l.key) {
             (Some(c), Some(k)) => (c.clone(), k.clone()),
             _ => {
                 let zone = format!("{:?}", l.zone).to_lowercase();
                 ca.listener_cert(
                     &format!("{zone}-{}", l.address.port()),
-                    listener_sans(l.address.ip()),
+                    listener_sans(l.address.ip(), gateways),
                 )
                 .map_err(|e| e.to_string())?
             }
@@ -124,12 +130,14 @@ fn regions_of(config: &ControllerConfig, b: &Backend, first: bool) -> Vec<fleet:
     }]
 }
 
-/// Names a controller-issued listener certificate carries.
-fn listener_sans(ip: IpAddr) -> Vec<String> {
+/// Names a controller-issued listener certificate carries (`gateways` too, for a
+/// wildcard address).
+fn listener_sans(ip: IpAddr, gateways: &[IpAddr]) -> Vec<String> {
     let mut sans = vec!["localhost".to_string()];
     if ip.is_unspecified() {
         sans.push("127.0.0.1".into());
         sans.push("::1".into());
+        sans.extend(gateways.iter().map(IpAddr::to_string));
         if let Ok(h) = nix::unistd::gethostname() {
             sans.push(h.to_string_lossy().into_owned());
         }
@@ -147,6 +155,16 @@ fn netns_of(b: &Backend) -> Option<netns::Netns> {
         network,
         prefix,
     })
+}
+
+/// The addresses of the netns backends' bridges.
+fn netns_gateways(config: &ControllerConfig) -> Vec<IpAddr> {
+    config
+        .backend_list()
+        .iter()
+        .filter_map(netns_of)
+        .map(|n| IpAddr::V4(n.gateway()))
+        .collect()
 }
 
 /// The URL the default backend's appliances post to (and enrol with).
@@ -300,9 +318,10 @@ async fn run_async(config: ControllerConfig) -> i32 {
             return exit::FAILURE;
         }
     }
+    let gateways = netns_gateways(&config);
     let mut bound = Vec::new();
     for (i, l) in config.listeners.iter().enumerate() {
-        let files = match ListenerTls::resolve(l, &ca) {
+        let files = match ListenerTls::resolve(l, &ca, &gateways) {
             Ok(f) => f,
             Err(e) => {
                 tracing::error!("listeners[{i}]: {e}");
@@ -532,7 +551,8 @@ fn reload_tls(fleet: &fleet::Fleet, ca: &ca::ControllerCa, listeners: &Reloadabl
         Err(e) => tracing::error!("controller client certificate: {e}"),
     }
     for (l, tls) in listeners {
-        match ListenerTls::resolve(l, ca).and_then(|files| files.load()) {
+        let gateways = netns_gateways(fleet.config());
+        match ListenerTls::resolve(l, ca, &gateways).and_then(|files| files.load()) {
             Ok(m) => {
                 if m.server_cert.serial != tls.load().server_cert.serial {
                     tracing::info!(address = %l.address, serial = %m.server_cert.serial, "listener certificate changed");

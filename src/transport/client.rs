@@ -34,12 +34,18 @@ pub enum ClientError {
     Http(String, String),
     #[error("no answer from {0} within {1:?}")]
     Timeout(String, Duration),
+    /// The server's certificate is valid but not the one expected there.
+    #[error("{0} presented the certificate of {1:?}, not of {2:?}")]
+    WrongPeer(String, String, String),
 }
 
 impl ClientError {
     /// Whether trying again may help (the peer was unreachable or slow, not wrong).
     pub fn is_transient(&self) -> bool {
-        !matches!(self, ClientError::Url(_) | ClientError::NoTls)
+        !matches!(
+            self,
+            ClientError::Url(_) | ClientError::NoTls | ClientError::WrongPeer(..)
+        )
     }
 }
 
@@ -70,6 +76,20 @@ impl Client {
         headers: HeaderMap,
         body: Bytes,
     ) -> Result<Reply, ClientError> {
+        self.send_to(method, url, headers, body, None).await
+    }
+
+    /// [`Client::send`], to a server whose certificate must name `peer` as its common
+    /// name (before anything is sent).
+    pub async fn send_to(
+        &self,
+        method: Method,
+        url: &str,
+        headers: HeaderMap,
+        body: Bytes,
+        peer: Option<&str>,
+    ) -> Result<Reply, ClientError> {
+        let peer_cn_owned = peer.map(str::to_string);
         let uri: Uri = url.parse().map_err(|_| ClientError::Url(url.into()))?;
         let host = uri
             .host()
@@ -106,8 +126,9 @@ impl Client {
         } else {
             None
         };
+        let expected = peer_cn_owned;
         let peer = format!("{host}:{port}");
-        let exchange = exchange(peer.clone(), host, port, tls, request);
+        let exchange = exchange(peer.clone(), host, port, tls, request, expected);
         match tokio::time::timeout(self.timeout, exchange).await {
             Ok(result) => result,
             Err(_) => Err(ClientError::Timeout(peer, self.timeout)),
@@ -121,6 +142,7 @@ async fn exchange(
     port: u16,
     tls: Option<Arc<ClientConfig>>,
     request: Request<Full<Bytes>>,
+    expected: Option<String>,
 ) -> Result<Reply, ClientError> {
     let tcp = tokio::net::TcpStream::connect((host.as_str(), port))
         .await
@@ -134,6 +156,19 @@ async fn exchange(
                 .connect(name, tcp)
                 .await
                 .map_err(|e| ClientError::Tls(peer.clone(), e))?;
+            if let Some(expected) = expected {
+                let named = stream
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .and_then(|c| c.first())
+                    .and_then(|leaf| certs::CertInfo::parse(leaf).ok())
+                    .and_then(|info| info.subject_cn)
+                    .unwrap_or_default();
+                if named != expected {
+                    return Err(ClientError::WrongPeer(peer, named, expected));
+                }
+            }
             over(peer, TokioIo::new(stream), request).await
         }
         None => over(peer, TokioIo::new(tcp), request).await,

@@ -13,6 +13,7 @@ use crate::callback::Callback;
     security(("appliance_certificate" = [])),
     responses(
         (status = 200, description = "Recorded: the appliance's state", body = CallbackAnswer),
+        (status = 401, description = "No client certificate"),
         (status = 403, description = "Not this appliance's certificate"),
         (status = 404, description = "On any other listener than an appliance one"),
         (status = 409, description = "Not in this state"),

@@ -386,34 +386,41 @@ fn status_view(s: &ApiState, e: &Enrolment) -> EnrolmentStatus {
     }
 }
 
-/// Whether `peer` may make one more request to join this minute. The table forgets
-/// addresses whose minute is over once it holds many.
+/// Whether `peer` may make one more request to join this minute. IPv6 addresses count
+/// by their /64 (one host usually has a whole one). When the table is full, the address
+/// whose minute started longest ago is forgotten.
 fn admit(peer: IpAddr) -> bool {
     static SEEN: OnceLock<Mutex<HashMap<IpAddr, (Instant, u32)>>> = OnceLock::new();
     const WINDOW: Duration = Duration::from_secs(60);
+    const MAX_SOURCES: usize = 4096;
+    let source = match peer {
+        IpAddr::V6(v6) if v6.to_ipv4_mapped().is_none() => {
+            IpAddr::V6((u128::from(v6) & !u128::from(u64::MAX)).into())
+        }
+        IpAddr::V6(v6) => IpAddr::V4(
+            v6.to_ipv4_mapped()
+                .unwrap_or(std::net::Ipv4Addr::UNSPECIFIED),
+        ),
+        v4 => v4,
+    };
     let now = Instant::now();
     let mut seen = SEEN
         .get_or_init(Default::default)
         .lock()
         .unwrap_or_else(|e| e.into_inner());
-    if seen.len() >= 4096 {
+    if seen.len() >= MAX_SOURCES && !seen.contains_key(&source) {
         seen.retain(|_, (since, _)| now.duration_since(*since) < WINDOW);
+        if seen.len() >= MAX_SOURCES
+            && let Some(oldest) = seen
+                .iter()
+                .min_by_key(|(_, (since, _))| *since)
+                .map(|(k, _)| *k)
+        {
+            seen.remove(&oldest);
+        }
     }
-    if seen.len() >= 4096 {
-        // Still full: a flood from many addresses; refuse the newcomers.
-        return seen.contains_key(&peer) && admit_known(&mut seen, peer, now, WINDOW);
-    }
-    admit_known(&mut seen, peer, now, WINDOW)
-}
-
-fn admit_known(
-    seen: &mut HashMap<IpAddr, (Instant, u32)>,
-    peer: IpAddr,
-    now: Instant,
-    window: Duration,
-) -> bool {
-    let entry = seen.entry(peer).or_insert((now, 0));
-    if now.duration_since(entry.0) >= window {
+    let entry = seen.entry(source).or_insert((now, 0));
+    if now.duration_since(entry.0) >= WINDOW {
         *entry = (now, 0);
     }
     entry.1 += 1;

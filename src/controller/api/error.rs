@@ -99,7 +99,8 @@ pub fn problem(e: &ApiError, instance: &str) -> Response {
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/problem+json"),
     );
-    if status == StatusCode::UNAUTHORIZED {
+    // Credentials of a user: not for a refused enrolment token.
+    if status == StatusCode::UNAUTHORIZED && kind == "unauthorized" {
         r.headers_mut().insert(
             header::WWW_AUTHENTICATE,
             HeaderValue::from_static("Basic realm=\"applianced\", Bearer"),

@@ -32,6 +32,8 @@ impl Fleet {
         let request = Outgoing {
             verb,
             url: Self::agent_url(a, path)?,
+            // Only this appliance's own certificate will do.
+            peer: Some(a.id.clone()),
             headers,
             body,
         };

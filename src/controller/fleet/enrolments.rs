@@ -116,7 +116,11 @@ impl Fleet {
         if !caller.admin {
             return Err(FleetError::AdminOnly);
         }
-        if self.store.delete_enrolment_token(id.as_str()).await? {
+        if self
+            .store
+            .delete_enrolment_token(id.as_str(), &caller.name, self.clock.now())
+            .await?
+        {
             Ok(())
         } else {
             Err(FleetError::NoSuchEntry(format!(
@@ -216,12 +220,12 @@ impl Fleet {
             .await
         {
             Ok(accepted) => Ok(accepted),
-            // Left for an admin (the team is at its quota): the appliance waits.
-            Err(err @ FleetError::QuotaExceeded { .. }) => {
-                tracing::warn!(enrolment = %e.id, error = %err, "enrolment left pending");
+            // Left for an admin (the team at its quota, its address taken, ...): the
+            // appliance has its request's id and waits, its token spent.
+            Err(err) => {
+                tracing::warn!(enrolment = %e.id, error = %err, "enrolment left pending for an admin");
                 Ok(e)
             }
-            Err(other) => Err(other),
         }
     }
 
@@ -361,6 +365,13 @@ impl Fleet {
                 return Ok(*e);
             }
             Ok(Accepted::NotPending) => not_pending(&self.enrolment(id).await?),
+            Ok(Accepted::NoTeam) => {
+                FleetError::Conflict(format!("the team of enrolment {id} was deleted: reject it"))
+            }
+            Ok(Accepted::AddressTaken) => FleetError::Conflict(format!(
+                "another appliance is reached at {}:{}: reject this request",
+                e.address, e.agent_port
+            )),
             Ok(Accepted::OverQuota { limit, used }) => FleetError::QuotaExceeded {
                 quota: "max_appliances",
                 limit,
@@ -369,7 +380,9 @@ impl Fleet {
             Err(err) => err.into(),
         };
         // Nothing uses the certificate just issued.
-        self.revoke_serial(issued.serial).await?;
+        if let Err(err) = self.revoke_serial(issued.serial.clone()).await {
+            tracing::error!(serial = %issued.serial, error = %err, "cannot revoke an unused certificate");
+        }
         Err(refused)
     }
 }
@@ -449,19 +462,20 @@ fn unsupported(action: &'static str) -> ports::BackendError {
 }
 
 impl Fleet {
-    /// The backend that serves `a`: the one it names; an appliance of a backend no
-    /// longer configured can only be forgotten.
-    pub(super) fn backend_of(&self, a: &Appliance) -> Arc<dyn Backend> {
+    /// The backend that serves `a`: the one it names. An appliance whose backend is no
+    /// longer configured cannot be acted on (not even destroyed: its machine would be
+    /// left running while its slot and address went to another appliance).
+    pub(super) fn backend_of(&self, a: &Appliance) -> Result<Arc<dyn Backend>, FleetError> {
         if a.backend == ENROLLED {
-            return Arc::new(EnrolledBackend);
+            return Ok(Arc::new(EnrolledBackend));
         }
-        match self.backend_named(&a.backend) {
-            Some(b) => b,
-            None => {
-                tracing::warn!(appliance = %a.id, backend = %a.backend, "the appliance's backend is not configured");
-                Arc::new(EnrolledBackend)
-            }
-        }
+        self.backend_named(&a.backend).ok_or_else(|| {
+            FleetError::Unsupported(format!(
+                "appliance {} belongs to backend {:?}, which is not configured; configure it \
+                 again to act on the appliance",
+                a.id, a.backend
+            ))
+        })
     }
 
     /// A configured backend by name.

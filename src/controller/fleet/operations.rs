@@ -441,7 +441,7 @@ impl Fleet {
         if minutes.is_some() {
             return Err(invalid("minutes is only for extend"));
         }
-        let backend = self.backend_of(&a);
+        let backend = self.backend_of(&a)?;
         if let Some(machine) = machine_action(event)
             && !machine.supported_by(backend.capabilities())
         {

@@ -28,6 +28,10 @@ pub enum Verb {
 pub struct Outgoing {
     pub verb: Verb,
     pub url: String,
+    /// The common name the server's certificate must carry (an appliance's id: an
+    /// address alone could be another appliance's); `None` for any name the URL's host
+    /// is valid for.
+    pub peer: Option<String>,
     pub headers: Vec<(&'static str, String)>,
     pub body: Bytes,
 }

@@ -54,7 +54,7 @@ impl Fleet {
         let slot = a.slot.unwrap_or_default();
         let machine = ApplianceId::from(id.to_string());
         let m = machine.clone();
-        let backend = self.backend_of(&a);
+        let backend = self.backend_of(&a)?;
         let mut state = on_backend(&backend, move |b| Ok(b.get(&m))).await?;
         if a.cert_serial.is_none() || state == MachineState::Absent {
             let (ca, backend, m) = (self.ca.clone(), backend.clone(), machine.clone());
@@ -114,7 +114,7 @@ impl Fleet {
 
     /// Gives the appliance the lowest free loopback slot.
     pub(super) async fn allocate_slot(&self, id: &str) -> Result<Appliance, FleetError> {
-        let backend = self.backend_of(&self.appliance(id).await?);
+        let backend = self.backend_of(&self.appliance(id).await?)?;
         for _ in 0..10 {
             // Slots are numbered across backends; each backend has its own range.
             let used = self.store.used_slots().await?;
@@ -157,7 +157,7 @@ impl Fleet {
 
     pub(super) async fn stop(&self, id: &str) -> Result<Value, FleetError> {
         let machine = ApplianceId::from(id.to_string());
-        let backend = self.backend_of(&self.appliance(id).await?);
+        let backend = self.backend_of(&self.appliance(id).await?)?;
         on_backend(&backend, move |b| b.action(&machine, MachineAction::Stop)).await?;
         let a = self.appliance(id).await?;
         // The appliance's own `stopped` usually arrives first; otherwise the backend's
@@ -183,7 +183,7 @@ impl Fleet {
             self.revoke_serial(serial).await?;
         }
         let machine = ApplianceId::from(id.to_string());
-        on_backend(&self.backend_of(&a), move |b| b.delete(&machine)).await?;
+        on_backend(&self.backend_of(&a)?, move |b| b.delete(&machine)).await?;
         self.apply(
             id,
             Event::Destroyed,

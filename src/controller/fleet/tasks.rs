@@ -108,7 +108,7 @@ impl Fleet {
         match kind {
             TaskKind::Create => self.provision(&appliance_id).await,
             TaskKind::Start => {
-                let backend = self.backend_of(&self.appliance(&appliance_id).await?);
+                let backend = self.backend_of(&self.appliance(&appliance_id).await?)?;
                 let id = ApplianceId::from(appliance_id.clone());
                 on_backend(&backend, move |b| b.action(&id, MachineAction::Start)).await?;
                 self.view(&appliance_id).await
@@ -123,7 +123,7 @@ impl Fleet {
                 let a = self.appliance(&appliance_id).await?;
                 lifecycle::next(a.state, event).ok_or_else(|| illegal(&a, event))?;
                 let id = ApplianceId::from(appliance_id.clone());
-                on_backend(&self.backend_of(&a), move |b| b.action(&id, action)).await?;
+                on_backend(&self.backend_of(&a)?, move |b| b.action(&id, action)).await?;
                 let now = self.clock.now();
                 // Heartbeats were not expected while suspended.
                 self.apply(

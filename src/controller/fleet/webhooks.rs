@@ -122,6 +122,7 @@ impl Fleet {
             let outcome = self
                 .hooks
                 .call(Outgoing {
+                    peer: None,
                     verb: Verb::Post,
                     url: d.url.clone(),
                     headers,
