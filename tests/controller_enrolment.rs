@@ -153,6 +153,12 @@ async fn wait_pending(c: &Controller, root: &str, name: &str, m: &Machine) -> Va
     }
 }
 
+/// An admin accepts or rejects (`action`) a request to join.
+async fn decide(c: &Controller, root: &str, id: &str, action: &str) -> common::Resp {
+    c.call(root, "POST", &format!("/v1/enrolments/{id}/{action}"), "")
+        .await
+}
+
 /// `POST /v1/enrolment-requests` on the appliance listener, without a client certificate.
 async fn submit(c: &Controller, body: &Value) -> common::Resp {
     c.client()
@@ -264,17 +270,13 @@ async fn scenario(db_url: &str, net: u8) {
 
     // Accepted: the agent writes its certificate and configuration, and serves.
     let id = pending["id"].as_str().unwrap();
-    let r = c
-        .call(&root, "POST", &format!("/v1/enrolments/{id}/accept"), "")
-        .await;
+    let r = decide(&c, &root, id, "accept").await;
     assert_eq!(r.status, 200, "{}", r.body);
     let accepted = r.json();
     assert_eq!(accepted["state"], "accepted");
     assert_eq!(accepted["decided_by"], "root");
     let appliance = accepted["appliance_id"].as_str().unwrap().to_string();
-    let r = c
-        .call(&root, "POST", &format!("/v1/enrolments/{id}/accept"), "")
-        .await;
+    let r = decide(&c, &root, id, "accept").await;
     assert_eq!(r.status, 409, "decided already: {}", r.body);
     edge.wait_serving();
     let config = std::fs::read_to_string(edge.state().join("agent.toml")).unwrap();
@@ -402,14 +404,7 @@ async fn scenario(db_url: &str, net: u8) {
     let mut rejected = Machine::new(net, 2);
     rejected.enrol(issued["command"].as_str().unwrap(), &["--name", "edge-2"]);
     let pending = wait_pending(&c, &root, "edge-2", &rejected).await;
-    let r = c
-        .call(
-            &root,
-            "POST",
-            &format!("/v1/enrolments/{}/reject", pending["id"].as_str().unwrap()),
-            "",
-        )
-        .await;
+    let r = decide(&c, &root, pending["id"].as_str().unwrap(), "reject").await;
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(rejected.wait_exit(Duration::from_secs(20)), Some(1));
     assert!(
@@ -477,14 +472,7 @@ async fn scenario(db_url: &str, net: u8) {
     let r = submit(&c, &clash).await;
     assert_eq!(r.status, 202, "{}", r.body);
     let clash_id = r.json()["id"].as_str().unwrap().to_string();
-    let r = c
-        .call(
-            &root,
-            "POST",
-            &format!("/v1/enrolments/{clash_id}/accept"),
-            "",
-        )
-        .await;
+    let r = decide(&c, &root, &clash_id, "accept").await;
     assert_eq!(r.status, 409, "{}", r.body);
     assert!(
         r.body.contains("another appliance is reached"),
