@@ -17,20 +17,28 @@ use common::controller::{Controller, http_get, served_by_config};
 use common::free_port;
 
 /// Whether this process may make network namespaces and bridges; why not otherwise.
+/// Only a lack of privilege is a reason to skip: any other failure fails the test.
 fn net_admin() -> Result<(), String> {
+    static PROBES: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     if !nix::unistd::geteuid().is_root() {
         return Err("not root".into());
     }
-    let probe = format!("aplprobe{}", std::process::id() % 10000);
-    let made = Command::new("ip").args(["netns", "add", &probe]).output();
-    match made {
-        Ok(out) if out.status.success() => {
-            let _ = Command::new("ip").args(["netns", "del", &probe]).output();
-            Ok(())
-        }
-        Ok(out) => Err(String::from_utf8_lossy(&out.stderr).trim().to_string()),
-        Err(e) => Err(format!("ip: {e}")),
+    let n = PROBES.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let probe = format!("aplprobe{}-{n}", std::process::id());
+    let out = Command::new("ip")
+        .args(["netns", "add", &probe])
+        .output()
+        .expect("ip (iproute2) runs");
+    if out.status.success() {
+        let _ = Command::new("ip").args(["netns", "del", &probe]).output();
+        return Ok(());
     }
+    let why = String::from_utf8_lossy(&out.stderr).trim().to_string();
+    assert!(
+        why.contains("Operation not permitted") || why.contains("Permission denied"),
+        "cannot make a network namespace, and not for lack of privilege: {why}"
+    );
+    Err(why)
 }
 
 /// Removes what the test's controller made on the host, whatever happened.

@@ -97,9 +97,7 @@ impl Netns {
             .ok_or_else(|| format!("slot {slot} is beyond the subnet"))?;
         if !namespace_exists(&ns) {
             // A port left from a namespace that is gone would clash with the new one.
-            if link_exists(&port) {
-                ip(&["link", "del", &port])?;
-            }
+            delete_link(&port)?;
             ip(&["netns", "add", &ns])?;
         }
         if !link_exists(&port) {
@@ -133,11 +131,7 @@ impl Netns {
         if namespace_exists(&ns) {
             ip(&["netns", "del", &ns])?;
         }
-        let port = self.port(slot);
-        if link_exists(&port) {
-            ip(&["link", "del", &port])?;
-        }
-        Ok(())
+        delete_link(&self.port(slot))
     }
 }
 
@@ -149,6 +143,18 @@ pub fn namespace_exists(name: &str) -> bool {
 /// Whether a network interface exists in the controller's namespace.
 pub fn link_exists(name: &str) -> bool {
     std::path::Path::new("/sys/class/net").join(name).exists()
+}
+
+/// Deletes a network interface if it exists. The host side of a veth pair goes away on
+/// its own, a moment after its namespace: gone meanwhile is as good as deleted.
+fn delete_link(name: &str) -> Result<(), String> {
+    if !link_exists(name) {
+        return Ok(());
+    }
+    match ip(&["link", "del", name]) {
+        Err(_) if !link_exists(name) => Ok(()),
+        other => other,
+    }
 }
 
 fn ip(args: &[&str]) -> Result<(), String> {
