@@ -304,9 +304,16 @@ pub fn check_chains_to(
 }
 
 /// Lower-case hex of `bytes`.
-/// The SHA-256 digest of `bytes`, lower-case hex (certificate fingerprints).
+/// The SHA-256 digest of `bytes`.
+pub fn sha256(bytes: &[u8]) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    out.copy_from_slice(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, bytes).as_ref());
+    out
+}
+
+/// The SHA-256 digest of `bytes`, lower-case hex (fingerprints, token hashes).
 pub fn sha256_hex(bytes: &[u8]) -> String {
-    hex(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, bytes).as_ref())
+    hex(&sha256(bytes))
 }
 
 pub fn hex(bytes: &[u8]) -> String {

@@ -12,13 +12,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use http::{HeaderMap, Method, StatusCode};
 use serde::{Deserialize, Serialize};
 
 use crate::certs;
 use crate::controller::backend::toml_string;
 use crate::fsutil::{ensure_dir, write_atomic};
-use crate::transport::client::{Client, client_config, client_config_pinned};
+use crate::transport::client::{Client, client_config, client_config_pinned, json_headers};
 
 /// How the controller is recognised.
 #[derive(Debug, Clone)]
@@ -251,7 +251,7 @@ fn check_answer(e: &Enrolment, key_path: &Path, chain: &str, ca: &str) -> Result
         .ok_or("the controller sent no CA certificate")?;
     match &e.trust {
         Trust::Fingerprint(fp) => {
-            if aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, ca_der).as_ref() != fp {
+            if certs::sha256(ca_der) != *fp {
                 return Err(
                     "the CA the controller sent does not have the pinned fingerprint".into(),
                 );
@@ -272,15 +272,6 @@ fn check_answer(e: &Enrolment, key_path: &Path, chain: &str, ca: &str) -> Result
     certs::certified_key(chain, key)
         .map_err(|err| format!("the certificate is not for this agent's key: {err}"))?;
     Ok(())
-}
-
-fn json_headers() -> HeaderMap {
-    let mut h = HeaderMap::new();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    h
 }
 
 /// The controller's refusal in its own words (a problem document's detail).

@@ -511,14 +511,6 @@ impl ControllerConfig {
         }
     }
 
-    /// The backend that serves a region: the one it names, else the first.
-    pub fn backend_of_region(&self, region: &RegionConfig) -> String {
-        region
-            .backend
-            .clone()
-            .unwrap_or_else(|| self.backend_list()[0].name())
-    }
-
     pub fn load(path: &Path) -> Result<ControllerConfig, ConfigError> {
         let config: ControllerConfig = super::read_toml(path)?;
         config.validate().map_err(|problems| ConfigError {

@@ -3,7 +3,7 @@
 
 use std::num::NonZeroU32;
 
-use aws_lc_rs::{digest, pbkdf2, rand};
+use aws_lc_rs::{pbkdf2, rand};
 
 use crate::certs::{hex, unhex};
 
@@ -69,7 +69,7 @@ pub fn new_token() -> (String, String) {
 
 /// What is stored for a token: its SHA-256, hex.
 pub fn token_hash(token: &str) -> String {
-    hex(digest::digest(&digest::SHA256, token.as_bytes()).as_ref())
+    crate::certs::sha256_hex(token.as_bytes())
 }
 
 /// A strong password for `controller user add`: 24 characters from 62 (142 bits).

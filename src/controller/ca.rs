@@ -225,4 +225,31 @@ mod tests {
             }
         }
     }
+
+    /// A listener's kept certificate is issued again when the names it must carry
+    /// change (a netns bridge added to a wildcard listener), and kept otherwise.
+    #[test]
+    fn a_kept_listener_certificate_follows_its_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = ControllerCa::open(dir.path(), 30, 14).unwrap();
+        let serial = |sans: &[&str]| {
+            let (crt, _) = ca
+                .listener_cert(
+                    "appliance-8444",
+                    sans.iter().map(|s| s.to_string()).collect(),
+                )
+                .unwrap();
+            let certs = certs::load_certs(&crt).unwrap();
+            certs::CertInfo::parse(&certs[0]).unwrap()
+        };
+        let first = serial(&["localhost", "127.0.0.1"]);
+        assert_eq!(serial(&["localhost", "127.0.0.1"]).serial, first.serial);
+        let widened = serial(&["localhost", "127.0.0.1", "10.213.0.1"]);
+        assert_ne!(widened.serial, first.serial);
+        assert!(
+            widened
+                .ip_addresses
+                .contains(&"10.213.0.1".parse().unwrap())
+        );
+    }
 }

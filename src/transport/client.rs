@@ -287,10 +287,9 @@ impl rustls::client::danger::ServerCertVerifier for PinnedCa {
         ocsp_response: &[u8],
         now: rustls_pki_types::UnixTime,
     ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        let pinned = intermediates.iter().find(|c| {
-            aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, c.as_ref()).as_ref()
-                == self.fingerprint
-        });
+        let pinned = intermediates
+            .iter()
+            .find(|c| certs::sha256(c.as_ref()) == self.fingerprint);
         let Some(ca) = pinned else {
             return Err(rustls::Error::General(
                 "the server's chain has no CA certificate with the pinned fingerprint".into(),

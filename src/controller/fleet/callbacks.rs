@@ -23,9 +23,10 @@ impl Fleet {
         let status = cb.status.filter(|s| !s.is_null()).map(|s| s.to_string());
         match cb.event {
             CallbackEvent::Launched => {
-                // An enrolled appliance is powered by its owner: one that was stopped and
-                // comes back says `launched`, and boots again.
-                if a.backend == enrolments::ENROLLED && a.state == State::Stopped {
+                // An appliance whose backend cannot power it (an enrolled one) is powered
+                // by its owner: one that was stopped and comes back says `launched`, and
+                // boots again.
+                if a.state == State::Stopped && !self.backend_of(&a)?.capabilities().power {
                     self.apply(
                         &a.id,
                         Event::Start,

@@ -43,8 +43,9 @@ impl Fleet {
 
     pub(super) async fn provision_steps(&self, id: &str) -> Result<(), FleetError> {
         let mut a = self.appliance(id).await?;
+        let backend = self.backend_of(&a)?;
         if a.slot.is_none() {
-            a = self.allocate_slot(id).await?;
+            a = self.allocate_slot(id, &backend).await?;
         }
         let address: IpAddr = a
             .address
@@ -54,7 +55,6 @@ impl Fleet {
         let slot = a.slot.unwrap_or_default();
         let machine = ApplianceId::from(id.to_string());
         let m = machine.clone();
-        let backend = self.backend_of(&a)?;
         let mut state = on_backend(&backend, move |b| Ok(b.get(&m))).await?;
         if a.cert_serial.is_none() || state == MachineState::Absent {
             let (ca, backend, m) = (self.ca.clone(), backend.clone(), machine.clone());
@@ -113,8 +113,11 @@ impl Fleet {
     }
 
     /// Gives the appliance the lowest free loopback slot.
-    pub(super) async fn allocate_slot(&self, id: &str) -> Result<Appliance, FleetError> {
-        let backend = self.backend_of(&self.appliance(id).await?)?;
+    pub(super) async fn allocate_slot(
+        &self,
+        id: &str,
+        backend: &Arc<dyn Backend>,
+    ) -> Result<Appliance, FleetError> {
         for _ in 0..10 {
             // Slots are numbered across backends; each backend has its own range.
             let used = self.store.used_slots().await?;

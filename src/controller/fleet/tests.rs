@@ -409,6 +409,32 @@ async fn what_the_backend_cannot_do_is_refused_before_anything_is_queued() {
     let e = s.fleet.create(&s.user, request("lb2")).await.err().unwrap();
     assert_eq!(e.status_and_kind(), (409, "not-supported-by-backend"));
     assert_eq!(s.run_tasks().await, 0);
+    // An appliance of a backend no longer configured is refused every action, its
+    // machine never touched (not even destroyed, which would free its address).
+    sqlx::query("UPDATE appliances SET backend = 'gone' WHERE id = $1")
+        .bind(&id)
+        .execute(&s.fleet.store.pool)
+        .await
+        .unwrap();
+    for action in ["start", "destroy"] {
+        let e = s
+            .fleet
+            .act(&s.user, &machine, action, None)
+            .await
+            .err()
+            .unwrap();
+        assert_eq!(
+            e.status_and_kind(),
+            (409, "not-supported-by-backend"),
+            "{action}"
+        );
+        assert!(
+            e.to_string().contains("\"gone\", which is not configured"),
+            "{e}"
+        );
+    }
+    assert_eq!(s.run_tasks().await, 0);
+    assert_eq!(s.backend.get(&machine), MachineState::Stopped);
 }
 
 /// A user without a personal team, as a principal.
