@@ -670,6 +670,11 @@ pub fn venv(name: &str, packages: &[&str]) -> PathBuf {
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target"));
     let venv = target.join(name);
     let marker = venv.join(format!("installed {}", packages.join(" ")));
+    // Tests of one binary run in parallel, and other binaries may want the same
+    // virtualenv: one makes it while the others wait, then find it made.
+    std::fs::create_dir_all(&target).unwrap();
+    let lock = std::fs::File::create(target.join(format!(".{name}.lock"))).unwrap();
+    lock.lock().expect("lock the virtualenv");
     if marker.exists() {
         return venv;
     }
@@ -682,7 +687,9 @@ pub fn venv(name: &str, packages: &[&str]) -> PathBuf {
             String::from_utf8_lossy(&out.stderr)
         );
     };
-    run(Command::new("python3").args(["-m", "venv"]).arg(&venv));
+    run(Command::new("python3")
+        .args(["-m", "venv", "--clear"])
+        .arg(&venv));
     run(Command::new(venv.join("bin/pip"))
         .args(["install", "--quiet", "--disable-pip-version-check"])
         .args(packages));
