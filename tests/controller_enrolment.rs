@@ -9,111 +9,14 @@
 
 mod common;
 
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::controller::Controller;
-use common::{Client, bin, free_port, kill_processes_with, postgres, wait_listening};
+use common::machine::Machine;
+use common::{Client, postgres};
 use serde_json::{Value, json};
-use tempfile::TempDir;
-
-/// An appliance "built elsewhere": its own state directory, enrolled by the command
-/// the controller gave.
-struct Machine {
-    child: Option<Child>,
-    dir: TempDir,
-    listen: SocketAddr,
-}
-
-impl Machine {
-    fn new(net: u8, host: u8) -> Machine {
-        Machine {
-            child: None,
-            dir: tempfile::tempdir().unwrap(),
-            listen: format!("127.0.{net}.{host}:{}", free_port())
-                .parse()
-                .unwrap(),
-        }
-    }
-
-    fn state(&self) -> PathBuf {
-        self.dir.path().join("state")
-    }
-
-    fn log(&self) -> PathBuf {
-        self.dir.path().join("agent.log")
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(self.log()).unwrap_or_default()
-    }
-
-    /// Runs `applianced agent` with `args` and its directories.
-    fn run(&mut self, args: &[&str]) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.log())
-            .unwrap();
-        let child = Command::new(bin())
-            .arg("agent")
-            .args(args)
-            .arg("--listen")
-            .arg(self.listen.to_string())
-            .arg("--state-dir")
-            .arg(self.state())
-            .arg("--run-dir")
-            .arg(self.dir.path().join("run"))
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        self.child = Some(child);
-    }
-
-    /// Runs the enrolment command an admin was given.
-    fn enrol(&mut self, command: &str, extra: &[&str]) {
-        let words: Vec<&str> = command.split_whitespace().collect();
-        assert_eq!(&words[..3], ["applianced", "agent", "--enrol"], "{command}");
-        let mut args: Vec<&str> = words[2..].to_vec();
-        args.extend_from_slice(extra);
-        self.run(&args);
-    }
-
-    fn wait_serving(&mut self) {
-        let log = self.log();
-        wait_listening(self.child.as_mut().unwrap(), self.listen, &log);
-    }
-
-    /// Waits for the agent to exit; its status code.
-    fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
-        let child = self.child.as_mut().unwrap();
-        let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline {
-            if let Some(status) = child.try_wait().unwrap() {
-                return status.code();
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!("the agent did not exit: {}", self.log_text());
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for Machine {
-    fn drop(&mut self) {
-        self.kill();
-        kill_processes_with(&self.dir.path().display().to_string());
-    }
-}
 
 async fn issue(c: &Controller, root: &str, body: Value) -> Value {
     let r = c

@@ -387,6 +387,9 @@ pub enum BackendKind {
     /// The same, each appliance in its own network namespace, joined to a bridge the
     /// controller manages by a veth pair, with its own address from `subnet` (root).
     Netns,
+    /// Each appliance is an instance of an EC2-compatible cloud that joins by
+    /// enrolment.
+    Ec2,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -405,8 +408,35 @@ pub struct Backend {
     /// missing), at most 9 characters (its ports are named `BRIDGE.SLOT`).
     pub bridge: Option<String>,
     /// `netns`: the appliances' IPv4 subnet, `NETWORK/PREFIX` (/16 to /29): the bridge
-    /// takes its first address, slot N the address after it plus N.
+    /// takes its first address, slot N the address after it plus N. `ec2`: the subnet
+    /// id instances are made in (default: the cloud's default subnet).
     pub subnet: Option<String>,
+    /// `ec2`: the API's URL. Default: `https://ec2.REGION.amazonaws.com`.
+    pub endpoint: Option<String>,
+    /// `ec2`: the cloud's region (signs every call).
+    pub region: Option<String>,
+    /// `ec2`: the image (AMI id) instances are made from by default; it must start the
+    /// user data (cloud-init) and have `applianced` (or get it from `agent_install`).
+    pub image: Option<String>,
+    /// `ec2`: the instance type by default.
+    pub instance_type: Option<String>,
+    /// `ec2`: more images, instance types and subnets appliances may choose (the
+    /// catalogue's images, flavors and networks).
+    pub images: Vec<String>,
+    pub instance_types: Vec<String>,
+    pub subnets: Vec<String>,
+    /// `ec2`: security group ids of every instance.
+    pub security_groups: Vec<String>,
+    /// `ec2`: shell lines the user data runs before the enrolment command.
+    pub agent_install: Option<String>,
+    /// `ec2`: the credentials' profile when the environment has no keys (`AWS_PROFILE`
+    /// wins). Default: `default`.
+    pub profile: Option<String>,
+    /// `ec2`: the credentials file (AWS's INI format) instead of
+    /// `~/.aws/credentials`: a service has no home directory.
+    pub credentials_file: Option<PathBuf>,
+    /// `ec2`: a CA bundle for the endpoint's certificate (default: the system's).
+    pub endpoint_ca: Option<PathBuf>,
     /// The agent program. Default: this program.
     pub agent_binary: Option<PathBuf>,
     /// URL appliances post their callbacks to. Default: the first `appliance` listener.
@@ -429,6 +459,18 @@ impl Default for Backend {
             agent_port: None,
             bridge: None,
             subnet: None,
+            endpoint: None,
+            region: None,
+            image: None,
+            instance_type: None,
+            images: Vec::new(),
+            instance_types: Vec::new(),
+            subnets: Vec::new(),
+            security_groups: Vec::new(),
+            agent_install: None,
+            profile: None,
+            credentials_file: None,
+            endpoint_ca: None,
             agent_binary: None,
             controller_url: None,
             controller_ca: None,
@@ -445,6 +487,7 @@ impl Backend {
             match self.kind {
                 BackendKind::Process => "process",
                 BackendKind::Netns => "netns",
+                BackendKind::Ec2 => "ec2",
             }
             .to_string()
         })
@@ -454,8 +497,47 @@ impl Backend {
     pub fn agent_port(&self) -> u16 {
         self.agent_port.unwrap_or(match self.kind {
             BackendKind::Process => 9443,
-            BackendKind::Netns => 443,
+            BackendKind::Netns | BackendKind::Ec2 => 443,
         })
+    }
+
+    /// `ec2`: the endpoint's URL.
+    pub fn ec2_endpoint(&self) -> Option<String> {
+        (self.kind == BackendKind::Ec2).then(|| {
+            self.endpoint.clone().unwrap_or_else(|| {
+                format!(
+                    "https://ec2.{}.amazonaws.com/",
+                    self.region.as_deref().unwrap_or("us-east-1")
+                )
+            })
+        })
+    }
+
+    /// `ec2`: the images, instance types and subnets, the defaults first.
+    pub fn ec2_catalogue(&self) -> [Vec<String>; 3] {
+        let with = |first: &Option<String>, more: &[String]| {
+            let mut all: Vec<String> = first.iter().cloned().collect();
+            for m in more {
+                if !all.contains(m) {
+                    all.push(m.clone());
+                }
+            }
+            all
+        };
+        let subnet = self
+            .subnet
+            .clone()
+            .filter(|_| self.kind == BackendKind::Ec2);
+        [
+            with(&self.image, &self.images),
+            with(&self.instance_type, &self.instance_types),
+            with(&subnet, &self.subnets),
+        ]
+    }
+
+    /// Whether its appliances hold slots (user ids, addresses): `ec2` instances do not.
+    pub fn has_slots(&self) -> bool {
+        self.kind != BackendKind::Ec2
     }
 
     /// `netns`: the bridge and the subnet (network address and prefix length), once
@@ -734,6 +816,89 @@ impl ControllerConfig {
                             .into(),
                     );
                 }
+            } else if b.kind == BackendKind::Ec2 {
+                let ec2_id = |v: &str, prefix: &str| {
+                    v.strip_prefix(prefix).is_some_and(|rest| {
+                        !rest.is_empty() && rest.bytes().all(|c| c.is_ascii_alphanumeric())
+                    })
+                };
+                match b.region.as_deref() {
+                    None => problem(key("region"), "the ec2 backend needs a region".into()),
+                    Some(r)
+                        if r.is_empty()
+                            || r.len() > 32
+                            || !r.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-') =>
+                    {
+                        problem(key("region"), format!("{r:?}: not a region name"))
+                    }
+                    Some(_) => {}
+                }
+                if let Some(e) = &b.endpoint {
+                    let ok = e
+                        .parse::<http::Uri>()
+                        .ok()
+                        .filter(|u| matches!(u.scheme_str(), Some("http" | "https")))
+                        .is_some_and(|u| u.host().is_some());
+                    if !ok {
+                        problem(
+                            key("endpoint"),
+                            format!("{e:?}: expected http(s)://HOST[:PORT]/"),
+                        );
+                    }
+                }
+                let [images, types, subnets] = b.ec2_catalogue();
+                if images.is_empty() {
+                    problem(
+                        key("image"),
+                        "the ec2 backend needs an image (an AMI id)".into(),
+                    );
+                }
+                if types.is_empty() {
+                    problem(
+                        key("instance_type"),
+                        "the ec2 backend needs an instance_type".into(),
+                    );
+                }
+                for i in &images {
+                    if !ec2_id(i, "ami-") {
+                        problem(key("images"), format!("{i:?}: not an image id (ami-...)"));
+                    }
+                }
+                for t in &types {
+                    if t.is_empty()
+                        || t.len() > 64
+                        || !t
+                            .bytes()
+                            .all(|c| c.is_ascii_alphanumeric() || c == b'.' || c == b'-')
+                    {
+                        problem(
+                            key("instance_types"),
+                            format!("{t:?}: not an instance type"),
+                        );
+                    }
+                }
+                for n in &subnets {
+                    if !ec2_id(n, "subnet-") {
+                        problem(
+                            key("subnets"),
+                            format!("{n:?}: not a subnet id (subnet-...)"),
+                        );
+                    }
+                }
+                for g in &b.security_groups {
+                    if !ec2_id(g, "sg-") {
+                        problem(
+                            key("security_groups"),
+                            format!("{g:?}: not a security group id (sg-...)"),
+                        );
+                    }
+                }
+                if b.agent_install.as_deref().is_some_and(|s| s.len() > 8192) {
+                    problem(
+                        key("agent_install"),
+                        "at most 8 KiB (the user data is limited to 16 KiB)".into(),
+                    );
+                }
             } else if !b.first_address.is_loopback() {
                 problem(
                     key("first_address"),
@@ -762,7 +927,11 @@ impl ControllerConfig {
         }
         // Appliances' user ids: one per slot of every backend, from the first's.
         let first = &backends[0];
-        let slots: u64 = backends.iter().map(|b| u64::from(b.max_appliances)).sum();
+        let slots: u64 = backends
+            .iter()
+            .filter(|b| b.has_slots())
+            .map(|b| u64::from(b.max_appliances))
+            .sum();
         let last = u64::from(first.appliance_id_first) + slots;
         if first.appliance_id_first < 1000 || last > 0x8000_0000 {
             problem(
@@ -795,7 +964,7 @@ impl ControllerConfig {
                     Some((_, network, prefix)) => {
                         (u128::from(u32::from(network)), 1u128 << (32 - prefix))
                     }
-                    None if b.kind == BackendKind::Netns => return None,
+                    None if b.kind != BackendKind::Process => return None,
                     None => {
                         let start = match b.first_address {
                             IpAddr::V4(v4) => u128::from(u32::from(v4)),

@@ -17,8 +17,8 @@ use nix::unistd::Pid;
 use crate::config::controller::FlavorConfig;
 use crate::controller::fleet::ids::ApplianceId;
 use crate::controller::fleet::ports::{
-    Backend, BackendError, Capabilities, Catalogue, CatalogueEntry, MachineAction, MachineSpec,
-    MachineState, Region,
+    Backend, BackendError, Capabilities, Catalogue, CatalogueEntry, Join, MachineAction,
+    MachineSpec, MachineState, Region,
 };
 use crate::controller::netns::Netns;
 use crate::fsutil::{ensure_dir, write_atomic};
@@ -128,8 +128,12 @@ impl ProcessBackend {
         }
     }
 
-    fn provision(&self, id: &str, spec: &MachineSpec<'_>) -> io::Result<()> {
-        let (slot, address, issued) = (spec.slot, spec.address, spec.issued);
+    fn provision(
+        &self,
+        id: &str,
+        spec: &MachineSpec<'_>,
+        (slot, address, issued): (i64, IpAddr, &crate::pki::Issued),
+    ) -> io::Result<()> {
         let dir = self.dir(id);
         ensure_dir(&self.root, 0o750)?;
         ensure_dir(&dir, 0o750)?;
@@ -506,6 +510,7 @@ impl Backend for ProcessBackend {
             power: true,
             suspend: true,
             regions: false,
+            enrols: false,
         }
     }
 
@@ -586,25 +591,35 @@ impl Backend for ProcessBackend {
 
     fn create(&self, spec: &MachineSpec<'_>) -> Result<MachineState, BackendError> {
         let id = spec.id.as_str();
+        let Join::Issued {
+            slot,
+            address,
+            issued,
+        } = spec.join
+        else {
+            return Err(BackendError::Failed(
+                "process appliances are handed their certificate; they do not enrol".into(),
+            ));
+        };
         // An agent still running from an earlier attempt holds the old certificate.
         if self.pid(id).is_some() {
             self.stop(id)?;
         }
-        self.provision(id, spec)?;
+        self.provision(id, spec, (slot, address, issued))?;
         let pid = self.start(id)?;
         Ok(MachineState::Running { pid: Some(pid) })
     }
 
-    fn get(&self, id: &ApplianceId) -> MachineState {
+    fn get(&self, id: &ApplianceId) -> Result<MachineState, BackendError> {
         let id = id.as_str();
         if !self.config_path(id).exists() {
-            return MachineState::Absent;
+            return Ok(MachineState::Absent);
         }
-        match self.pid(id) {
+        Ok(match self.pid(id) {
             None => MachineState::Stopped,
             Some(pid) if is_stopped(pid) => MachineState::Suspended,
             Some(pid) => MachineState::Running { pid: Some(pid) },
-        }
+        })
     }
 
     fn action(&self, id: &ApplianceId, action: MachineAction) -> Result<(), BackendError> {
@@ -709,19 +724,19 @@ mod tests {
         let mut b = backend("127.0.1.1", 10);
         b.root = dir.path().to_path_buf();
         let id = ApplianceId::from("a1".to_string());
-        assert_eq!(b.get(&id), MachineState::Absent);
+        assert_eq!(b.get(&id).unwrap(), MachineState::Absent);
         fs::create_dir_all(b.dir("a1")).unwrap();
         fs::write(b.config_path("a1"), "").unwrap();
-        assert_eq!(b.get(&id), MachineState::Stopped);
+        assert_eq!(b.get(&id).unwrap(), MachineState::Stopped);
         // A pid file naming a process that is not this appliance's agent is not it.
         fs::write(
             b.dir("a1").join("agent.pid"),
             format!("{}\n", std::process::id()),
         )
         .unwrap();
-        assert_eq!(b.get(&id), MachineState::Stopped);
+        assert_eq!(b.get(&id).unwrap(), MachineState::Stopped);
         b.delete(&id).unwrap();
-        assert_eq!(b.get(&id), MachineState::Absent);
+        assert_eq!(b.get(&id).unwrap(), MachineState::Absent);
         assert!(!b.dir("a1").exists());
         b.delete(&id).unwrap();
     }

@@ -5,7 +5,9 @@
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
-use super::records::{Appliance, Record, insert_existing_appliance, over_appliance_quota};
+use super::records::{
+    Appliance, Record, insert_event, insert_existing_appliance, over_appliance_quota,
+};
 use super::store::{Store, StoreError, decode_all};
 use super::teams::lock_team;
 
@@ -20,6 +22,9 @@ pub struct EnrolmentToken {
     pub created_at: i64,
     pub expires_at: i64,
     pub used_at: Option<i64>,
+    /// The appliance whose machine it was issued for (a cloud backend's): its request
+    /// completes that appliance instead of recording a new one.
+    pub appliance_id: Option<String>,
 }
 
 impl EnrolmentToken {
@@ -32,13 +37,14 @@ impl EnrolmentToken {
             created_at: r.try_get("created_at")?,
             expires_at: r.try_get("expires_at")?,
             used_at: r.try_get("used_at")?,
+            appliance_id: r.try_get("appliance_id")?,
         })
     }
 }
 
 macro_rules! token_columns {
     () => {
-        "id, team_id, auto_accept, created_by, created_at, expires_at, used_at"
+        "id, team_id, auto_accept, created_by, created_at, expires_at, used_at, appliance_id"
     };
 }
 
@@ -158,6 +164,9 @@ pub enum Accepted {
         limit: i64,
         used: i64,
     },
+    /// The appliance its token was issued for is no longer being made (it failed, or
+    /// was destroyed).
+    NotWaiting,
 }
 
 impl Store {
@@ -169,7 +178,7 @@ impl Store {
         sqlx::query(concat!(
             "INSERT INTO enrolment_tokens (",
             token_columns!(),
-            ", token_hash) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
+            ", token_hash) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
         ))
         .bind(&t.id)
         .bind(&t.team_id)
@@ -178,6 +187,7 @@ impl Store {
         .bind(t.created_at)
         .bind(t.expires_at)
         .bind(t.used_at)
+        .bind(&t.appliance_id)
         .bind(token_hash)
         .execute(&self.pool)
         .await?;
@@ -405,6 +415,97 @@ impl Store {
             return Ok(Accepted::AddressTaken);
         }
         insert_existing_appliance(&mut tx, appliance, record).await?;
+        tx.commit().await?;
+        match self.enrolment(id).await? {
+            Some(e) => Ok(Accepted::Done(Box::new(e))),
+            None => Ok(Accepted::NotPending),
+        }
+    }
+
+    /// Deletes the tokens issued for an appliance's machine (its old ones before a new
+    /// one, all of them when it is destroyed).
+    pub async fn delete_appliance_enrolment_tokens(
+        &self,
+        appliance_id: &str,
+    ) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM enrolment_tokens WHERE appliance_id = $1")
+            .bind(appliance_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Accepts a pending request made with a token issued for `appliance`'s machine:
+    /// completes that appliance (still being made, `provisioning` or `booting`) with
+    /// the address its agent is reached at, its key and its certificate, in one
+    /// transaction.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn attach_enrolment(
+        &self,
+        id: &str,
+        appliance: &Appliance,
+        e: &Enrolment,
+        certificate: (&str, &str, i64),
+        record: &Record<'_>,
+        decided_by: &str,
+        now: i64,
+    ) -> Result<Accepted, StoreError> {
+        let (chain, serial, not_after) = certificate;
+        let mut tx = self.pool.begin().await?;
+        let done = sqlx::query(
+            "UPDATE enrolments SET state = 'accepted', appliance_id = $1, certificate = $2, \
+             decided_at = $3, decided_by = $4 WHERE id = $5 AND state = 'pending'",
+        )
+        .bind(&appliance.id)
+        .bind(chain)
+        .bind(now)
+        .bind(decided_by)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        if done.rows_affected() != 1 {
+            return Ok(Accepted::NotPending);
+        }
+        let taken: i64 = sqlx::query(
+            "SELECT COUNT(*) AS n FROM appliances WHERE address = $1 AND agent_port = $2 \
+             AND state <> 'deleted' AND id <> $3",
+        )
+        .bind(&e.address)
+        .bind(e.agent_port)
+        .bind(&appliance.id)
+        .fetch_one(&mut *tx)
+        .await?
+        .try_get("n")?;
+        if taken > 0 {
+            return Ok(Accepted::AddressTaken);
+        }
+        let completed = sqlx::query(
+            "UPDATE appliances SET address = $1, agent_port = $2, public_key = $3, \
+             cert_serial = $4, cert_not_after = $5, updated_at = $6 \
+             WHERE id = $7 AND state = $8 AND state IN ('provisioning', 'booting')",
+        )
+        .bind(&e.address)
+        .bind(e.agent_port)
+        .bind(&e.public_key)
+        .bind(serial)
+        .bind(not_after)
+        .bind(now)
+        .bind(&appliance.id)
+        .bind(appliance.state.as_str())
+        .execute(&mut *tx)
+        .await?;
+        if completed.rows_affected() != 1 {
+            return Ok(Accepted::NotWaiting);
+        }
+        insert_event(
+            &mut tx,
+            appliance,
+            Some(appliance.state),
+            appliance.state,
+            record,
+            now,
+        )
+        .await?;
         tx.commit().await?;
         match self.enrolment(id).await? {
             Some(e) => Ok(Accepted::Done(Box::new(e))),

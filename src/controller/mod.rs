@@ -23,6 +23,7 @@ pub mod auth;
 pub mod backend;
 pub mod ca;
 pub mod clusters;
+pub mod ec2;
 pub mod enrolments;
 pub mod fleet;
 pub mod https;
@@ -148,6 +149,51 @@ fn listener_sans(ip: IpAddr, gateways: &[IpAddr]) -> Vec<String> {
 }
 
 /// A `netns` backend's bridge and subnet.
+/// The `ec2` backend `b`.
+fn ec2_backend(
+    config: &ControllerConfig,
+    b: &Backend,
+    first: bool,
+) -> Result<Arc<ec2::Ec2Backend>, String> {
+    let roots = match &b.endpoint_ca {
+        Some(path) => crate::certs::load_certs(path)?,
+        None => {
+            let found = rustls_native_certs::load_native_certs();
+            if found.certs.is_empty() {
+                tracing::warn!(errors = ?found.errors, "no system CA certificates for https endpoints");
+            }
+            found.certs
+        }
+    };
+    let tls = crate::transport::client::client_config(&roots, None)?;
+    let [images, instance_types, subnets] = b.ec2_catalogue();
+    let backend = ec2::Ec2Backend {
+        client: ec2::query::Ec2Client {
+            endpoint: b.ec2_endpoint().unwrap_or_default(),
+            region: b.region.clone().unwrap_or_default(),
+            profile: b.profile.clone(),
+            credentials_file: b.credentials_file.clone(),
+            http: crate::transport::client::Client::new(
+                Some(Arc::new(tls)),
+                ec2::query::CALL_TIMEOUT,
+            ),
+        },
+        images,
+        instance_types,
+        subnets,
+        security_groups: b.security_groups.clone(),
+        agent_install: b.agent_install.clone(),
+        agent_port: b.agent_port(),
+        regions: regions_of(config, b, first),
+        catalogue: Default::default(),
+        runtime: tokio::runtime::Handle::current(),
+    };
+    backend
+        .catalogue
+        .store(Arc::new(backend.configured_catalogue()));
+    Ok(Arc::new(backend))
+}
+
 fn netns_of(b: &Backend) -> Option<netns::Netns> {
     let (bridge, network, prefix) = b.netns()?;
     Some(netns::Netns {
@@ -170,6 +216,13 @@ fn netns_gateways(config: &ControllerConfig) -> Vec<IpAddr> {
 /// The URL the default backend's appliances post to (and enrol with).
 pub(crate) fn controller_url(config: &ControllerConfig) -> Option<String> {
     controller_url_for(config, &config.backend_list()[0])
+}
+
+/// The URL the appliances of the backend named `name` post to and enrol with.
+pub(crate) fn controller_url_of(config: &ControllerConfig, name: &str) -> Option<String> {
+    let backends = config.backend_list();
+    let b = backends.iter().find(|b| b.name() == name)?;
+    controller_url_for(config, b)
 }
 
 /// The URL a backend's appliances post to: the configured one, or the first appliance
@@ -375,6 +428,29 @@ async fn run_async(config: ControllerConfig) -> i32 {
             tracing::error!(backend = %b.name(), "no appliance listener and no controller_url");
             return exit::CONFIG;
         };
+        if b.kind == crate::config::controller::BackendKind::Ec2 {
+            match ec2_backend(&config, b, i == 0) {
+                Ok(ec2) => {
+                    // The catalogue is described now and then; the calls that make
+                    // appliances do not wait for it.
+                    let refresh = ec2.clone();
+                    tokio::spawn(async move {
+                        loop {
+                            if let Err(e) = refresh.refresh_catalogue().await {
+                                tracing::warn!(error = %e, "cannot describe the ec2 catalogue");
+                            }
+                            tokio::time::sleep(ec2::CATALOGUE_REFRESH).await;
+                        }
+                    });
+                    backends.push((b.name(), ec2));
+                }
+                Err(e) => {
+                    tracing::error!(backend = %b.name(), "{e}");
+                    return exit::CONFIG;
+                }
+            }
+            continue;
+        }
         backends.push((
             b.name(),
             Arc::new(backend::ProcessBackend {
@@ -402,7 +478,9 @@ async fn run_async(config: ControllerConfig) -> i32 {
         ));
         // Slots are numbered across backends: each appliance's user id and runtime
         // directory stay its own.
-        slot_base += b.max_appliances;
+        if b.has_slots() {
+            slot_base += b.max_appliances;
+        }
     }
     // After a revocation, appliance listeners that verify against the controller's CA
     // load the new CRL: new handshakes with a revoked certificate fail.

@@ -990,7 +990,7 @@ pub const MAILED_EVENTS: [&str; 3] = ["launched", "expiring", "stopped"];
 /// Records an event and, when the appliance has a callback URL, its webhook delivery;
 /// when it has a `notify_email` and the event is one of [`MAILED_EVENTS`], its mail (a
 /// delivery to a `mailto:` URL).
-async fn insert_event(
+pub(super) async fn insert_event(
     tx: &mut Tx<'_>,
     a: &Appliance,
     from: Option<State>,

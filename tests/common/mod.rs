@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod controller;
+pub mod machine;
 pub mod postgres;
 
 use std::error::Error as StdError;

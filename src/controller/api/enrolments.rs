@@ -77,6 +77,8 @@ pub struct TokenView {
     pub created_at: String,
     pub expires_at: String,
     pub used_at: Option<String>,
+    /// The appliance whose machine it was issued for (a cloud backend's own tokens).
+    pub appliance_id: Option<String>,
 }
 
 impl From<&EnrolmentToken> for TokenView {
@@ -88,6 +90,7 @@ impl From<&EnrolmentToken> for TokenView {
             created_at: crate::certs::format_unix(t.created_at),
             expires_at: crate::certs::format_unix(t.expires_at),
             used_at: t.used_at.map(crate::certs::format_unix),
+            appliance_id: t.appliance_id.clone(),
         }
     }
 }

@@ -83,18 +83,53 @@ impl Fleet {
             created_at: now,
             expires_at: now + i64::from(ttl),
             used_at: None,
+            appliance_id: None,
         };
         self.store.create_enrolment_token(&record, &hash).await?;
         let ca_fingerprint = format!("sha256:{}", self.ca.fingerprint());
         tracing::info!(token = %record.id, team = %record.team_id, auto_accept, actor = %caller.name, "enrolment token issued");
         Ok(TokenIssued {
-            command: format!(
-                "applianced agent --enrol {url} --token {token} --ca-fingerprint {ca_fingerprint}"
-            ),
+            command: enrol_command(&url, &token, &ca_fingerprint),
             record,
             token,
             ca_fingerprint,
         })
+    }
+
+    /// The command that makes the machine of appliance `a` (a cloud backend's) join
+    /// as that appliance: a one-time token for it alone, accepted at once, valid as
+    /// long as the appliance may take to launch. Its earlier tokens are deleted.
+    pub(super) async fn machine_enrolment_command(
+        &self,
+        a: &Appliance,
+    ) -> Result<String, FleetError> {
+        let url =
+            crate::controller::controller_url_of(&self.config, &a.backend).ok_or_else(|| {
+                FleetError::Internal("no appliance listener for machines to enrol with".into())
+            })?;
+        self.store.delete_appliance_enrolment_tokens(&a.id).await?;
+        let now = self.clock.now();
+        let ttl = i64::try_from(self.config.appliances.launch_timeout.0.as_secs())
+            .unwrap_or(i64::MAX)
+            .max(60);
+        let (token, hash) = auth::new_token();
+        let record = EnrolmentToken {
+            id: auth::new_id(),
+            team_id: a.team_id.clone(),
+            auto_accept: true,
+            created_by: a.owner_id.clone(),
+            created_at: now,
+            expires_at: now.saturating_add(ttl),
+            used_at: None,
+            appliance_id: Some(a.id.clone()),
+        };
+        self.store.create_enrolment_token(&record, &hash).await?;
+        tracing::info!(token = %record.id, appliance = %a.id, "enrolment token issued for the appliance's machine");
+        Ok(enrol_command(
+            &url,
+            &token,
+            &format!("sha256:{}", self.ca.fingerprint()),
+        ))
     }
 
     pub async fn enrolment_tokens(
@@ -287,6 +322,10 @@ impl Fleet {
         if e.state != EnrolmentState::Pending {
             return Err(not_pending(&e));
         }
+        let token = self.store.enrolment_token(&e.token_id).await?;
+        if let Some(appliance) = token.and_then(|t| t.appliance_id) {
+            return self.attach(id, &e, &appliance, decided_by).await;
+        }
         let spki = base64::engine::general_purpose::STANDARD
             .decode(&e.public_key)
             .map_err(|err| FleetError::Internal(format!("enrolment {id}: its key: {err}")))?;
@@ -377,14 +416,102 @@ impl Fleet {
                 limit,
                 used,
             },
+            Ok(Accepted::NotWaiting) => {
+                FleetError::Internal("a new appliance is always waited for".into())
+            }
             Err(err) => err.into(),
         };
         // Nothing uses the certificate just issued.
-        if let Err(err) = self.revoke_serial(issued.serial.clone()).await {
-            tracing::error!(serial = %issued.serial, error = %err, "cannot revoke an unused certificate");
-        }
+        self.revoke_unused(&issued.serial).await;
         Err(refused)
     }
+}
+
+impl Fleet {
+    /// Accepts a request made with the token of appliance `appliance_id`'s machine:
+    /// signs its key for that appliance and completes its record.
+    async fn attach(
+        &self,
+        id: &EnrolmentId,
+        e: &Enrolment,
+        appliance_id: &str,
+        decided_by: &str,
+    ) -> Result<Enrolment, FleetError> {
+        let a = self.appliance(appliance_id).await.map_err(|_| {
+            FleetError::Conflict(format!(
+                "the appliance enrolment {id} was made for no longer exists: reject it"
+            ))
+        })?;
+        let spki = base64::engine::general_purpose::STANDARD
+            .decode(&e.public_key)
+            .map_err(|err| FleetError::Internal(format!("enrolment {id}: its key: {err}")))?;
+        let (ca, aid, address) = (self.ca.clone(), a.id.clone(), e.address.clone());
+        let issued = blocking(move || {
+            ca.issue_appliance_for_key(&aid, &address, &spki)
+                .map_err(|err| FleetError::Internal(format!("the CA cannot issue: {err}")))
+        })
+        .await?;
+        let record = Record {
+            kind: "enrolled",
+            detail: Some(json!({
+                "enrolment": e.id,
+                "address": e.address,
+                "peer_address": e.peer_address,
+                "key_fingerprint": e.fingerprint,
+            })),
+            actor: Some(decided_by),
+        };
+        let outcome = self
+            .store
+            .attach_enrolment(
+                id.as_str(),
+                &a,
+                e,
+                (
+                    &issued.chain_pem(),
+                    &issued.serial,
+                    issued.not_after.unix_timestamp(),
+                ),
+                &record,
+                decided_by,
+                self.clock.now(),
+            )
+            .await;
+        let refused = match outcome {
+            Ok(Accepted::Done(e)) => {
+                tracing::info!(enrolment = %id, appliance = %a.id, actor = %decided_by, "the appliance's machine enrolled");
+                return Ok(*e);
+            }
+            Ok(Accepted::NotPending) => not_pending(&self.enrolment(id).await?),
+            Ok(Accepted::AddressTaken) => FleetError::Conflict(format!(
+                "another appliance is reached at {}:{}",
+                e.address, e.agent_port
+            )),
+            Ok(Accepted::NotWaiting) => FleetError::Conflict(format!(
+                "appliance {} is {}: it waits for no machine to enrol",
+                a.id,
+                a.state.as_str()
+            )),
+            Ok(Accepted::NoTeam | Accepted::OverQuota { .. }) => {
+                FleetError::Internal("an appliance's machine is never counted again".into())
+            }
+            Err(err) => err.into(),
+        };
+        self.revoke_unused(&issued.serial).await;
+        Err(refused)
+    }
+
+    /// Revokes a certificate issued for an acceptance that did not happen.
+    async fn revoke_unused(&self, serial: &str) {
+        if let Err(err) = self.revoke_serial(serial.to_string()).await {
+            tracing::error!(serial = %serial, error = %err, "cannot revoke an unused certificate");
+        }
+    }
+}
+
+/// The command that enrols an appliance with `token`.
+fn enrol_command(url: &str, token: &str, ca_fingerprint: &str) -> String {
+    format!("applianced agent --enrol {url} --token {token} --ca-fingerprint {ca_fingerprint}")
 }
 
 fn not_pending(e: &Enrolment) -> FleetError {
@@ -411,6 +538,7 @@ impl Backend for EnrolledBackend {
             power: false,
             suspend: false,
             regions: false,
+            enrols: false,
         }
     }
 
@@ -440,8 +568,8 @@ impl Backend for EnrolledBackend {
     }
 
     /// Running as far as the controller knows: its agent reports for it.
-    fn get(&self, _id: &ApplianceId) -> MachineState {
-        MachineState::Running { pid: None }
+    fn get(&self, _id: &ApplianceId) -> Result<MachineState, ports::BackendError> {
+        Ok(MachineState::Running { pid: None })
     }
 
     fn action(&self, _id: &ApplianceId, action: MachineAction) -> Result<(), ports::BackendError> {

@@ -87,6 +87,7 @@ impl From<BackendError> for FleetError {
         match e {
             BackendError::Local(e) => FleetError::Internal(format!("the appliance's files: {e}")),
             BackendError::Failed(e) => FleetError::BadGateway(format!("backend: {e}")),
+            BackendError::NoCapacity(e) => FleetError::NoCapacity(format!("backend: {e}")),
             e @ BackendError::Unsupported { .. } => FleetError::Unsupported(e.to_string()),
         }
     }

@@ -35,6 +35,7 @@ impl Default for FakeBackend {
                 power: true,
                 suspend: true,
                 regions: false,
+                enrols: false,
             }),
             capacity: AtomicU32::new(200),
             disk_full: Default::default(),
@@ -108,12 +109,12 @@ impl Backend for FakeBackend {
         self.set(spec.id, state);
         Ok(state)
     }
-    fn get(&self, id: &ApplianceId) -> MachineState {
+    fn get(&self, id: &ApplianceId) -> Result<MachineState, BackendError> {
         let machines = self.machines.lock().unwrap();
-        machines
+        Ok(machines
             .get(id.as_str())
             .copied()
-            .unwrap_or(MachineState::Absent)
+            .unwrap_or(MachineState::Absent))
     }
     fn action(&self, id: &ApplianceId, action: MachineAction) -> Result<(), BackendError> {
         self.record(action.name(), id);

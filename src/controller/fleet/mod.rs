@@ -20,8 +20,8 @@ use super::store::{Store, StoreError};
 use crate::config::controller::ControllerConfig;
 use ids::ApplianceId;
 use ports::{
-    AgentClient, Backend, CallError, Incoming, MachineAction, MachineSpec, MachineState, Outgoing,
-    Verb,
+    AgentClient, Backend, CallError, Incoming, Join, MachineAction, MachineSpec, MachineState,
+    Outgoing, Verb,
 };
 
 pub mod accounts;

@@ -96,6 +96,10 @@ pub struct Capabilities {
     pub suspend: bool,
     /// Serves more than one region.
     pub regions: bool,
+    /// Its machines join by enrolment: they are given a one-time token (in the command
+    /// their first boot runs), make their own key and ask for their certificate, instead
+    /// of being handed one.
+    pub enrols: bool,
 }
 
 /// An action on an existing machine.
@@ -167,15 +171,31 @@ pub struct Region {
 /// What a machine is made with.
 pub struct MachineSpec<'a> {
     pub id: &'a ApplianceId,
-    /// Its placement slot, which names its management address.
-    pub slot: i64,
-    pub address: IpAddr,
-    /// The agent's certificate and key, issued by the controller's CA.
-    pub issued: &'a Issued,
+    /// Its name (cloud backends tag the machine with it).
+    pub name: &'a str,
+    /// How it gets its certificate.
+    pub join: Join<'a>,
     /// An OpenSSH public key to install where the backend installs keys.
     pub authorized_key: Option<&'a str>,
     /// Its flavor (an id of the backend's catalogue).
     pub flavor: &'a str,
+    /// Its image and network (ids of the backend's catalogue), when chosen.
+    pub image: Option<&'a str>,
+    pub network: Option<&'a str>,
+}
+
+/// How a machine gets its certificate.
+pub enum Join<'a> {
+    /// Handed to it: the controller issued its key and certificate for the address of
+    /// its placement slot.
+    Issued {
+        slot: i64,
+        address: IpAddr,
+        issued: &'a Issued,
+    },
+    /// It enrols (a backend whose capabilities say `enrols`): its first boot runs this
+    /// command, which holds a one-time token for this machine alone.
+    Enrol { command: &'a str },
 }
 
 /// Why a backend did not do what it was asked.
@@ -187,6 +207,9 @@ pub enum BackendError {
     /// The backend refused or failed: a bad gateway.
     #[error("{0}")]
     Failed(String),
+    /// The backend has no room now (a cloud's capacity or quota): try again later.
+    #[error("{0}")]
+    NoCapacity(String),
     /// The backend cannot do this at all.
     #[error("the {backend} backend cannot {action} appliances")]
     Unsupported {
@@ -214,7 +237,7 @@ pub trait Backend: Send + Sync + 'static {
     /// made again to the spec (a new certificate replaces the old one). Its state after.
     fn create(&self, spec: &MachineSpec<'_>) -> Result<MachineState, BackendError>;
     /// The machine's state now.
-    fn get(&self, id: &ApplianceId) -> MachineState;
+    fn get(&self, id: &ApplianceId) -> Result<MachineState, BackendError>;
     /// Acts on an existing machine (idempotent: starting a running one does nothing).
     fn action(&self, id: &ApplianceId, action: MachineAction) -> Result<(), BackendError>;
     /// Stops the machine and removes everything it had (idempotent).

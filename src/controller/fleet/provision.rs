@@ -24,6 +24,7 @@ impl Fleet {
         match self.provision_steps(id).await {
             Ok(()) => self.view(id).await,
             Err(e) => {
+                self.clean_up_failed(id).await;
                 let detail = json!({"problem": e.problem()});
                 if let Err(e2) = self
                     .apply(
@@ -44,6 +45,9 @@ impl Fleet {
     pub(super) async fn provision_steps(&self, id: &str) -> Result<(), FleetError> {
         let mut a = self.appliance(id).await?;
         let backend = self.backend_of(&a)?;
+        if backend.capabilities().enrols {
+            return self.provision_enrolling(&a, &backend).await;
+        }
         if a.slot.is_none() {
             a = self.allocate_slot(id, &backend).await?;
         }
@@ -55,23 +59,20 @@ impl Fleet {
         let slot = a.slot.unwrap_or_default();
         let machine = ApplianceId::from(id.to_string());
         let m = machine.clone();
-        let mut state = on_backend(&backend, move |b| Ok(b.get(&m))).await?;
+        let mut state = on_backend(&backend, move |b| b.get(&m)).await?;
         if a.cert_serial.is_none() || state == MachineState::Absent {
             let (ca, backend, m) = (self.ca.clone(), backend.clone(), machine.clone());
-            let authorized_key = a.authorized_key.clone();
-            let flavor = a.flavor.clone().unwrap_or_default();
+            let made_of = a.clone();
             let (issued, made) = blocking(move || {
                 let issued = ca
                     .issue_appliance(m.as_str(), &address.to_string())
                     .map_err(|e| FleetError::Internal(format!("the CA cannot issue: {e}")))?;
-                let spec = MachineSpec {
-                    id: &m,
+                let join = Join::Issued {
                     slot,
                     address,
                     issued: &issued,
-                    authorized_key: authorized_key.as_deref(),
-                    flavor: &flavor,
                 };
+                let spec = machine_spec(&made_of, &m, join);
                 let made = backend.create(&spec)?;
                 Ok((issued, made))
             })
@@ -90,14 +91,7 @@ impl Fleet {
             )
             .await?;
         }
-        if !matches!(state, MachineState::Running { .. }) {
-            let m = machine.clone();
-            state = on_backend(&backend, move |b| {
-                b.action(&m, MachineAction::Start)?;
-                Ok(b.get(&m))
-            })
-            .await?;
-        }
+        let state = running(&backend, &machine, state).await?;
         let pid = match state {
             MachineState::Running { pid } => pid,
             _ => None,
@@ -110,6 +104,63 @@ impl Fleet {
         )
         .await?;
         Ok(())
+    }
+
+    /// The create task of a backend whose machines enrol: a one-time token for this
+    /// appliance alone, in the command the machine's first boot runs; the machine. It
+    /// is `booting` until it enrols (with that token) and its agent reports `launched`.
+    async fn provision_enrolling(
+        &self,
+        a: &Appliance,
+        backend: &Arc<dyn Backend>,
+    ) -> Result<(), FleetError> {
+        let machine = ApplianceId::from(a.id.clone());
+        let m = machine.clone();
+        let mut state = on_backend(backend, move |b| b.get(&m)).await?;
+        // Made before the controller was interrupted: its command holds the token
+        // issued then.
+        if state == MachineState::Absent {
+            let command = self.machine_enrolment_command(a).await?;
+            let (backend, m, made_of) = (backend.clone(), machine.clone(), a.clone());
+            state = blocking(move || {
+                let spec = machine_spec(&made_of, &m, Join::Enrol { command: &command });
+                Ok(backend.create(&spec)?)
+            })
+            .await?;
+        }
+        running(backend, &machine, state).await?;
+        self.apply(
+            &a.id,
+            Event::Spawned,
+            |_| Changes::default(),
+            Some(json!({"backend": a.backend, "joins_by": "enrolment"})),
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// After a create task failed: a backend whose machines cost (a cloud's) removes
+    /// what it made, so that nothing is left running for an appliance that failed.
+    pub(super) async fn clean_up_failed(&self, id: &str) {
+        let Ok(a) = self.appliance(id).await else {
+            return;
+        };
+        let Ok(backend) = self.backend_of(&a) else {
+            return;
+        };
+        if !backend.capabilities().enrols {
+            return;
+        }
+        let machine = ApplianceId::from(id.to_string());
+        match on_backend(&backend, move |b| b.delete(&machine)).await {
+            Ok(()) => tracing::info!(appliance = id, "removed what the failed create made"),
+            Err(e) => {
+                tracing::error!(appliance = id, error = %e, "cannot remove what the failed create made")
+            }
+        }
+        if let Err(e) = self.store.delete_appliance_enrolment_tokens(id).await {
+            tracing::error!(appliance = id, error = %e, "cannot delete the appliance's enrolment token");
+        }
     }
 
     /// Gives the appliance the lowest free loopback slot.
@@ -187,6 +238,8 @@ impl Fleet {
         }
         let machine = ApplianceId::from(id.to_string());
         on_backend(&self.backend_of(&a)?, move |b| b.delete(&machine)).await?;
+        // Its machine's token, unused if it never enrolled, dies with it.
+        self.store.delete_appliance_enrolment_tokens(id).await?;
         self.apply(
             id,
             Event::Destroyed,
@@ -251,4 +304,34 @@ impl Fleet {
         .await?;
         self.view(id).await
     }
+}
+
+/// What the machine of appliance `a` is made with.
+fn machine_spec<'a>(a: &'a Appliance, id: &'a ApplianceId, join: Join<'a>) -> MachineSpec<'a> {
+    MachineSpec {
+        id,
+        name: &a.name,
+        join,
+        authorized_key: a.authorized_key.as_deref(),
+        flavor: a.flavor.as_deref().unwrap_or_default(),
+        image: a.image.as_deref(),
+        network: a.network.as_deref(),
+    }
+}
+
+/// Starts a machine that is not running; its state after.
+async fn running(
+    backend: &Arc<dyn Backend>,
+    machine: &ApplianceId,
+    state: MachineState,
+) -> Result<MachineState, FleetError> {
+    if matches!(state, MachineState::Running { .. }) {
+        return Ok(state);
+    }
+    let m = machine.clone();
+    on_backend(backend, move |b| {
+        b.action(&m, MachineAction::Start)?;
+        b.get(&m)
+    })
+    .await
 }

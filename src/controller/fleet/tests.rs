@@ -403,7 +403,7 @@ async fn what_the_backend_cannot_do_is_refused_before_anything_is_queued() {
     s.fleet.act(&s.user, &machine, "stop", None).await.unwrap();
     assert_eq!(s.run_tasks().await, 1);
     assert_eq!(s.state(&id).await, State::Stopped);
-    assert_eq!(s.backend.get(&machine), MachineState::Stopped);
+    assert_eq!(s.backend.get(&machine).unwrap(), MachineState::Stopped);
     // A backend that cannot create refuses creates.
     s.backend.capabilities.lock().unwrap().create = false;
     let e = s.fleet.create(&s.user, request("lb2")).await.err().unwrap();
@@ -434,7 +434,7 @@ async fn what_the_backend_cannot_do_is_refused_before_anything_is_queued() {
         );
     }
     assert_eq!(s.run_tasks().await, 0);
-    assert_eq!(s.backend.get(&machine), MachineState::Stopped);
+    assert_eq!(s.backend.get(&machine).unwrap(), MachineState::Stopped);
 }
 
 /// A user without a personal team, as a principal.

@@ -1,0 +1,445 @@
+//! The `ec2` compute backend: each appliance is an instance of an EC2-compatible cloud,
+//! made with `RunInstances` from the configured (or chosen) image, instance type and
+//! subnet, tagged with its appliance's id. Its user data (a shell script) runs the
+//! enrolment command with a token issued for that appliance alone, so the instance
+//! joins by itself: nothing is installed from the internet, and its private key is made
+//! on it and never leaves it. `Describe*` gives the catalogue (images, instance types
+//! as flavors, subnets as networks) and the instances' states; `Start`/`Stop`/
+//! `TerminateInstances` act on them; a team's key pair is imported for the instance
+//! (`ImportKeyPair`) and deleted with it.
+
+pub mod credentials;
+pub mod query;
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use base64::Engine;
+
+use crate::controller::fleet::ids::ApplianceId;
+use crate::controller::fleet::ports::{
+    Backend, BackendError, Capabilities, Catalogue, CatalogueEntry, Join, MachineAction,
+    MachineSpec, MachineState, Region,
+};
+use query::{Ec2Client, Ec2Error, Failure, child_text, items, parse, tags};
+
+/// The tag naming an instance's appliance.
+pub const APPLIANCE_TAG: &str = "applianced:appliance";
+
+/// How often the catalogue is described again.
+pub const CATALOGUE_REFRESH: Duration = Duration::from_secs(600);
+
+/// The network entry when no subnet is configured: the cloud's default subnet.
+const DEFAULT_NETWORK: &str = "default";
+
+pub struct Ec2Backend {
+    pub client: Ec2Client,
+    /// The images, instance types and subnets appliances may be made from; the first of
+    /// each is the default.
+    pub images: Vec<String>,
+    pub instance_types: Vec<String>,
+    pub subnets: Vec<String>,
+    pub security_groups: Vec<String>,
+    /// Shell lines the user data runs before the enrolment command (to install or
+    /// configure the agent where the image does not have it).
+    pub agent_install: Option<String>,
+    pub agent_port: u16,
+    pub regions: Vec<Region>,
+    /// What the cloud last said about the catalogue.
+    pub catalogue: ArcSwap<Catalogue>,
+    /// The runtime its calls run on (the trait's calls block, on the blocking pool).
+    pub runtime: tokio::runtime::Handle,
+}
+
+impl Ec2Backend {
+    /// The catalogue before the cloud described it: the configured ids.
+    pub fn configured_catalogue(&self) -> Catalogue {
+        let entries = |ids: &[String], what: &str| {
+            ids.iter()
+                .map(|id| CatalogueEntry {
+                    id: id.clone(),
+                    name: id.clone(),
+                    description: format!("{what} (not yet described by the cloud)"),
+                })
+                .collect()
+        };
+        Catalogue {
+            images: entries(&self.images, "image"),
+            flavors: entries(&self.instance_types, "instance type"),
+            networks: self.networks(entries(&self.subnets, "subnet")),
+        }
+    }
+
+    fn networks(&self, subnets: Vec<CatalogueEntry>) -> Vec<CatalogueEntry> {
+        if self.subnets.is_empty() {
+            vec![CatalogueEntry {
+                id: DEFAULT_NETWORK.into(),
+                name: DEFAULT_NETWORK.into(),
+                description: "the cloud's default subnet".into(),
+            }]
+        } else {
+            subnets
+        }
+    }
+
+    /// Describes the configured images, instance types and subnets; the catalogue
+    /// keeps what it had for any the cloud does not answer about.
+    pub async fn refresh_catalogue(&self) -> Result<(), Ec2Error> {
+        let list = |prefix: &str, ids: &[String]| -> Vec<(String, String)> {
+            ids.iter()
+                .enumerate()
+                .map(|(i, id)| (format!("{prefix}.{}", i + 1), id.clone()))
+                .collect()
+        };
+        let images = self
+            .client
+            .call("DescribeImages", &list("ImageId", &self.images))
+            .await?;
+        let doc = parse("DescribeImages", &images)?;
+        let images: Vec<CatalogueEntry> = items(&doc, "imagesSet")
+            .into_iter()
+            .filter_map(|i| {
+                let id = child_text(i, "imageId")?.to_string();
+                Some(CatalogueEntry {
+                    name: child_text(i, "name").unwrap_or(&id).to_string(),
+                    description: child_text(i, "description").unwrap_or("image").to_string(),
+                    id,
+                })
+            })
+            .collect();
+        let types = self
+            .client
+            .call(
+                "DescribeInstanceTypes",
+                &list("InstanceType", &self.instance_types),
+            )
+            .await?;
+        let doc = parse("DescribeInstanceTypes", &types)?;
+        let flavors: Vec<CatalogueEntry> = items(&doc, "instanceTypeSet")
+            .into_iter()
+            .filter_map(|t| {
+                let id = child_text(t, "instanceType")?.to_string();
+                let node = |name: &str| t.children().find(|c| c.tag_name().name() == name);
+                let vcpus = node("vCpuInfo").and_then(|v| child_text(v, "defaultVCpus"));
+                let mib = node("memoryInfo").and_then(|m| child_text(m, "sizeInMiB"));
+                Some(CatalogueEntry {
+                    name: id.clone(),
+                    description: format!(
+                        "{} vCPU, {} MiB",
+                        vcpus.unwrap_or("?"),
+                        mib.unwrap_or("?")
+                    ),
+                    id,
+                })
+            })
+            .collect();
+        let networks = if self.subnets.is_empty() {
+            self.networks(Vec::new())
+        } else {
+            let subnets = self
+                .client
+                .call("DescribeSubnets", &list("SubnetId", &self.subnets))
+                .await?;
+            let doc = parse("DescribeSubnets", &subnets)?;
+            items(&doc, "subnetSet")
+                .into_iter()
+                .filter_map(|n| {
+                    let id = child_text(n, "subnetId")?.to_string();
+                    let name = tags(n)
+                        .into_iter()
+                        .find(|(k, _)| k == "Name")
+                        .map(|(_, v)| v)
+                        .unwrap_or_else(|| id.clone());
+                    Some(CatalogueEntry {
+                        name,
+                        description: format!(
+                            "{} in {}",
+                            child_text(n, "cidrBlock").unwrap_or("?"),
+                            child_text(n, "availabilityZone").unwrap_or("?")
+                        ),
+                        id,
+                    })
+                })
+                .collect()
+        };
+        // In the configured order; one the cloud does not know stays as configured (a
+        // create with it fails with the cloud's own message).
+        let configured = self.configured_catalogue();
+        let keep = |described: Vec<CatalogueEntry>, configured: Vec<CatalogueEntry>| {
+            configured
+                .into_iter()
+                .map(|c| {
+                    described
+                        .iter()
+                        .find(|d| d.id == c.id)
+                        .cloned()
+                        .unwrap_or(c)
+                })
+                .collect()
+        };
+        self.catalogue.store(Arc::new(Catalogue {
+            images: keep(images, configured.images),
+            flavors: keep(flavors, configured.flavors),
+            networks: keep(networks, configured.networks),
+        }));
+        Ok(())
+    }
+
+    fn block<T>(
+        &self,
+        f: impl std::future::Future<Output = Result<T, Ec2Error>>,
+    ) -> Result<T, BackendError> {
+        self.runtime.block_on(f).map_err(backend_error)
+    }
+
+    /// The appliance's instances that are not (being) terminated, with their state.
+    async fn instances(&self, id: &ApplianceId) -> Result<Vec<(String, String)>, Ec2Error> {
+        let xml = self
+            .client
+            .call(
+                "DescribeInstances",
+                &[
+                    ("Filter.1.Name".into(), format!("tag:{APPLIANCE_TAG}")),
+                    ("Filter.1.Value.1".into(), id.as_str().to_string()),
+                ],
+            )
+            .await?;
+        let doc = parse("DescribeInstances", &xml)?;
+        Ok(items(&doc, "instancesSet")
+            .into_iter()
+            .filter_map(|i| {
+                let state = i
+                    .children()
+                    .find(|c| c.tag_name().name() == "instanceState")
+                    .and_then(|s| child_text(s, "name"))
+                    .unwrap_or("unknown")
+                    .to_string();
+                Some((child_text(i, "instanceId")?.to_string(), state))
+            })
+            .filter(|(_, state)| state != "terminated" && state != "shutting-down")
+            .collect())
+    }
+
+    fn key_name(id: &ApplianceId) -> String {
+        format!("applianced-{}", id.as_str())
+    }
+
+    /// Imports the appliance's key pair under its own name (again, if one of that name
+    /// is left from an earlier attempt).
+    async fn import_key(&self, id: &ApplianceId, key: &str) -> Result<String, Ec2Error> {
+        let name = Self::key_name(id);
+        let params = [
+            ("KeyName".to_string(), name.clone()),
+            (
+                "PublicKeyMaterial".to_string(),
+                base64::engine::general_purpose::STANDARD.encode(key.trim()),
+            ),
+        ];
+        match self.client.call("ImportKeyPair", &params).await {
+            Err(Ec2Error::Api { code, .. }) if code == "InvalidKeyPair.Duplicate" => {
+                self.delete_key(id).await?;
+                self.client.call("ImportKeyPair", &params).await?;
+            }
+            other => {
+                other?;
+            }
+        }
+        Ok(name)
+    }
+
+    async fn delete_key(&self, id: &ApplianceId) -> Result<(), Ec2Error> {
+        match self
+            .client
+            .call("DeleteKeyPair", &[("KeyName".into(), Self::key_name(id))])
+            .await
+        {
+            Err(e) if e.failure() == Failure::NotFound => Ok(()),
+            other => other.map(drop),
+        }
+    }
+
+    async fn run(&self, spec: &MachineSpec<'_>, command: &str) -> Result<(), Ec2Error> {
+        let key_name = match spec.authorized_key {
+            Some(key) => Some(self.import_key(spec.id, key).await?),
+            None => None,
+        };
+        let image = spec
+            .image
+            .or(self.images.first().map(String::as_str))
+            .unwrap_or_default();
+        let flavor = if spec.flavor.is_empty() {
+            self.instance_types
+                .first()
+                .map(String::as_str)
+                .unwrap_or_default()
+        } else {
+            spec.flavor
+        };
+        let mut params: Vec<(String, String)> = vec![
+            ("ImageId".into(), image.into()),
+            ("InstanceType".into(), flavor.into()),
+            ("MinCount".into(), "1".into()),
+            ("MaxCount".into(), "1".into()),
+            (
+                "UserData".into(),
+                base64::engine::general_purpose::STANDARD.encode(self.user_data(spec, command)),
+            ),
+            ("TagSpecification.1.ResourceType".into(), "instance".into()),
+            ("TagSpecification.1.Tag.1.Key".into(), "Name".into()),
+            ("TagSpecification.1.Tag.1.Value".into(), spec.name.into()),
+            ("TagSpecification.1.Tag.2.Key".into(), APPLIANCE_TAG.into()),
+            (
+                "TagSpecification.1.Tag.2.Value".into(),
+                spec.id.as_str().into(),
+            ),
+        ];
+        match spec.network.or(self.subnets.first().map(String::as_str)) {
+            Some(subnet) if subnet != DEFAULT_NETWORK => {
+                params.push(("SubnetId".into(), subnet.into()));
+            }
+            _ => {}
+        }
+        for (i, group) in self.security_groups.iter().enumerate() {
+            params.push((format!("SecurityGroupId.{}", i + 1), group.clone()));
+        }
+        if let Some(name) = &key_name {
+            params.push(("KeyName".into(), name.clone()));
+        }
+        if let Err(e) = self.client.call("RunInstances", &params).await {
+            // Nothing is left for a machine that was not made.
+            if key_name.is_some()
+                && let Err(e2) = self.delete_key(spec.id).await
+            {
+                tracing::error!(appliance = %spec.id, error = %e2, "cannot delete the imported key pair");
+            }
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// The instance's user data: a shell script that runs `agent_install`, then the
+    /// enrolment command (the agent serves in the foreground once enrolled).
+    pub fn user_data(&self, spec: &MachineSpec<'_>, command: &str) -> String {
+        let mut script = format!(
+            "#!/bin/sh\n\
+             # applianced appliance {id}: written by its controller. The instance joins the\n\
+             # controller with a one-time token for this appliance alone.\n\
+             set -e\n",
+            id = spec.id.as_str()
+        );
+        if let Some(install) = &self.agent_install {
+            script.push_str(install.trim_end());
+            script.push('\n');
+        }
+        script.push_str("exec ");
+        script.push_str(command);
+        script.push('\n');
+        script
+    }
+
+    async fn act(&self, id: &ApplianceId, verb: &str) -> Result<(), Ec2Error> {
+        let params: Vec<(String, String)> = self
+            .instances(id)
+            .await?
+            .into_iter()
+            .enumerate()
+            .map(|(i, (instance, _))| (format!("InstanceId.{}", i + 1), instance))
+            .collect();
+        if params.is_empty() {
+            return Err(Ec2Error::Api {
+                action: verb.into(),
+                status: 404,
+                code: "InvalidInstanceID.NotFound".into(),
+                message: format!("appliance {id} has no instance"),
+            });
+        }
+        self.client.call(verb, &params).await.map(drop)
+    }
+}
+
+/// A cloud's failure as the fleet answers it: no room is 503, anything else 502.
+fn backend_error(e: Ec2Error) -> BackendError {
+    match e.failure() {
+        Failure::NoCapacity => BackendError::NoCapacity(e.to_string()),
+        Failure::Failed | Failure::NotFound => BackendError::Failed(e.to_string()),
+    }
+}
+
+impl Backend for Ec2Backend {
+    fn name(&self) -> &'static str {
+        "ec2"
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            create: true,
+            power: true,
+            suspend: false,
+            regions: false,
+            enrols: true,
+        }
+    }
+
+    fn catalogue(&self) -> Catalogue {
+        Catalogue::clone(&self.catalogue.load())
+    }
+
+    fn regions(&self) -> Vec<Region> {
+        self.regions.clone()
+    }
+
+    /// Instances have no slots: their addresses are the ones they enrol from.
+    fn address(&self, _slot: i64) -> Option<IpAddr> {
+        None
+    }
+
+    fn slots(&self) -> std::ops::Range<i64> {
+        0..0
+    }
+
+    fn agent_port(&self) -> u16 {
+        self.agent_port
+    }
+
+    fn create(&self, spec: &MachineSpec<'_>) -> Result<MachineState, BackendError> {
+        let Join::Enrol { command } = spec.join else {
+            return Err(BackendError::Failed(
+                "ec2 instances enrol; they are not handed a certificate".into(),
+            ));
+        };
+        self.block(self.run(spec, command))?;
+        Ok(MachineState::Running { pid: None })
+    }
+
+    fn get(&self, id: &ApplianceId) -> Result<MachineState, BackendError> {
+        let found = self.block(self.instances(id))?;
+        Ok(match found.first().map(|(_, s)| s.as_str()) {
+            None => MachineState::Absent,
+            Some("stopping" | "stopped") => MachineState::Stopped,
+            Some(_) => MachineState::Running { pid: None },
+        })
+    }
+
+    fn action(&self, id: &ApplianceId, action: MachineAction) -> Result<(), BackendError> {
+        match action {
+            MachineAction::Start => self.block(self.act(id, "StartInstances")),
+            MachineAction::Stop => self.block(self.act(id, "StopInstances")),
+            MachineAction::Suspend | MachineAction::Resume => Err(BackendError::Unsupported {
+                backend: "ec2",
+                action: action.name(),
+            }),
+        }
+    }
+
+    /// Terminates its instances and deletes its imported key pair.
+    fn delete(&self, id: &ApplianceId) -> Result<(), BackendError> {
+        self.block(async {
+            if !self.instances(id).await?.is_empty() {
+                self.act(id, "TerminateInstances").await?;
+            }
+            self.delete_key(id).await
+        })
+    }
+}
