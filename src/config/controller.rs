@@ -1391,6 +1391,79 @@ mod tests {
     }
 
     #[test]
+    fn the_ec2_backend_needs_a_region_an_image_and_an_instance_type_of_valid_ids() {
+        let keys = |backend: &str| -> Vec<String> {
+            let c: ControllerConfig = super::super::parse_toml(&format!(
+                "[[listeners]]\naddress = \"127.0.0.1:8444\"\nzone = \"appliance\"\n\
+                 [backend]\nkind = \"ec2\"\n{backend}"
+            ))
+            .unwrap();
+            c.validate()
+                .err()
+                .unwrap_or_default()
+                .into_iter()
+                .map(|p| p.key)
+                .filter(|k| k.starts_with("backend."))
+                .collect()
+        };
+        let good = "region = \"eu-west-1\"\nimage = \"ami-0abc\"\ninstance_type = \"t3.small\"\n";
+        assert!(keys(good).is_empty(), "{:?}", keys(good));
+        assert!(
+            keys(&format!(
+                "{good}subnet = \"subnet-1a\"\nsecurity_groups = [\"sg-1\"]\n\
+                 endpoint = \"http://127.0.0.1:5000/\"\nimages = [\"ami-2\"]\n"
+            ))
+            .is_empty()
+        );
+        assert_eq!(
+            keys("image = \"ami-1\"\ninstance_type = \"t3.small\"\n"),
+            ["backend.region"]
+        );
+        assert_eq!(
+            keys("region = \"r\"\ninstance_type = \"t3.small\"\n"),
+            ["backend.image"]
+        );
+        assert_eq!(
+            keys("region = \"r\"\nimage = \"ami-1\"\n"),
+            ["backend.instance_type"]
+        );
+        for (extra, key) in [
+            ("images = [\"1234\"]", "backend.images"),
+            ("subnet = \"10.0.0.0/24\"", "backend.subnets"),
+            ("security_groups = [\"default\"]", "backend.security_groups"),
+            ("endpoint = \"ftp://x\"", "backend.endpoint"),
+            ("instance_types = [\"t3 small\"]", "backend.instance_types"),
+            ("region = \"eu west\"", "backend.region"),
+        ] {
+            let text = if extra.starts_with("region") {
+                format!("{extra}\nimage = \"ami-1\"\ninstance_type = \"t3.small\"\n")
+            } else {
+                format!("{good}{extra}\n")
+            };
+            assert_eq!(keys(&text), [key], "{extra}");
+        }
+        let c: ControllerConfig = super::super::parse_toml(&format!(
+            "[backend]\nkind = \"ec2\"\n{good}subnet = \"subnet-1\"\n\
+             instance_types = [\"t3.small\", \"t3.large\"]\n"
+        ))
+        .unwrap();
+        assert_eq!(c.backend.agent_port(), 443);
+        assert!(!c.backend.has_slots());
+        assert_eq!(
+            c.backend.ec2_endpoint().as_deref(),
+            Some("https://ec2.eu-west-1.amazonaws.com/")
+        );
+        assert_eq!(
+            c.backend.ec2_catalogue(),
+            [
+                vec!["ami-0abc".to_string()],
+                vec!["t3.small".to_string(), "t3.large".to_string()],
+                vec!["subnet-1".to_string()],
+            ]
+        );
+    }
+
+    #[test]
     fn several_backends_must_not_overlap_or_disagree() {
         let keys = |text: &str| -> Vec<String> {
             let c: ControllerConfig = super::super::parse_toml(&format!(

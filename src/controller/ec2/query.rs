@@ -264,6 +264,39 @@ mod tests {
     }
 
     #[test]
+    fn requests_are_signed_for_the_region_and_the_ec2_service() {
+        let client = Ec2Client {
+            endpoint: "https://ec2.eu-west-1.amazonaws.com/".into(),
+            region: "eu-west-1".into(),
+            profile: None,
+            credentials_file: None,
+            http: Client::new(None, CALL_TIMEOUT),
+        };
+        let creds = Credentials {
+            access_key_id: "AKIDEXAMPLE".into(),
+            secret_access_key: zeroize::Zeroizing::new("secret".into()),
+            session_token: Some(zeroize::Zeroizing::new("session".into())),
+        };
+        let h = client.sign(&creds, &form("DescribeRegions", &[])).unwrap();
+        let auth = h["authorization"].to_str().unwrap();
+        assert!(
+            auth.starts_with("AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/"),
+            "{auth}"
+        );
+        assert!(auth.contains("/eu-west-1/ec2/aws4_request"), "{auth}");
+        assert!(auth.contains("SignedHeaders=content-type;host;"), "{auth}");
+        assert!(!auth.contains("secret"));
+        assert!(h.contains_key("x-amz-date"));
+        assert_eq!(h["x-amz-security-token"], "session");
+        assert!(
+            h["content-type"]
+                .to_str()
+                .unwrap()
+                .starts_with("application/x-www-form-urlencoded")
+        );
+    }
+
+    #[test]
     fn the_form_names_the_action_and_version_and_escapes_values() {
         let body = form(
             "RunInstances",

@@ -23,6 +23,10 @@ pub struct FakeBackend {
     pub disk_full: AtomicBool,
     /// Starting fails (the backend refuses).
     pub refuse_start: AtomicBool,
+    /// Creating fails for want of room (a cloud's capacity).
+    pub no_capacity: AtomicBool,
+    /// The command the last machine that enrols was given.
+    pub enrol_command: Mutex<Option<String>>,
 }
 
 impl Default for FakeBackend {
@@ -40,6 +44,8 @@ impl Default for FakeBackend {
             capacity: AtomicU32::new(200),
             disk_full: Default::default(),
             refuse_start: Default::default(),
+            no_capacity: Default::default(),
+            enrol_command: Mutex::default(),
         }
     }
 }
@@ -104,6 +110,14 @@ impl Backend for FakeBackend {
         if self.refuse_start.load(Ordering::SeqCst) {
             self.set(spec.id, MachineState::Stopped);
             return Err(BackendError::Failed("cannot start".into()));
+        }
+        if self.no_capacity.load(Ordering::SeqCst) {
+            return Err(BackendError::NoCapacity(
+                "InsufficientInstanceCapacity: none left".into(),
+            ));
+        }
+        if let Join::Enrol { command } = spec.join {
+            *self.enrol_command.lock().unwrap() = Some(command.to_string());
         }
         let state = MachineState::Running { pid: Some(4242) };
         self.set(spec.id, state);

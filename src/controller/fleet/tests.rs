@@ -437,6 +437,106 @@ async fn what_the_backend_cannot_do_is_refused_before_anything_is_queued() {
     assert_eq!(s.backend.get(&machine).unwrap(), MachineState::Stopped);
 }
 
+#[tokio::test]
+async fn a_machine_that_enrols_joins_as_its_appliance_with_its_own_token() {
+    use crate::controller::fleet::enrolments::EnrolmentRequest;
+    let s = setup().await;
+    s.backend.capabilities.lock().unwrap().enrols = true;
+    let id = s.create("vm", None).await;
+    assert_eq!(s.state(&id).await, State::Booting);
+    let a = s.fleet.appliance(&id).await.unwrap();
+    assert_eq!(
+        (a.slot, a.address.clone(), a.cert_serial.clone()),
+        (None, None, None)
+    );
+    // The machine's command: a token for this appliance alone.
+    let command = s.backend.enrol_command.lock().unwrap().clone().unwrap();
+    let words: Vec<&str> = command.split_whitespace().collect();
+    assert_eq!(
+        &words[..4],
+        ["applianced", "agent", "--enrol", "https://127.0.0.1:1"]
+    );
+    let token = words[words.iter().position(|w| *w == "--token").unwrap() + 1].to_string();
+    let tokens = s.fleet.store.enrolment_tokens().await.unwrap();
+    assert_eq!(tokens.len(), 1);
+    assert_eq!(tokens[0].appliance_id.as_deref(), Some(id.as_str()));
+    assert!(tokens[0].auto_accept);
+    // The machine enrols: accepted at once, completing its appliance (no new one).
+    let key = rcgen::KeyPair::generate().unwrap();
+    let csr = rcgen::CertificateParams::default()
+        .serialize_request(&key)
+        .unwrap()
+        .pem()
+        .unwrap();
+    let join = |token: String| EnrolmentRequest {
+        token,
+        csr: csr.clone(),
+        address: None,
+        port: 443,
+        name: None,
+    };
+    let peer: IpAddr = "127.0.46.9".parse().unwrap();
+    let e = s
+        .fleet
+        .submit_enrolment(peer, join(token.clone()))
+        .await
+        .unwrap();
+    assert_eq!(
+        e.state,
+        crate::controller::enrolments::EnrolmentState::Accepted
+    );
+    assert_eq!(e.appliance_id.as_deref(), Some(id.as_str()));
+    let a = s.fleet.appliance(&id).await.unwrap();
+    assert_eq!(a.address.as_deref(), Some("127.0.46.9"));
+    assert_eq!(a.agent_port, Some(443));
+    assert!(a.cert_serial.is_some() && a.public_key.is_some());
+    assert_eq!(a.state, State::Booting, "active once its agent reports");
+    assert_eq!(s.report(&id, CallbackEvent::Launched).await, State::Active);
+    assert!(
+        s.events(&id)
+            .await
+            .iter()
+            .any(|(kind, _)| kind == "enrolled")
+    );
+    let again = s
+        .fleet
+        .submit_enrolment(peer, join(token))
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(again.status_and_kind(), (401, "enrolment-refused"));
+    assert_eq!(s.fleet.store.appliances(false).await.unwrap().len(), 1);
+
+    // A create the cloud has no room for: 503, and what it made is removed.
+    s.backend.no_capacity.store(true, Ordering::SeqCst);
+    let problem = s.failed_create().await;
+    assert_eq!(problem["status"], 503, "{problem}");
+    assert_eq!(problem["type"], "urn:applianced:problem:no-capacity");
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("InsufficientInstanceCapacity"),
+        "{problem}"
+    );
+    let calls = s.backend.calls();
+    let failed = calls
+        .last()
+        .unwrap()
+        .strip_prefix("delete ")
+        .unwrap()
+        .to_string();
+    assert_ne!(failed, id);
+    assert!(calls.contains(&format!("create {failed}")), "{calls:?}");
+    let tokens = s.fleet.store.enrolment_tokens().await.unwrap();
+    assert!(
+        tokens
+            .iter()
+            .all(|t| t.appliance_id.as_deref() != Some(failed.as_str()))
+    );
+    assert_eq!(s.state(&failed).await, State::Failed);
+}
+
 /// A user without a personal team, as a principal.
 async fn someone(s: &Setup, name: &str, role: Role) -> Principal {
     let record = crate::controller::store::NewUserRecord {
