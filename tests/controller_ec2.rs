@@ -4,8 +4,9 @@
 //! (with boto3, AWS's own client) and runs the enrolment command it holds; the
 //! appliance then goes active through the path a real instance takes. Stop and start
 //! act on the instance, destroy terminates it and deletes the key pair it was given,
-//! and a cloud error (an unknown image) fails the create with the cloud's message,
-//! leaving nothing behind.
+//! and cloud errors (an unknown image, bad credentials) fail the create with the cloud's
+//! message, leaving nothing behind. Moto checks every request's Signature Version 4
+//! with botocore's own signer, for an IAM user the test makes.
 
 mod common;
 
@@ -19,11 +20,15 @@ use serde_json::{Value, json};
 
 const MOTO: &str = "moto[server]==5.2.5";
 
-/// A moto server on a loopback port, validating images and instance types as EC2 does.
+/// A moto server on a loopback port, validating images and instance types as EC2 does
+/// and authenticating every request but the first three (which make the IAM user whose
+/// keys the rest use).
 struct Moto {
     child: Child,
     port: u16,
     python: std::path::PathBuf,
+    /// The IAM user's access key id and secret.
+    keys: (String, String),
     _dir: tempfile::TempDir,
 }
 
@@ -37,6 +42,7 @@ impl Moto {
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
             .env("MOTO_ENABLE_AMI_VALIDATION", "true")
             .env("MOTO_EC2_ENABLE_INSTANCE_TYPE_VALIDATION", "true")
+            .env("INITIAL_NO_AUTH_ACTION_COUNT", "3")
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -50,12 +56,28 @@ impl Moto {
             );
             std::thread::sleep(Duration::from_millis(100));
         }
-        Moto {
+        let mut moto = Moto {
             child,
             port,
             python: venv.join("bin/python"),
+            keys: ("unused".into(), "unused".into()),
             _dir: dir,
-        }
+        };
+        let user = moto.ask("iam", "");
+        moto.keys = (
+            user["key"].as_str().unwrap().to_string(),
+            user["secret"].as_str().unwrap().to_string(),
+        );
+        moto
+    }
+
+    /// A credentials file (AWS's format) with these keys.
+    fn credentials(&self, path: &std::path::Path, (key, secret): (&str, &str)) {
+        std::fs::write(
+            path,
+            format!("[default]\naws_access_key_id = {key}\naws_secret_access_key = {secret}\n"),
+        )
+        .unwrap();
     }
 
     /// Asks the cloud with boto3 (not the controller's client): `what` is one of the
@@ -64,6 +86,8 @@ impl Moto {
         let out = Command::new(&self.python)
             .args(["-c", BOTO, what, arg])
             .env("ENDPOINT", format!("http://127.0.0.1:{}", self.port))
+            .env("KEY", &self.keys.0)
+            .env("SECRET", &self.keys.1)
             .output()
             .unwrap();
         assert!(
@@ -86,9 +110,20 @@ impl Drop for Moto {
 const BOTO: &str = r#"
 import base64, json, os, sys
 import boto3
-ec2 = boto3.client("ec2", endpoint_url=os.environ["ENDPOINT"], region_name="us-east-1",
-                   aws_access_key_id="testing", aws_secret_access_key="testing")
+def client(service):
+    return boto3.client(service, endpoint_url=os.environ["ENDPOINT"], region_name="us-east-1",
+                        aws_access_key_id=os.environ["KEY"], aws_secret_access_key=os.environ["SECRET"])
 what, arg = sys.argv[1], sys.argv[2]
+if what == "iam":
+    # The first three requests are not authenticated: they make the user.
+    iam = client("iam")
+    iam.create_user(UserName="applianced")
+    iam.put_user_policy(UserName="applianced", PolicyName="ec2", PolicyDocument=json.dumps(
+        {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "ec2:*", "Resource": "*"}]}))
+    key = iam.create_access_key(UserName="applianced")["AccessKey"]
+    print(json.dumps({"key": key["AccessKeyId"], "secret": key["SecretAccessKey"]}))
+    sys.exit(0)
+ec2 = client("ec2")
 if what == "setup":
     image = sorted(i["ImageId"] for i in ec2.describe_images(Owners=["amazon"])["Images"])[0]
     subnet = ec2.describe_subnets()["Subnets"][0]["SubnetId"]
@@ -152,24 +187,27 @@ async fn scenario(db_url: &str, net: u8) {
     );
     let dir = tempfile::tempdir().unwrap();
     let credentials = dir.path().join("aws-credentials");
-    std::fs::write(
-        &credentials,
-        "[default]\naws_access_key_id = testing\naws_secret_access_key = testing\n",
-    )
-    .unwrap();
-    let backend = format!(
-        "name = \"cloud\"\nkind = \"ec2\"\nendpoint = \"http://127.0.0.1:{port}/\"\n\
+    moto.credentials(&credentials, (&moto.keys.0, &moto.keys.1));
+    // The same key with another secret: the signature does not match.
+    let wrong = dir.path().join("wrong-credentials");
+    moto.credentials(&wrong, (&moto.keys.0, "not-the-secret"));
+    let backends = format!(
+        "[[backends]]\nname = \"cloud\"\nkind = \"ec2\"\nendpoint = \"http://127.0.0.1:{port}/\"\n\
          region = \"us-east-1\"\nimage = \"{image}\"\nimages = [\"ami-0badc0de\"]\n\
          instance_type = \"t2.micro\"\nsubnet = \"{subnet}\"\n\
-         credentials_file = \"{creds}\"\nagent_install = \"echo installing the agent\"\n",
+         credentials_file = \"{creds}\"\nagent_install = \"echo installing the agent\"\n\
+         [[backends]]\nname = \"forged\"\nkind = \"ec2\"\nendpoint = \"http://127.0.0.1:{port}/\"\n\
+         region = \"us-east-1\"\nimage = \"{image}\"\ninstance_type = \"t2.micro\"\n\
+         credentials_file = \"{wrong}\"\n",
         port = moto.port,
         creds = credentials.display(),
+        wrong = wrong.display(),
     );
     let c = Controller::start_on(
         db_url,
         "127.0.0.1",
-        &backend,
-        "[appliances]\nheartbeat_interval = \"1s\"\n",
+        "",
+        &format!("[appliances]\nheartbeat_interval = \"1s\"\n{backends}"),
     );
     let password = c.add_user("root", true);
     let root = c.token("root", &password).await;
@@ -430,6 +468,26 @@ async fn scenario(db_url: &str, net: u8) {
             .await
             .json()["state"],
         "failed"
+    );
+
+    // Bad credentials: the cloud's refusal, as a 502 problem.
+    let (_, done) = c
+        .run_task(
+            &tenant,
+            "POST",
+            "/v1/appliances",
+            r#"{"name": "vm-3", "backend": "forged"}"#,
+        )
+        .await;
+    assert_eq!(done["state"], "failed", "{done}");
+    assert_eq!(done["problem"]["status"], 502, "{done}");
+    let detail = done["problem"]["detail"].as_str().unwrap();
+    assert!(detail.contains("AuthFailure"), "{detail}");
+    assert!(!detail.contains("not-the-secret"), "{detail}");
+    assert!(
+        c.log_text().contains("cannot describe the ec2 catalogue"),
+        "{}",
+        c.log_text()
     );
 }
 

@@ -436,7 +436,8 @@ impl Store {
     }
 
     /// Accepts a pending request made with a token issued for `appliance`'s machine:
-    /// completes that appliance (still being made, `provisioning` or `booting`) with
+    /// completes that appliance (still being made: `provisioning`, `booting`, or
+    /// `launch_timeout`, which a late `launched` still makes active) with
     /// the address its agent is reached at, its key and its certificate, in one
     /// transaction.
     #[allow(clippy::too_many_arguments)]
@@ -482,7 +483,8 @@ impl Store {
         let completed = sqlx::query(
             "UPDATE appliances SET address = $1, agent_port = $2, public_key = $3, \
              cert_serial = $4, cert_not_after = $5, updated_at = $6 \
-             WHERE id = $7 AND state = $8 AND state IN ('provisioning', 'booting')",
+             WHERE id = $7 AND state = $8 \
+             AND state IN ('provisioning', 'booting', 'launch_timeout')",
         )
         .bind(&e.address)
         .bind(e.agent_port)

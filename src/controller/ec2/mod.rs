@@ -4,7 +4,8 @@
 //! enrolment command with a token issued for that appliance alone, so the instance
 //! joins by itself: nothing is installed from the internet, and its private key is made
 //! on it and never leaves it. `Describe*` gives the catalogue (images, instance types
-//! as flavors, subnets as networks) and the instances' states; `Start`/`Stop`/
+//! as flavors, subnets as networks, the region checked against the cloud's) and the
+//! instances' states; `Start`/`Stop`/
 //! `TerminateInstances` act on them; a team's key pair is imported for the instance
 //! (`ImportKeyPair`) and deleted with it.
 
@@ -87,6 +88,20 @@ impl Ec2Backend {
     /// Describes the configured images, instance types and subnets; the catalogue
     /// keeps what it had for any the cloud does not answer about.
     pub async fn refresh_catalogue(&self) -> Result<(), Ec2Error> {
+        // The region calls are signed for must be one of the cloud's.
+        let regions = self.client.call("DescribeRegions", &[]).await?;
+        let doc = parse("DescribeRegions", &regions)?;
+        let known: Vec<&str> = items(&doc, "regionInfo")
+            .into_iter()
+            .filter_map(|r| child_text(r, "regionName"))
+            .collect();
+        if !known.is_empty() && !known.contains(&self.client.region.as_str()) {
+            return Err(Ec2Error::Config(format!(
+                "region {:?} is not one of the cloud's ({})",
+                self.client.region,
+                known.join(", ")
+            )));
+        }
         let list = |prefix: &str, ids: &[String]| -> Vec<(String, String)> {
             ids.iter()
                 .enumerate()

@@ -30,6 +30,9 @@ pub enum Ec2Error {
         code: String,
         message: String,
     },
+    /// The configuration does not fit the cloud (a region it does not have).
+    #[error("{0}")]
+    Config(String),
     /// An answer that is not what the API returns.
     #[error("EC2 {0}: an answer that cannot be read: {1}")]
     Malformed(String, String),
@@ -50,9 +53,10 @@ impl Ec2Error {
     pub fn failure(&self) -> Failure {
         match self {
             Ec2Error::Api { code, .. } => classify(code),
-            Ec2Error::Credentials(_) | Ec2Error::Transport(_) | Ec2Error::Malformed(..) => {
-                Failure::Failed
-            }
+            Ec2Error::Credentials(_)
+            | Ec2Error::Transport(_)
+            | Ec2Error::Config(_)
+            | Ec2Error::Malformed(..) => Failure::Failed,
         }
     }
 }

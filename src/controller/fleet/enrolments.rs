@@ -97,8 +97,9 @@ impl Fleet {
     }
 
     /// The command that makes the machine of appliance `a` (a cloud backend's) join
-    /// as that appliance: a one-time token for it alone, accepted at once, valid as
-    /// long as the appliance may take to launch. Its earlier tokens are deleted.
+    /// as that appliance: a one-time token for it alone, accepted at once, valid for
+    /// twice the time the appliance may take to launch (one that joins late still
+    /// becomes active). Its earlier tokens are deleted.
     pub(super) async fn machine_enrolment_command(
         &self,
         a: &Appliance,
@@ -110,8 +111,9 @@ impl Fleet {
         self.store.delete_appliance_enrolment_tokens(&a.id).await?;
         let now = self.clock.now();
         let ttl = i64::try_from(self.config.appliances.launch_timeout.0.as_secs())
-            .unwrap_or(i64::MAX)
-            .max(60);
+            .unwrap_or(i64::MAX / 4)
+            .max(60)
+            .saturating_mul(2);
         let (token, hash) = auth::new_token();
         let record = EnrolmentToken {
             id: auth::new_id(),

@@ -17,8 +17,11 @@ impl Fleet {
                     .await?;
             }
             State::Provisioning => {}
-            // Done before the controller was interrupted.
-            _ if a.cert_serial.is_some() => return self.view(id).await,
+            // Done before the controller was interrupted (a machine that enrols has no
+            // certificate until it does, and is booting meanwhile).
+            _ if a.cert_serial.is_some() || a.state == State::Booting => {
+                return self.view(id).await;
+            }
             _ => return Err(illegal(&a, Event::Provision)),
         }
         match self.provision_steps(id).await {
