@@ -178,6 +178,19 @@ async fn wait_instance(moto: &Moto, appliance: &str, state: &str) -> Value {
     }
 }
 
+/// Runs an action on an appliance; it must succeed.
+async fn act(c: &Controller, token: &str, id: &str, action: &str) {
+    let (_, done) = c
+        .run_task(
+            token,
+            "POST",
+            &format!("/v1/appliances/{id}/actions"),
+            &json!({ "action": action }).to_string(),
+        )
+        .await;
+    assert_eq!(done["state"], "succeeded", "{action}: {done}");
+}
+
 async fn scenario(db_url: &str, net: u8) {
     let moto = Moto::start();
     let setup = moto.ask("setup", "");
@@ -374,28 +387,12 @@ async fn scenario(db_url: &str, net: u8) {
     );
 
     // Stop and start act on the instance; the guest powers off and on with it.
-    let (_, done) = c
-        .run_task(
-            &tenant,
-            "POST",
-            &format!("/v1/appliances/{id}/actions"),
-            r#"{"action": "stop"}"#,
-        )
-        .await;
-    assert_eq!(done["state"], "succeeded", "{done}");
+    act(&c, &tenant, &id, "stop").await;
     wait_instance(&moto, &id, "stopped").await;
     guest.kill();
     c.wait_state(&tenant, &id, "stopped", Duration::from_secs(10))
         .await;
-    let (_, done) = c
-        .run_task(
-            &tenant,
-            "POST",
-            &format!("/v1/appliances/{id}/actions"),
-            r#"{"action": "start"}"#,
-        )
-        .await;
-    assert_eq!(done["state"], "succeeded", "{done}");
+    act(&c, &tenant, &id, "start").await;
     wait_instance(&moto, &id, "running").await;
     guest.run(&[]);
     c.wait_state(&tenant, &id, "active", Duration::from_secs(30))

@@ -1331,20 +1331,26 @@ mod tests {
         assert!(key.contains("client_auth"), "{key}");
     }
 
+    /// The keys of `[backend]` a configuration with this backend table and an
+    /// appliance listener on `listener` has problems with.
+    fn backend_problems(listener: &str, backend: &str) -> Vec<String> {
+        let c: ControllerConfig = super::super::parse_toml(&format!(
+            "[[listeners]]\naddress = \"{listener}\"\nzone = \"appliance\"\n[backend]\n{backend}"
+        ))
+        .unwrap();
+        c.validate()
+            .err()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|p| p.key)
+            .filter(|k| k.starts_with("backend."))
+            .collect()
+    }
+
     #[test]
     fn the_netns_backend_needs_a_bridge_a_subnet_and_a_reachable_listener() {
-        let keys = |backend: &str, listener: &str| -> Vec<String> {
-            let c: ControllerConfig = super::super::parse_toml(&format!(
-                "[[listeners]]\naddress = \"{listener}\"\nzone = \"appliance\"\n[backend]\nkind = \"netns\"\n{backend}"
-            ))
-            .unwrap();
-            c.validate()
-                .err()
-                .unwrap_or_default()
-                .into_iter()
-                .map(|p| p.key)
-                .filter(|k| k.starts_with("backend."))
-                .collect()
+        let keys = |backend: &str, listener: &str| {
+            backend_problems(listener, &format!("kind = \"netns\"\n{backend}"))
         };
         let good = "bridge = \"apl0\"\nsubnet = \"10.213.0.0/24\"\n";
         assert!(keys(good, "10.213.0.1:8444").is_empty());
@@ -1392,19 +1398,8 @@ mod tests {
 
     #[test]
     fn the_ec2_backend_needs_a_region_an_image_and_an_instance_type_of_valid_ids() {
-        let keys = |backend: &str| -> Vec<String> {
-            let c: ControllerConfig = super::super::parse_toml(&format!(
-                "[[listeners]]\naddress = \"127.0.0.1:8444\"\nzone = \"appliance\"\n\
-                 [backend]\nkind = \"ec2\"\n{backend}"
-            ))
-            .unwrap();
-            c.validate()
-                .err()
-                .unwrap_or_default()
-                .into_iter()
-                .map(|p| p.key)
-                .filter(|k| k.starts_with("backend."))
-                .collect()
+        let keys = |backend: &str| {
+            backend_problems("127.0.0.1:8444", &format!("kind = \"ec2\"\n{backend}"))
         };
         let good = "region = \"eu-west-1\"\nimage = \"ami-0abc\"\ninstance_type = \"t3.small\"\n";
         assert!(keys(good).is_empty(), "{:?}", keys(good));

@@ -55,12 +55,12 @@ struct ListenerTls {
 }
 
 impl ListenerTls {
-    /// `gateways`: the netns bridges' addresses, by which appliances in namespaces reach
-    /// a listener on a wildcard address.
+    /// A certificate the controller issues names what clients reach the listener by
+    /// (see [`listener_sans`]).
     fn resolve(
         l: &Listener,
         ca: &ca::ControllerCa,
-        gateways: &[IpAddr],
+        config: &ControllerConfig,
     ) -> Result<ListenerTls, String> {
         let (cert, key) = match (&l.cert, &l.key) {
             (Some(c), Some(k)) => (c.clone(), k.clone()),
@@ -68,7 +68,7 @@ impl ListenerTls {
                 let zone = format!("{:?}", l.zone).to_lowercase();
                 ca.listener_cert(
                     &format!("{zone}-{}", l.address.port()),
-                    listener_sans(l.address.ip(), gateways),
+                    listener_sans(l, config),
                 )
                 .map_err(|e| e.to_string())?
             }
@@ -131,19 +131,46 @@ fn regions_of(config: &ControllerConfig, b: &Backend, first: bool) -> Vec<fleet:
     }]
 }
 
-/// Names a controller-issued listener certificate carries (`gateways` too, for a
-/// wildcard address).
-fn listener_sans(ip: IpAddr, gateways: &[IpAddr]) -> Vec<String> {
+/// Names a controller-issued listener certificate carries: `localhost` and its
+/// address; for a wildcard address, the loopback addresses, the host's name and the
+/// netns bridges' addresses (by which appliances in namespaces reach it); for an
+/// appliance listener, the host of every backend's `controller_url` on its port (the
+/// name appliances elsewhere, an enrolling instance, reach it by).
+fn listener_sans(l: &Listener, config: &ControllerConfig) -> Vec<String> {
+    let ip = l.address.ip();
     let mut sans = vec!["localhost".to_string()];
     if ip.is_unspecified() {
         sans.push("127.0.0.1".into());
         sans.push("::1".into());
-        sans.extend(gateways.iter().map(IpAddr::to_string));
+        sans.extend(netns_gateways(config).iter().map(IpAddr::to_string));
         if let Ok(h) = nix::unistd::gethostname() {
             sans.push(h.to_string_lossy().into_owned());
         }
     } else {
         sans.push(ip.to_string());
+    }
+    if l.zone == Zone::Appliance {
+        for b in config.backend_list() {
+            let Some(uri) = b
+                .controller_url
+                .as_deref()
+                .and_then(|u| u.parse::<http::Uri>().ok())
+            else {
+                continue;
+            };
+            let port = uri.port_u16().unwrap_or(443);
+            if let Some(host) = uri.host()
+                && port == l.address.port()
+            {
+                let host = host
+                    .trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .to_string();
+                if !sans.contains(&host) {
+                    sans.push(host);
+                }
+            }
+        }
     }
     sans
 }
@@ -371,10 +398,9 @@ async fn run_async(config: ControllerConfig) -> i32 {
             return exit::FAILURE;
         }
     }
-    let gateways = netns_gateways(&config);
     let mut bound = Vec::new();
     for (i, l) in config.listeners.iter().enumerate() {
-        let files = match ListenerTls::resolve(l, &ca, &gateways) {
+        let files = match ListenerTls::resolve(l, &ca, &config) {
             Ok(f) => f,
             Err(e) => {
                 tracing::error!("listeners[{i}]: {e}");
@@ -629,8 +655,7 @@ fn reload_tls(fleet: &fleet::Fleet, ca: &ca::ControllerCa, listeners: &Reloadabl
         Err(e) => tracing::error!("controller client certificate: {e}"),
     }
     for (l, tls) in listeners {
-        let gateways = netns_gateways(fleet.config());
-        match ListenerTls::resolve(l, ca, &gateways).and_then(|files| files.load()) {
+        match ListenerTls::resolve(l, ca, fleet.config()).and_then(|files| files.load()) {
             Ok(m) => {
                 if m.server_cert.serial != tls.load().server_cert.serial {
                     tracing::info!(address = %l.address, serial = %m.server_cert.serial, "listener certificate changed");
@@ -641,5 +666,32 @@ fn reload_tls(fleet: &fleet::Fleet, ca: &ca::ControllerCa, listeners: &Reloadabl
                 tracing::error!(address = %l.address, "keeping the listener's TLS material: {e}")
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_appliance_listener_certificate_names_the_controller_url_appliances_use() {
+        let config: ControllerConfig = crate::config::parse_toml(
+            "[[listeners]]\naddress = \"10.0.0.1:8444\"\nzone = \"appliance\"\n\
+             [[listeners]]\naddress = \"10.0.0.1:8443\"\nzone = \"admin\"\n\
+             [[backends]]\nname = \"a\"\ncontroller_url = \"https://controller.example:8444\"\n\
+             [[backends]]\nname = \"b\"\nkind = \"ec2\"\nregion = \"r\"\nimage = \"ami-1\"\n\
+             instance_type = \"t3.small\"\ncontroller_url = \"https://[2001:db8::1]:8444/\"\n\
+             [[backends]]\nname = \"c\"\ncontroller_url = \"https://elsewhere.example:9999\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            listener_sans(&config.listeners[0], &config),
+            ["localhost", "10.0.0.1", "controller.example", "2001:db8::1"]
+        );
+        assert_eq!(
+            listener_sans(&config.listeners[1], &config),
+            ["localhost", "10.0.0.1"],
+            "only appliance listeners"
+        );
     }
 }
