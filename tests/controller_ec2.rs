@@ -268,6 +268,21 @@ async fn scenario(db_url: &str, net: u8) {
         .await;
     assert_eq!(r.status, 200, "{}", r.body);
 
+    // What each backend can do.
+    let r = c.call(&tenant, "GET", "/v1/backends", "").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let caps = json!({"create": true, "power": true, "suspend": false, "regions": false,
+                      "enrols": true});
+    assert_eq!(
+        r.json(),
+        json!([
+            {"name": "cloud", "kind": "ec2", "capabilities": caps},
+            {"name": "forged", "kind": "ec2", "capabilities": caps},
+            {"name": "enrolled", "kind": "enrolled", "capabilities": {"create": false,
+             "power": false, "suspend": false, "regions": false, "enrols": false}},
+        ])
+    );
+
     // Create: an instance tagged with the appliance, its key pair imported, its user
     // data the enrolment command with a token for it alone.
     let (accepted, done) = c

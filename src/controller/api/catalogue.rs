@@ -1,5 +1,6 @@
 //! The catalogue, read-only for every signed-in user: `/v1/images`, `/v1/flavors`,
-//! `/v1/networks` (each entry shown by id or by name), `/v1/regions`, `/v1/templates`.
+//! `/v1/networks` (each entry shown by id or by name), `/v1/regions`, `/v1/templates`,
+//! and `/v1/backends` with what each can do.
 
 use axum::extract::State;
 use axum::response::Response;
@@ -10,7 +11,7 @@ use super::extract::{Caller, Id};
 use super::views::ok;
 use super::{ApiError, ApiState};
 use crate::controller::fleet::catalogue::{Kind, Template};
-use crate::controller::fleet::ports::{CatalogueEntry, Region};
+use crate::controller::fleet::ports::{Capabilities, CatalogueEntry, Region};
 
 /// An image, a flavor or a network.
 #[derive(Serialize, ToSchema)]
@@ -151,6 +152,58 @@ catalogue_kind!(
     "The networks appliances are addressed on",
     "No such network"
 );
+
+/// What a backend can do to its appliances: an action it cannot do is 409
+/// `not-supported-by-backend`.
+#[derive(Serialize, ToSchema)]
+pub struct CapabilitiesView {
+    /// Creates appliances (otherwise they join by enrolment).
+    pub create: bool,
+    /// Stops and starts them.
+    pub power: bool,
+    /// Suspends and resumes them.
+    pub suspend: bool,
+    /// Serves more than one region of its own.
+    pub regions: bool,
+    /// Its machines join by enrolment (a one-time token in what their first boot runs).
+    pub enrols: bool,
+}
+
+/// A compute backend.
+#[derive(Serialize, ToSchema)]
+pub struct BackendView {
+    /// Its name (regions, templates and creates name it).
+    pub name: String,
+    /// `process`, `netns`, `ec2` or `enrolled`.
+    pub kind: String,
+    pub capabilities: CapabilitiesView,
+}
+
+/// The backends, the default first.
+#[utoipa::path(get, path = "/v1/backends", tag = "catalogue",
+    responses((status = 200, description = "The backends and what each can do", body = Vec<BackendView>)))]
+pub async fn list_backends(
+    State(s): State<ApiState>,
+    Caller(me): Caller,
+) -> Result<Response, ApiError> {
+    let view = |(name, kind, c): (String, &'static str, Capabilities)| BackendView {
+        name,
+        kind: kind.to_string(),
+        capabilities: CapabilitiesView {
+            create: c.create,
+            power: c.power,
+            suspend: c.suspend,
+            regions: c.regions,
+            enrols: c.enrols,
+        },
+    };
+    Ok(ok(s
+        .fleet
+        .backends(&me)
+        .into_iter()
+        .map(view)
+        .collect::<Vec<_>>()))
+}
 
 /// The regions, in placement order.
 #[utoipa::path(get, path = "/v1/regions", tag = "catalogue",

@@ -225,6 +225,7 @@ fn admin_api() -> (Router<ApiState>, utoipa::openapi::OpenApi) {
         .routes(routes!(catalogue::get_flavor))
         .routes(routes!(catalogue::list_networks))
         .routes(routes!(catalogue::get_network))
+        .routes(routes!(catalogue::list_backends))
         .routes(routes!(catalogue::list_regions))
         .routes(routes!(catalogue::get_region))
         .routes(routes!(catalogue::list_templates))

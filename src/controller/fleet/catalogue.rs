@@ -2,7 +2,7 @@
 //! are placed (regions), and the templates that name one of each. It is the backend's;
 //! any signed-in user may read it.
 
-use super::ports::{CatalogueEntry, Region};
+use super::ports::{Capabilities, CatalogueEntry, Region};
 use super::teams::Principal;
 use super::*;
 
@@ -73,6 +73,20 @@ impl Fleet {
     ) -> Result<CatalogueEntry, FleetError> {
         find_entry(self.catalogue_list(user, kind), id_or_name)
             .ok_or_else(|| FleetError::NoSuchEntry(format!("no {} {id_or_name:?}", kind.name())))
+    }
+
+    /// The backends: name, kind and what each can do, the default first, then the
+    /// `enrolled` backend of appliances that joined by enrolment.
+    pub fn backends(&self, _: &Principal) -> Vec<(String, &'static str, Capabilities)> {
+        let enrolled: Arc<dyn Backend> = Arc::new(super::enrolments::EnrolledBackend);
+        self.backends
+            .iter()
+            .chain(std::iter::once(&(
+                super::enrolments::ENROLLED.to_string(),
+                enrolled,
+            )))
+            .map(|(name, b)| (name.clone(), b.name(), b.capabilities()))
+            .collect()
     }
 
     /// Where appliances are placed, with the backend that serves each, lowest priority
