@@ -216,7 +216,7 @@ async fn scenario(db_url: &str, net: u8) {
         creds = credentials.display(),
         wrong = wrong.display(),
     );
-    let c = Controller::start_on(
+    let mut c = Controller::start_on(
         db_url,
         "127.0.0.1",
         "",
@@ -385,6 +385,13 @@ async fn scenario(db_url: &str, net: u8) {
         "{}",
         copycat.log_text()
     );
+
+    // A controller that dies and comes back finds its instance where it left it.
+    c.restart();
+    let r = c
+        .call(&tenant, "POST", &format!("/v1/appliances/{id}/ping"), "")
+        .await;
+    assert_eq!(r.json()["reachable"], true, "after a restart: {}", r.body);
 
     // What EC2 cannot do is refused before anything is tried.
     let r = c
