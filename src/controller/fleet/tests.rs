@@ -537,6 +537,66 @@ async fn a_machine_that_enrols_joins_as_its_appliance_with_its_own_token() {
     assert_eq!(s.state(&failed).await, State::Failed);
 }
 
+#[tokio::test]
+async fn an_auto_accepted_request_over_quota_waits_for_an_admin() {
+    use crate::controller::enrolments::EnrolmentState;
+    use crate::controller::fleet::enrolments::EnrolmentRequest;
+    use crate::controller::fleet::ids::{EnrolmentId, TeamRef};
+    let s = setup().await;
+    let admin = someone(&s, "root", Role::Admin).await;
+    let team = s.user.teams[0].team_id.clone();
+    let quota = |n| teams::QuotaUpdate {
+        max_appliances: Some(Some(n)),
+        ..Default::default()
+    };
+    s.fleet
+        .set_quotas(&admin, &TeamRef::from(team.clone()), quota(0))
+        .await
+        .unwrap();
+    let issued = s
+        .fleet
+        .issue_enrolment_token(&admin, &team, None, true)
+        .await
+        .unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let csr = rcgen::CertificateParams::default()
+        .serialize_request(&key)
+        .unwrap()
+        .pem()
+        .unwrap();
+    let request = EnrolmentRequest {
+        token: issued.token.clone(),
+        csr,
+        address: None,
+        port: 9443,
+        name: Some("edge".into()),
+    };
+    // The team is full: not accepted at once, not refused either; it waits, its token
+    // spent.
+    let e = s
+        .fleet
+        .submit_enrolment("127.0.46.20".parse().unwrap(), request)
+        .await
+        .unwrap();
+    assert_eq!(e.state, EnrolmentState::Pending);
+    assert!(e.appliance_id.is_none());
+    let tokens = s.fleet.store.enrolment_tokens().await.unwrap();
+    assert!(tokens[0].used_at.is_some());
+    assert!(s.fleet.store.appliances(false).await.unwrap().is_empty());
+    let id = EnrolmentId::from(e.id.clone());
+    let err = s.fleet.accept_enrolment(&admin, &id).await.err().unwrap();
+    assert_eq!(kind(&err), (403, "quota-exceeded"));
+    // With room, an admin accepts it.
+    s.fleet
+        .set_quotas(&admin, &TeamRef::from(team.clone()), quota(1))
+        .await
+        .unwrap();
+    let e = s.fleet.accept_enrolment(&admin, &id).await.unwrap();
+    assert_eq!(e.state, EnrolmentState::Accepted);
+    assert_eq!(e.decided_by.as_deref(), Some("root"));
+    assert_eq!(s.fleet.store.appliances(false).await.unwrap().len(), 1);
+}
+
 /// A user without a personal team, as a principal.
 async fn someone(s: &Setup, name: &str, role: Role) -> Principal {
     let record = crate::controller::store::NewUserRecord {
