@@ -389,6 +389,18 @@ fn status_view(s: &ApiState, e: &Enrolment) -> EnrolmentStatus {
     }
 }
 
+/// What requests are counted by: an IPv4 address (an IPv4-mapped one as such), or an
+/// IPv6 address's /64.
+fn source_of(peer: IpAddr) -> IpAddr {
+    match peer {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6((u128::from(v6) & !u128::from(u64::MAX)).into()),
+        },
+        v4 => v4,
+    }
+}
+
 /// Whether `peer` may make one more request to join this minute. IPv6 addresses count
 /// by their /64 (one host usually has a whole one). When the table is full, the address
 /// whose minute started longest ago is forgotten.
@@ -396,16 +408,7 @@ fn admit(peer: IpAddr) -> bool {
     static SEEN: OnceLock<Mutex<HashMap<IpAddr, (Instant, u32)>>> = OnceLock::new();
     const WINDOW: Duration = Duration::from_secs(60);
     const MAX_SOURCES: usize = 4096;
-    let source = match peer {
-        IpAddr::V6(v6) if v6.to_ipv4_mapped().is_none() => {
-            IpAddr::V6((u128::from(v6) & !u128::from(u64::MAX)).into())
-        }
-        IpAddr::V6(v6) => IpAddr::V4(
-            v6.to_ipv4_mapped()
-                .unwrap_or(std::net::Ipv4Addr::UNSPECIFIED),
-        ),
-        v4 => v4,
-    };
+    let source = source_of(peer);
     let now = Instant::now();
     let mut seen = SEEN
         .get_or_init(Default::default)
@@ -428,4 +431,26 @@ fn admit(peer: IpAddr) -> bool {
     }
     entry.1 += 1;
     entry.1 <= REQUESTS_PER_MINUTE
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_are_counted_per_ipv4_address_and_per_ipv6_64() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert_eq!(source_of(ip("192.0.2.7")), ip("192.0.2.7"));
+        assert_eq!(source_of(ip("::ffff:192.0.2.7")), ip("192.0.2.7"));
+        assert_eq!(
+            source_of(ip("2001:db8:7357:1:aaaa::1")),
+            ip("2001:db8:7357:1::")
+        );
+        // One host rotating through its /64 is one source; the next /64 another.
+        for i in 0..REQUESTS_PER_MINUTE {
+            assert!(admit(ip(&format!("2001:db8:7357:2::{:x}", i + 1))), "{i}");
+        }
+        assert!(!admit(ip("2001:db8:7357:2:ffff::1")));
+        assert!(admit(ip("2001:db8:7357:3::1")));
+    }
 }
