@@ -586,6 +586,39 @@ async fn an_auto_accepted_request_over_quota_waits_for_an_admin() {
     let id = EnrolmentId::from(e.id.clone());
     let err = s.fleet.accept_enrolment(&admin, &id).await.err().unwrap();
     assert_eq!(kind(&err), (403, "quota-exceeded"));
+    // With as many waiting as may wait (here one), another request is refused and its
+    // token stays unspent, to be used later.
+    let second = s
+        .fleet
+        .issue_enrolment_token(&admin, &team, None, false)
+        .await
+        .unwrap();
+    let hash = crate::controller::auth::token_hash(&second.token);
+    let another = crate::controller::enrolments::Enrolment {
+        id: crate::controller::auth::new_id(),
+        ..e.clone()
+    };
+    let (outcome, recorded) = s
+        .fleet
+        .store
+        .submit_enrolment(&hash, &another, 1)
+        .await
+        .unwrap();
+    assert!(
+        matches!(
+            outcome,
+            crate::controller::enrolments::Submitted::TooManyPending(1)
+        ),
+        "{outcome:?}"
+    );
+    assert!(recorded.is_none());
+    let unspent = s
+        .fleet
+        .store
+        .enrolment_token(&second.record.id)
+        .await
+        .unwrap();
+    assert!(unspent.unwrap().used_at.is_none());
     // With room, an admin accepts it.
     s.fleet
         .set_quotas(&admin, &TeamRef::from(team.clone()), quota(1))
