@@ -236,6 +236,7 @@ async fn every_documented_operation_is_routed_and_asks_for_credentials() {
         "GET /v1/appliances/{id}",
         "GET /v1/appliances/{id}/agent/{path}",
         "GET /v1/appliances/{id}/events",
+        "GET /v1/backends",
         "GET /v1/clusters",
         "GET /v1/clusters/{id}",
         "GET /v1/enrolment-requests/{id}",
