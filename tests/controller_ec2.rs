@@ -145,13 +145,21 @@ elif what == "keypairs":
     print(json.dumps([k["KeyName"] for k in ec2.describe_key_pairs()["KeyPairs"]]))
 "#;
 
-/// The enrolment command line of a user data script (its `exec` taken off).
-fn enrol_line(user_data: &str) -> String {
+/// The agent command of a user data script: the one it runs without systemd (its
+/// `exec` taken off), which must be the one its systemd unit runs.
+fn agent_command(user_data: &str) -> String {
     let line = user_data
         .lines()
         .find(|l| l.starts_with("exec applianced agent --enrol "))
         .unwrap_or_else(|| panic!("no enrolment command in:\n{user_data}"));
-    line.trim_start_matches("exec ").to_string()
+    let command = line.trim_start_matches("exec ").to_string();
+    assert!(
+        user_data
+            .lines()
+            .any(|l| l == format!("ExecStart=/usr/bin/env {command}")),
+        "the unit runs another command:\n{user_data}"
+    );
+    command
 }
 
 async fn only_instance(moto: &Moto, appliance: &str) -> Value {
@@ -209,9 +217,10 @@ async fn scenario(db_url: &str, net: u8) {
          region = \"us-east-1\"\nimage = \"{image}\"\nimages = [\"ami-0badc0de\"]\n\
          instance_type = \"t2.micro\"\nsubnet = \"{subnet}\"\n\
          credentials_file = \"{creds}\"\nagent_install = \"echo installing the agent\"\n\
+         controller_url = \"https://@APPLIANCE_ZONE@\"\n\
          [[backends]]\nname = \"forged\"\nkind = \"ec2\"\nendpoint = \"http://127.0.0.1:{port}/\"\n\
          region = \"us-east-1\"\nimage = \"{image}\"\ninstance_type = \"t2.micro\"\n\
-         credentials_file = \"{wrong}\"\n",
+         credentials_file = \"{wrong}\"\ncontroller_url = \"https://@APPLIANCE_ZONE@\"\n",
         port = moto.port,
         creds = credentials.display(),
         wrong = wrong.display(),
@@ -322,7 +331,7 @@ async fn scenario(db_url: &str, net: u8) {
     );
     assert!(!user_data.contains("PRIVATE KEY"), "{user_data}");
     assert!(!user_data.contains(keypair["private_key"].as_str().unwrap().trim()));
-    let command = enrol_line(user_data);
+    let command = agent_command(user_data);
     assert!(
         command.starts_with(&format!(
             "applianced agent --enrol https://{} --token ",
@@ -330,6 +339,17 @@ async fn scenario(db_url: &str, net: u8) {
         )),
         "{command}"
     );
+    assert!(command.ends_with(" --listen 0.0.0.0:443"), "{command}");
+    assert!(
+        user_data.contains("\nexec systemctl enable --now applianced-appliance.service\n"),
+        "{user_data}"
+    );
+    let token = command
+        .split_whitespace()
+        .skip_while(|w| *w != "--token")
+        .nth(1)
+        .unwrap()
+        .to_string();
     let tokens = c
         .call(&root, "GET", "/v1/enrolment-tokens", "")
         .await
@@ -346,7 +366,7 @@ async fn scenario(db_url: &str, net: u8) {
     // The guest boots: it runs its user data's command, enrols with the appliance's
     // token, and its agent reports launched.
     let mut guest = Machine::new(net, 1);
-    guest.enrol(&command, &[]);
+    guest.boot(&command);
     let a = c
         .wait_state(&tenant, &id, "active", Duration::from_secs(30))
         .await;
@@ -378,7 +398,7 @@ async fn scenario(db_url: &str, net: u8) {
     );
     // The token is spent: the same command enrols nothing else.
     let mut copycat = Machine::new(net, 2);
-    copycat.enrol(&command, &[]);
+    copycat.boot(&command);
     assert_eq!(copycat.wait_exit(Duration::from_secs(20)), Some(1));
     assert!(
         copycat.log_text().contains("used already"),
@@ -416,7 +436,8 @@ async fn scenario(db_url: &str, net: u8) {
         .await;
     act(&c, &tenant, &id, "start").await;
     wait_instance(&moto, &id, "running").await;
-    guest.run(&[]);
+    // Its boot runs the same command, which now serves.
+    guest.boot(&command);
     c.wait_state(&tenant, &id, "active", Duration::from_secs(30))
         .await;
 
@@ -502,12 +523,22 @@ async fn scenario(db_url: &str, net: u8) {
     assert_eq!(done["problem"]["status"], 502, "{done}");
     let detail = done["problem"]["detail"].as_str().unwrap();
     assert!(detail.contains("AuthFailure"), "{detail}");
-    assert!(!detail.contains("not-the-secret"), "{detail}");
     assert!(
         c.log_text().contains("cannot describe the ec2 catalogue"),
         "{}",
         c.log_text()
     );
+
+    // Neither the cloud's secret nor the machine's token was written anywhere the
+    // controller writes: its log, the events, the tasks.
+    let log = c.log_text();
+    let secret = moto.keys.1.as_str();
+    assert!(!log.contains(secret), "the secret is in the log");
+    assert!(!log.contains(&token), "the token is in the log");
+    let events = c.events(&root, &id).await.to_string();
+    assert!(!events.contains(&token) && !events.contains(secret));
+    let tasks = c.call(&root, "GET", "/v1/tasks", "").await.body;
+    assert!(!tasks.contains(&token) && !tasks.contains(secret));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

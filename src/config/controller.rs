@@ -893,6 +893,14 @@ impl ControllerConfig {
                         );
                     }
                 }
+                if b.controller_url.is_none() {
+                    problem(
+                        key("controller_url"),
+                        "the ec2 backend needs controller_url: the https URL its instances \
+                         reach the controller's appliance listener by"
+                            .into(),
+                    );
+                }
                 if b.agent_install.as_deref().is_some_and(|s| s.len() > 8192) {
                     problem(
                         key("agent_install"),
@@ -1401,7 +1409,8 @@ mod tests {
         let keys = |backend: &str| {
             backend_problems("127.0.0.1:8444", &format!("kind = \"ec2\"\n{backend}"))
         };
-        let good = "region = \"eu-west-1\"\nimage = \"ami-0abc\"\ninstance_type = \"t3.small\"\n";
+        let good = "region = \"eu-west-1\"\nimage = \"ami-0abc\"\ninstance_type = \"t3.small\"\n\
+                    controller_url = \"https://controller.example:8444\"\n";
         assert!(keys(good).is_empty(), "{:?}", keys(good));
         assert!(
             keys(&format!(
@@ -1410,17 +1419,27 @@ mod tests {
             ))
             .is_empty()
         );
+        let url = "controller_url = \"https://controller.example:8444\"\n";
         assert_eq!(
-            keys("image = \"ami-1\"\ninstance_type = \"t3.small\"\n"),
+            keys(&format!(
+                "image = \"ami-1\"\ninstance_type = \"t3.small\"\n{url}"
+            )),
             ["backend.region"]
         );
         assert_eq!(
-            keys("region = \"r\"\ninstance_type = \"t3.small\"\n"),
+            keys(&format!(
+                "region = \"r\"\ninstance_type = \"t3.small\"\n{url}"
+            )),
             ["backend.image"]
         );
         assert_eq!(
-            keys("region = \"r\"\nimage = \"ami-1\"\n"),
+            keys(&format!("region = \"r\"\nimage = \"ami-1\"\n{url}")),
             ["backend.instance_type"]
+        );
+        // Instances must be told where the controller is.
+        assert_eq!(
+            keys("region = \"r\"\nimage = \"ami-1\"\ninstance_type = \"t3.small\"\n"),
+            ["backend.controller_url"]
         );
         for (extra, key) in [
             ("images = [\"1234\"]", "backend.images"),
@@ -1431,7 +1450,7 @@ mod tests {
             ("region = \"eu west\"", "backend.region"),
         ] {
             let text = if extra.starts_with("region") {
-                format!("{extra}\nimage = \"ami-1\"\ninstance_type = \"t3.small\"\n")
+                format!("{extra}\nimage = \"ami-1\"\ninstance_type = \"t3.small\"\n{url}")
             } else {
                 format!("{good}{extra}\n")
             };

@@ -423,15 +423,30 @@ impl Store {
     }
 
     /// Deletes the tokens issued for an appliance's machine (its old ones before a new
-    /// one, all of them when it is destroyed).
+    /// one, all of them when it is destroyed or its create failed); a request made
+    /// with one that still waits is rejected with it (`decided_by` names why).
     pub async fn delete_appliance_enrolment_tokens(
         &self,
         appliance_id: &str,
+        decided_by: &str,
+        now: i64,
     ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "UPDATE enrolments SET state = 'rejected', decided_at = $1, decided_by = $2 \
+             WHERE state = 'pending' AND token_id IN \
+             (SELECT id FROM enrolment_tokens WHERE appliance_id = $3)",
+        )
+        .bind(now)
+        .bind(decided_by)
+        .bind(appliance_id)
+        .execute(&mut *tx)
+        .await?;
         sqlx::query("DELETE FROM enrolment_tokens WHERE appliance_id = $1")
             .bind(appliance_id)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -480,11 +495,13 @@ impl Store {
         if taken > 0 {
             return Ok(Accepted::AddressTaken);
         }
+        // In whichever of these states it is now (the create task or a timer may have
+        // moved it since it was read).
         let completed = sqlx::query(
             "UPDATE appliances SET address = $1, agent_port = $2, public_key = $3, \
              cert_serial = $4, cert_not_after = $5, updated_at = $6 \
-             WHERE id = $7 AND state = $8 \
-             AND state IN ('provisioning', 'booting', 'launch_timeout')",
+             WHERE id = $7 AND state IN ('provisioning', 'booting', 'launch_timeout') \
+             RETURNING state",
         )
         .bind(&e.address)
         .bind(e.agent_port)
@@ -493,21 +510,14 @@ impl Store {
         .bind(not_after)
         .bind(now)
         .bind(&appliance.id)
-        .bind(appliance.state.as_str())
-        .execute(&mut *tx)
+        .fetch_optional(&mut *tx)
         .await?;
-        if completed.rows_affected() != 1 {
+        let Some(row) = completed else {
             return Ok(Accepted::NotWaiting);
-        }
-        insert_event(
-            &mut tx,
-            appliance,
-            Some(appliance.state),
-            appliance.state,
-            record,
-            now,
-        )
-        .await?;
+        };
+        let state: String = row.try_get("state")?;
+        let state = super::lifecycle::State::parse(&state).unwrap_or(appliance.state);
+        insert_event(&mut tx, appliance, Some(state), state, record, now).await?;
         tx.commit().await?;
         match self.enrolment(id).await? {
             Some(e) => Ok(Accepted::Done(Box::new(e))),

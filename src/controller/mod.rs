@@ -214,6 +214,7 @@ fn ec2_backend(
         regions: regions_of(config, b, first),
         catalogue: Default::default(),
         runtime: tokio::runtime::Handle::current(),
+        launched: Default::default(),
     };
     backend
         .catalogue
@@ -459,11 +460,11 @@ async fn run_async(config: ControllerConfig) -> i32 {
                 Ok(ec2) => {
                     // The catalogue is described now and then; the calls that make
                     // appliances do not wait for it.
-                    let refresh = ec2.clone();
+                    let (refresh, name) = (ec2.clone(), b.name());
                     tokio::spawn(async move {
                         loop {
-                            if let Err(e) = refresh.refresh_catalogue().await {
-                                tracing::warn!(error = %e, "cannot describe the ec2 catalogue");
+                            for e in refresh.refresh_catalogue().await {
+                                tracing::warn!(backend = %name, error = %e, "cannot describe the ec2 catalogue");
                             }
                             tokio::time::sleep(ec2::CATALOGUE_REFRESH).await;
                         }

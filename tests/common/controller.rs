@@ -50,6 +50,7 @@ impl Controller {
 
     /// A controller whose appliance listener is on `appliance_ip` and whose `[backend]`
     /// table is `backend` (the `netns` backend's appliances reach it on its bridge).
+    /// `@APPLIANCE_ZONE@` in `extra` stands for the appliance listener's address.
     pub fn start_on(db_url: &str, appliance_ip: &str, backend: &str, extra: &str) -> Controller {
         let dir = tempfile::tempdir().unwrap();
         std::fs::set_permissions(
@@ -60,6 +61,7 @@ impl Controller {
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let appliance_zone: SocketAddr = format!("{appliance_ip}:{}", free_port()).parse().unwrap();
         let config = dir.path().join("controller.toml");
+        let extra = extra.replace("@APPLIANCE_ZONE@", &appliance_zone.to_string());
         std::fs::write(
             &config,
             format!(

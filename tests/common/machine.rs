@@ -41,8 +41,31 @@ impl Machine {
         std::fs::read_to_string(self.log()).unwrap_or_default()
     }
 
-    /// Runs `applianced agent` with `args` and its directories.
+    /// Runs `applianced agent` with `args`, its listening address and its directories.
     pub fn run(&mut self, args: &[&str]) {
+        let listen = self.listen.to_string();
+        let mut args = args.to_vec();
+        args.extend(["--listen", &listen]);
+        self.spawn(&args);
+    }
+
+    /// Runs a command line as a machine's boot would (`applianced agent ...`, as
+    /// written), only its `--listen` address swapped for this machine's and its
+    /// directories added.
+    pub fn boot(&mut self, command: &str) {
+        let words: Vec<&str> = command.split_whitespace().collect();
+        assert_eq!(&words[..2], ["applianced", "agent"], "{command}");
+        let listen = self.listen.to_string();
+        let at = words
+            .iter()
+            .position(|w| *w == "--listen")
+            .unwrap_or_else(|| panic!("no --listen in {command}"));
+        let mut args = words[2..].to_vec();
+        args[at - 1] = &listen;
+        self.spawn(&args);
+    }
+
+    fn spawn(&mut self, args: &[&str]) {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -51,8 +74,6 @@ impl Machine {
         let child = Command::new(bin())
             .arg("agent")
             .args(args)
-            .arg("--listen")
-            .arg(self.listen.to_string())
             .arg("--state-dir")
             .arg(self.state())
             .arg("--run-dir")

@@ -1,10 +1,11 @@
-//! AWS credentials from the usual places: the environment (`AWS_ACCESS_KEY_ID`,
-//! `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`), else a profile (`AWS_PROFILE` or the
-//! backend's `profile`, else `default`) of the shared credentials file
-//! (`AWS_SHARED_CREDENTIALS_FILE`, default `~/.aws/credentials`) or of the config file
-//! (`AWS_CONFIG_FILE`, default `~/.aws/config`, where profiles are `[profile NAME]`).
-//! A backend's `credentials_file` takes the shared credentials file's place (a service
-//! has no home directory).
+//! AWS credentials. What the backend's configuration names comes first, so that several
+//! backends can use different accounts: its `credentials_file` (AWS's INI format; a
+//! service has no home directory), profile `profile` or `default`, which must be there;
+//! else its `profile` in the shared credentials file (`AWS_SHARED_CREDENTIALS_FILE`,
+//! default `~/.aws/credentials`) or config file (`AWS_CONFIG_FILE`, default
+//! `~/.aws/config`, where profiles are `[profile NAME]`). With neither configured, the
+//! usual places: the environment (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`,
+//! `AWS_SESSION_TOKEN`), else profile `AWS_PROFILE` (default `default`) of those files.
 //! Read again for every call, so that rotated keys are taken without a restart.
 
 use std::path::{Path, PathBuf};
@@ -26,26 +27,42 @@ impl std::fmt::Debug for Credentials {
     }
 }
 
-/// Where credentials are looked for: the environment's variables, as a function so
-/// that tests give their own.
+/// The credentials for a backend with this `profile` and `credentials_file`; `var`
+/// reads the environment (a function, so that tests give their own).
 pub fn load(
     profile: Option<&str>,
     credentials_file: Option<&Path>,
     var: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Credentials, String> {
     let nonempty = |k: &str| var(k).filter(|v| !v.is_empty());
-    if let (Some(id), Some(secret)) = (
-        nonempty("AWS_ACCESS_KEY_ID"),
-        nonempty("AWS_SECRET_ACCESS_KEY"),
-    ) {
+    if let Some(path) = credentials_file {
+        let name = profile.unwrap_or("default");
+        return match std::fs::read_to_string(path) {
+            Ok(text) => parse_profile(&Zeroizing::new(text), name).ok_or_else(|| {
+                format!(
+                    "credentials_file {}: no profile {name:?} with aws_access_key_id and \
+                     aws_secret_access_key",
+                    path.display()
+                )
+            }),
+            Err(e) => Err(format!("credentials_file {}: {e}", path.display())),
+        };
+    }
+    if profile.is_none()
+        && let (Some(id), Some(secret)) = (
+            nonempty("AWS_ACCESS_KEY_ID"),
+            nonempty("AWS_SECRET_ACCESS_KEY"),
+        )
+    {
         return Ok(Credentials {
             access_key_id: id,
             secret_access_key: Zeroizing::new(secret),
             session_token: nonempty("AWS_SESSION_TOKEN").map(Zeroizing::new),
         });
     }
-    let name = nonempty("AWS_PROFILE")
-        .or_else(|| profile.map(str::to_string))
+    let name = profile
+        .map(str::to_string)
+        .or_else(|| nonempty("AWS_PROFILE"))
         .unwrap_or_else(|| "default".into());
     let home = nonempty("HOME").map(PathBuf::from);
     let file = |key: &str, default: &str| {
@@ -53,29 +70,31 @@ pub fn load(
             .map(PathBuf::from)
             .or_else(|| home.as_ref().map(|h| h.join(default)))
     };
-    let credentials = credentials_file
-        .map(Path::to_path_buf)
-        .or_else(|| file("AWS_SHARED_CREDENTIALS_FILE", ".aws/credentials"));
-    let config = file("AWS_CONFIG_FILE", ".aws/config");
+    let config_section = if name == "default" {
+        name.clone()
+    } else {
+        format!("profile {name}")
+    };
     for (path, section) in [
-        (credentials, name.clone()),
         (
-            config,
-            if name == "default" {
-                name.clone()
-            } else {
-                format!("profile {name}")
-            },
+            file("AWS_SHARED_CREDENTIALS_FILE", ".aws/credentials"),
+            &name,
         ),
+        (file("AWS_CONFIG_FILE", ".aws/config"), &config_section),
     ] {
         let Some(path) = path else { continue };
-        if let Some(c) = from_file(&path, &section)? {
+        if let Some(c) = from_file(&path, section)? {
             return Ok(c);
         }
     }
     Err(format!(
-        "no AWS credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or give profile \
-         {name:?} aws_access_key_id and aws_secret_access_key in the credentials file"
+        "no AWS credentials: no profile {name:?} with aws_access_key_id and \
+         aws_secret_access_key in the credentials or config file{}",
+        if profile.is_none() {
+            ", and no AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
+        } else {
+            ""
+        }
     ))
 }
 
@@ -137,17 +156,13 @@ mod tests {
     }
 
     #[test]
-    fn the_environment_comes_first() {
-        let c = load(
-            Some("other"),
-            None,
-            &env(&[
-                ("AWS_ACCESS_KEY_ID", "AKID"),
-                ("AWS_SECRET_ACCESS_KEY", "secret"),
-                ("AWS_SESSION_TOKEN", "session"),
-            ]),
-        )
-        .unwrap();
+    fn the_environment_when_nothing_is_configured() {
+        let vars = [
+            ("AWS_ACCESS_KEY_ID", "AKID"),
+            ("AWS_SECRET_ACCESS_KEY", "secret"),
+            ("AWS_SESSION_TOKEN", "session"),
+        ];
+        let c = load(None, None, &env(&vars)).unwrap();
         assert_eq!(c.access_key_id, "AKID");
         assert_eq!(c.secret_access_key.as_str(), "secret");
         assert_eq!(
@@ -155,6 +170,9 @@ mod tests {
             Some("session")
         );
         assert!(!format!("{c:?}").contains("secret"));
+        // A configured profile wins over the environment's keys.
+        let err = load(Some("other"), None, &env(&vars)).unwrap_err();
+        assert!(err.contains("\"other\""), "{err}");
     }
 
     #[test]
@@ -186,25 +204,39 @@ mod tests {
             load(Some("cfg"), None, &env(&files)).unwrap().access_key_id,
             "C"
         );
-        // The backend's own file instead of the shared one.
+        // AWS_PROFILE when nothing is configured; the configured profile otherwise.
+        let mut with_profile = files.to_vec();
+        with_profile.push(("AWS_PROFILE", "ops"));
+        assert_eq!(
+            load(None, None, &env(&with_profile)).unwrap().access_key_id,
+            "O"
+        );
+        assert_eq!(
+            load(Some("cfg"), None, &env(&with_profile))
+                .unwrap()
+                .access_key_id,
+            "C"
+        );
+        // The backend's own file wins over the environment, and must hold the profile.
         let own = dir.path().join("own");
         std::fs::write(
             &own,
             "[default]\naws_access_key_id = F\naws_secret_access_key = fs\n",
         )
         .unwrap();
+        let mut with_keys = with_profile.clone();
+        with_keys.push(("AWS_ACCESS_KEY_ID", "E"));
+        with_keys.push(("AWS_SECRET_ACCESS_KEY", "es"));
         assert_eq!(
-            load(None, Some(&own), &env(&files)).unwrap().access_key_id,
-            "F"
-        );
-        let mut with_profile = files.to_vec();
-        with_profile.push(("AWS_PROFILE", "ops"));
-        assert_eq!(
-            load(Some("cfg"), None, &env(&with_profile))
+            load(None, Some(&own), &env(&with_keys))
                 .unwrap()
                 .access_key_id,
-            "O"
+            "F"
         );
+        let err = load(Some("ops"), Some(&own), &env(&files)).unwrap_err();
+        assert!(err.contains("\"ops\""), "{err}");
+        let err = load(None, Some(&dir.path().join("missing")), &env(&with_keys)).unwrap_err();
+        assert!(err.contains("missing"), "{err}");
         let err = load(Some("nobody"), None, &env(&files)).unwrap_err();
         assert!(err.contains("\"nobody\""), "{err}");
         // A section with half the keys is no credentials.

@@ -35,6 +35,12 @@ pub const CATALOGUE_REFRESH: Duration = Duration::from_secs(600);
 /// The network entry when no subnet is configured: the cloud's default subnet.
 const DEFAULT_NETWORK: &str = "default";
 
+/// The systemd unit an instance's user data installs.
+pub const UNIT: &str = "applianced-appliance.service";
+
+/// Longest a start waits for an instance that is still stopping.
+const STOP_WAIT: Duration = Duration::from_secs(60);
+
 pub struct Ec2Backend {
     pub client: Ec2Client,
     /// The images, instance types and subnets appliances may be made from; the first of
@@ -52,6 +58,8 @@ pub struct Ec2Backend {
     pub catalogue: ArcSwap<Catalogue>,
     /// The runtime its calls run on (the trait's calls block, on the blocking pool).
     pub runtime: tokio::runtime::Handle,
+    /// The instances this controller made, by appliance (until destroyed).
+    pub launched: std::sync::Mutex<std::collections::HashMap<String, Vec<String>>>,
 }
 
 impl Ec2Backend {
@@ -85,102 +93,40 @@ impl Ec2Backend {
         }
     }
 
-    /// Describes the configured images, instance types and subnets; the catalogue
-    /// keeps what it had for any the cloud does not answer about.
-    pub async fn refresh_catalogue(&self) -> Result<(), Ec2Error> {
-        // The region calls are signed for must be one of the cloud's.
-        let regions = self.client.call("DescribeRegions", &[]).await?;
-        let doc = parse("DescribeRegions", &regions)?;
-        let known: Vec<&str> = items(&doc, "regionInfo")
-            .into_iter()
-            .filter_map(|r| child_text(r, "regionName"))
-            .collect();
-        if !known.is_empty() && !known.contains(&self.client.region.as_str()) {
-            return Err(Ec2Error::Config(format!(
-                "region {:?} is not one of the cloud's ({})",
-                self.client.region,
-                known.join(", ")
-            )));
+    /// Describes the configured images, instance types and subnets, one at a time (a
+    /// cloud refuses a whole list for one id it does not know); the catalogue keeps
+    /// the configured entry for any it cannot describe. The failures, logged.
+    pub async fn refresh_catalogue(&self) -> Vec<Ec2Error> {
+        let mut failed = Vec::new();
+        // The region calls are signed for should be one of the cloud's.
+        match self.check_region().await {
+            Ok(()) => {}
+            Err(e) => failed.push(e),
         }
-        let list = |prefix: &str, ids: &[String]| -> Vec<(String, String)> {
-            ids.iter()
-                .enumerate()
-                .map(|(i, id)| (format!("{prefix}.{}", i + 1), id.clone()))
-                .collect()
-        };
-        let images = self
-            .client
-            .call("DescribeImages", &list("ImageId", &self.images))
-            .await?;
-        let doc = parse("DescribeImages", &images)?;
-        let images: Vec<CatalogueEntry> = items(&doc, "imagesSet")
-            .into_iter()
-            .filter_map(|i| {
-                let id = child_text(i, "imageId")?.to_string();
-                Some(CatalogueEntry {
-                    name: child_text(i, "name").unwrap_or(&id).to_string(),
-                    description: child_text(i, "description").unwrap_or("image").to_string(),
-                    id,
-                })
-            })
-            .collect();
-        let types = self
-            .client
-            .call(
-                "DescribeInstanceTypes",
-                &list("InstanceType", &self.instance_types),
-            )
-            .await?;
-        let doc = parse("DescribeInstanceTypes", &types)?;
-        let flavors: Vec<CatalogueEntry> = items(&doc, "instanceTypeSet")
-            .into_iter()
-            .filter_map(|t| {
-                let id = child_text(t, "instanceType")?.to_string();
-                let node = |name: &str| t.children().find(|c| c.tag_name().name() == name);
-                let vcpus = node("vCpuInfo").and_then(|v| child_text(v, "defaultVCpus"));
-                let mib = node("memoryInfo").and_then(|m| child_text(m, "sizeInMiB"));
-                Some(CatalogueEntry {
-                    name: id.clone(),
-                    description: format!(
-                        "{} vCPU, {} MiB",
-                        vcpus.unwrap_or("?"),
-                        mib.unwrap_or("?")
-                    ),
-                    id,
-                })
-            })
-            .collect();
-        let networks = if self.subnets.is_empty() {
-            self.networks(Vec::new())
-        } else {
-            let subnets = self
-                .client
-                .call("DescribeSubnets", &list("SubnetId", &self.subnets))
-                .await?;
-            let doc = parse("DescribeSubnets", &subnets)?;
-            items(&doc, "subnetSet")
-                .into_iter()
-                .filter_map(|n| {
-                    let id = child_text(n, "subnetId")?.to_string();
-                    let name = tags(n)
-                        .into_iter()
-                        .find(|(k, _)| k == "Name")
-                        .map(|(_, v)| v)
-                        .unwrap_or_else(|| id.clone());
-                    Some(CatalogueEntry {
-                        name,
-                        description: format!(
-                            "{} in {}",
-                            child_text(n, "cidrBlock").unwrap_or("?"),
-                            child_text(n, "availabilityZone").unwrap_or("?")
-                        ),
-                        id,
-                    })
-                })
-                .collect()
-        };
-        // In the configured order; one the cloud does not know stays as configured (a
-        // create with it fails with the cloud's own message).
+        let mut described = Catalogue::default();
+        for id in &self.images {
+            match self.describe_image(id).await {
+                Ok(Some(e)) => described.images.push(e),
+                Ok(None) => {}
+                Err(e) => failed.push(e),
+            }
+        }
+        for id in &self.instance_types {
+            match self.describe_instance_type(id).await {
+                Ok(Some(e)) => described.flavors.push(e),
+                Ok(None) => {}
+                Err(e) => failed.push(e),
+            }
+        }
+        for id in &self.subnets {
+            match self.describe_subnet(id).await {
+                Ok(Some(e)) => described.networks.push(e),
+                Ok(None) => {}
+                Err(e) => failed.push(e),
+            }
+        }
+        // In the configured order; one the cloud did not describe stays as configured
+        // (a create with it fails with the cloud's own message).
         let configured = self.configured_catalogue();
         let keep = |described: Vec<CatalogueEntry>, configured: Vec<CatalogueEntry>| {
             configured
@@ -195,11 +141,91 @@ impl Ec2Backend {
                 .collect()
         };
         self.catalogue.store(Arc::new(Catalogue {
-            images: keep(images, configured.images),
-            flavors: keep(flavors, configured.flavors),
-            networks: keep(networks, configured.networks),
+            images: keep(described.images, configured.images),
+            flavors: keep(described.flavors, configured.flavors),
+            networks: keep(described.networks, configured.networks),
         }));
+        failed
+    }
+
+    async fn check_region(&self) -> Result<(), Ec2Error> {
+        let regions = self.client.call("DescribeRegions", &[]).await?;
+        let doc = parse("DescribeRegions", &regions)?;
+        let known: Vec<&str> = items(&doc, "regionInfo")
+            .into_iter()
+            .filter_map(|r| child_text(r, "regionName"))
+            .collect();
+        if !known.is_empty() && !known.contains(&self.client.region.as_str()) {
+            return Err(Ec2Error::Config(format!(
+                "region {:?} is not one of the cloud's ({})",
+                self.client.region,
+                known.join(", ")
+            )));
+        }
         Ok(())
+    }
+
+    async fn describe_image(&self, id: &str) -> Result<Option<CatalogueEntry>, Ec2Error> {
+        let xml = self
+            .client
+            .call("DescribeImages", &[("ImageId.1".into(), id.into())])
+            .await?;
+        let doc = parse("DescribeImages", &xml)?;
+        Ok(items(&doc, "imagesSet").into_iter().find_map(|i| {
+            let id = child_text(i, "imageId")?.to_string();
+            Some(CatalogueEntry {
+                name: child_text(i, "name").unwrap_or(&id).to_string(),
+                description: child_text(i, "description").unwrap_or("image").to_string(),
+                id,
+            })
+        }))
+    }
+
+    async fn describe_instance_type(&self, id: &str) -> Result<Option<CatalogueEntry>, Ec2Error> {
+        let xml = self
+            .client
+            .call(
+                "DescribeInstanceTypes",
+                &[("InstanceType.1".into(), id.into())],
+            )
+            .await?;
+        let doc = parse("DescribeInstanceTypes", &xml)?;
+        Ok(items(&doc, "instanceTypeSet").into_iter().find_map(|t| {
+            let id = child_text(t, "instanceType")?.to_string();
+            let node = |name: &str| t.children().find(|c| c.tag_name().name() == name);
+            let vcpus = node("vCpuInfo").and_then(|v| child_text(v, "defaultVCpus"));
+            let mib = node("memoryInfo").and_then(|m| child_text(m, "sizeInMiB"));
+            Some(CatalogueEntry {
+                name: id.clone(),
+                description: format!("{} vCPU, {} MiB", vcpus.unwrap_or("?"), mib.unwrap_or("?")),
+                id,
+            })
+        }))
+    }
+
+    async fn describe_subnet(&self, id: &str) -> Result<Option<CatalogueEntry>, Ec2Error> {
+        let xml = self
+            .client
+            .call("DescribeSubnets", &[("SubnetId.1".into(), id.into())])
+            .await?;
+        let doc = parse("DescribeSubnets", &xml)?;
+        Ok(items(&doc, "subnetSet").into_iter().find_map(|n| {
+            let id = child_text(n, "subnetId")?.to_string();
+            let name = tags(n)
+                .into_iter()
+                .find(|(k, _)| k == "Name")
+                .map(|(_, v)| v)
+                .unwrap_or_else(|| id.clone());
+            Some(CatalogueEntry {
+                name,
+                description: format!(
+                    "{} in {}",
+                    child_text(n, "cidrBlock").unwrap_or("?"),
+                    child_text(n, "availabilityZone").unwrap_or("?")
+                ),
+                id,
+            })
+        }))
     }
 
     fn block<T>(
@@ -209,7 +235,9 @@ impl Ec2Backend {
         self.runtime.block_on(f).map_err(backend_error)
     }
 
-    /// The appliance's instances that are not (being) terminated, with their state.
+    /// The appliance's instances that are not (being) terminated, with their state:
+    /// those its tag finds, and those this controller made that a describe does not
+    /// show yet (the cloud's answers are eventually consistent).
     async fn instances(&self, id: &ApplianceId) -> Result<Vec<(String, String)>, Ec2Error> {
         let xml = self
             .client
@@ -222,7 +250,7 @@ impl Ec2Backend {
             )
             .await?;
         let doc = parse("DescribeInstances", &xml)?;
-        Ok(items(&doc, "instancesSet")
+        let mut found: Vec<(String, String)> = items(&doc, "instancesSet")
             .into_iter()
             .filter_map(|i| {
                 let state = i
@@ -233,8 +261,27 @@ impl Ec2Backend {
                     .to_string();
                 Some((child_text(i, "instanceId")?.to_string(), state))
             })
+            .collect();
+        let made = self.made(id);
+        for instance in made {
+            if !found.iter().any(|(known, _)| *known == instance) {
+                found.push((instance, "pending".into()));
+            }
+        }
+        Ok(found
+            .into_iter()
             .filter(|(_, state)| state != "terminated" && state != "shutting-down")
             .collect())
+    }
+
+    /// The instances this controller made for the appliance.
+    fn made(&self, id: &ApplianceId) -> Vec<String> {
+        self.launched
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(id.as_str())
+            .cloned()
+            .unwrap_or_default()
     }
 
     fn key_name(id: &ApplianceId) -> String {
@@ -322,47 +369,91 @@ impl Ec2Backend {
         if let Some(name) = &key_name {
             params.push(("KeyName".into(), name.clone()));
         }
-        if let Err(e) = self.client.call("RunInstances", &params).await {
-            // Nothing is left for a machine that was not made.
-            if key_name.is_some()
-                && let Err(e2) = self.delete_key(spec.id).await
-            {
-                tracing::error!(appliance = %spec.id, error = %e2, "cannot delete the imported key pair");
+        // Idempotent: a second RunInstances for the same appliance (a retry of one whose
+        // answer was lost) makes no second instance.
+        params.push(("ClientToken".into(), spec.id.as_str().into()));
+        match self.client.call("RunInstances", &params).await {
+            Ok(xml) => {
+                let doc = parse("RunInstances", &xml)?;
+                let ids: Vec<String> = items(&doc, "instancesSet")
+                    .into_iter()
+                    .filter_map(|i| child_text(i, "instanceId").map(str::to_string))
+                    .collect();
+                tracing::info!(appliance = %spec.id, instances = ?ids, "instance made");
+                self.launched
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(spec.id.as_str().to_string(), ids);
+                Ok(())
             }
-            return Err(e);
+            Err(e) => {
+                // Nothing is left for a machine that was not made.
+                if key_name.is_some()
+                    && let Err(e2) = self.delete_key(spec.id).await
+                {
+                    tracing::error!(appliance = %spec.id, error = %e2, "cannot delete the imported key pair");
+                }
+                Err(e)
+            }
         }
-        Ok(())
     }
 
-    /// The instance's user data: a shell script that runs `agent_install`, then the
-    /// enrolment command (the agent serves in the foreground once enrolled).
-    pub fn user_data(&self, spec: &MachineSpec<'_>, command: &str) -> String {
+    /// The command the instance runs: the enrolment command, its agent listening on
+    /// `agent_port` of every address. Once enrolled, the same command serves.
+    pub fn agent_command(&self, enrol: &str) -> String {
+        format!("{enrol} --listen 0.0.0.0:{}", self.agent_port)
+    }
+
+    /// The instance's user data: a shell script that runs `agent_install`, then, under
+    /// systemd, installs and starts a unit that runs the agent command (restarted when
+    /// it fails, for example before the network is up, and at every boot); without
+    /// systemd, runs it in the foreground.
+    pub fn user_data(&self, spec: &MachineSpec<'_>, enrol: &str) -> String {
+        let id = spec.id.as_str();
+        let command = self.agent_command(enrol);
         let mut script = format!(
             "#!/bin/sh\n\
              # applianced appliance {id}: written by its controller. The instance joins the\n\
-             # controller with a one-time token for this appliance alone.\n\
-             set -e\n",
-            id = spec.id.as_str()
+             # controller with a one-time token for this appliance alone; once it has\n\
+             # joined, the same command serves.\n\
+             set -e\n"
         );
         if let Some(install) = &self.agent_install {
             script.push_str(install.trim_end());
             script.push('\n');
         }
-        script.push_str("exec ");
-        script.push_str(command);
-        script.push('\n');
+        script.push_str(&format!(
+            "if [ -d /run/systemd/system ]; then\n\
+             umask 077\n\
+             cat > /etc/systemd/system/{UNIT} <<'UNIT'\n\
+             [Unit]\n\
+             Description=applianced agent of appliance {id}\n\
+             Wants=network-online.target\n\
+             After=network-online.target\n\
+             \n\
+             [Service]\n\
+             ExecStart=/usr/bin/env {command}\n\
+             Restart=always\n\
+             RestartSec=5\n\
+             \n\
+             [Install]\n\
+             WantedBy=multi-user.target\n\
+             UNIT\n\
+             systemctl daemon-reload\n\
+             exec systemctl enable --now {UNIT}\n\
+             fi\n\
+             exec {command}\n"
+        ));
         script
     }
 
-    async fn act(&self, id: &ApplianceId, verb: &str) -> Result<(), Ec2Error> {
-        let params: Vec<(String, String)> = self
-            .instances(id)
-            .await?
-            .into_iter()
-            .enumerate()
-            .map(|(i, (instance, _))| (format!("InstanceId.{}", i + 1), instance))
-            .collect();
-        if params.is_empty() {
+    /// Acts on the appliance's instances; `Ok` with nothing to act on when `absent_ok`.
+    async fn act(&self, id: &ApplianceId, verb: &str, absent_ok: bool) -> Result<(), Ec2Error> {
+        let found = self.instances(id).await?;
+        if found.is_empty() {
+            if absent_ok {
+                return Ok(());
+            }
             return Err(Ec2Error::Api {
                 action: verb.into(),
                 status: 404,
@@ -370,15 +461,51 @@ impl Ec2Backend {
                 message: format!("appliance {id} has no instance"),
             });
         }
+        // A start right after a stop: the instance must have stopped first.
+        if verb == "StartInstances" && found.iter().any(|(_, state)| state == "stopping") {
+            self.wait_stopped(id).await?;
+        }
+        let params: Vec<(String, String)> = found
+            .into_iter()
+            .enumerate()
+            .map(|(i, (instance, _))| (format!("InstanceId.{}", i + 1), instance))
+            .collect();
         self.client.call(verb, &params).await.map(drop)
+    }
+
+    /// Waits until no instance of the appliance is `stopping` (at most a minute).
+    async fn wait_stopped(&self, id: &ApplianceId) -> Result<(), Ec2Error> {
+        let deadline = tokio::time::Instant::now() + STOP_WAIT;
+        while self
+            .instances(id)
+            .await?
+            .iter()
+            .any(|(_, state)| state == "stopping")
+        {
+            if tokio::time::Instant::now() >= deadline {
+                return Err(Ec2Error::Api {
+                    action: "StartInstances".into(),
+                    status: 409,
+                    code: "IncorrectInstanceState".into(),
+                    message: format!("appliance {id}'s instance is still stopping"),
+                });
+            }
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
+        Ok(())
     }
 }
 
-/// A cloud's failure as the fleet answers it: no room is 503, anything else 502.
+/// A cloud's failure as the fleet answers it: no room is 503, anything else 502. The
+/// problem (which tenants read) has the cloud's code and message without what names
+/// the cloud account (ARNs, account ids, encoded authorization details); the log has
+/// it whole.
 fn backend_error(e: Ec2Error) -> BackendError {
+    tracing::warn!(error = %e, "ec2");
+    let shown = query::redact(&e.to_string());
     match e.failure() {
-        Failure::NoCapacity => BackendError::NoCapacity(e.to_string()),
-        Failure::Failed | Failure::NotFound => BackendError::Failed(e.to_string()),
+        Failure::NoCapacity => BackendError::NoCapacity(shown),
+        Failure::Failed | Failure::NotFound => BackendError::Failed(shown),
     }
 }
 
@@ -439,8 +566,9 @@ impl Backend for Ec2Backend {
 
     fn action(&self, id: &ApplianceId, action: MachineAction) -> Result<(), BackendError> {
         match action {
-            MachineAction::Start => self.block(self.act(id, "StartInstances")),
-            MachineAction::Stop => self.block(self.act(id, "StopInstances")),
+            MachineAction::Start => self.block(self.act(id, "StartInstances", false)),
+            // Nothing left to stop is stopped.
+            MachineAction::Stop => self.block(self.act(id, "StopInstances", true)),
             MachineAction::Suspend | MachineAction::Resume => Err(BackendError::Unsupported {
                 backend: "ec2",
                 action: action.name(),
@@ -451,10 +579,13 @@ impl Backend for Ec2Backend {
     /// Terminates its instances and deletes its imported key pair.
     fn delete(&self, id: &ApplianceId) -> Result<(), BackendError> {
         self.block(async {
-            if !self.instances(id).await?.is_empty() {
-                self.act(id, "TerminateInstances").await?;
-            }
-            self.delete_key(id).await
+            self.act(id, "TerminateInstances", true).await?;
+            self.delete_key(id).await?;
+            self.launched
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(id.as_str());
+            Ok(())
         })
     }
 }

@@ -78,9 +78,39 @@ pub fn classify(code: &str) -> Failure {
         | "ServiceUnavailable"
         | "InsufficientAddressCapacity"
         | "InsufficientFreeAddressesInSubnet" => Failure::NoCapacity,
+        // An answer without EC2's error document: by its status.
+        "HTTP429" | "HTTP503" => Failure::NoCapacity,
         c if c.ends_with(".NotFound") => Failure::NotFound,
         _ => Failure::Failed,
     }
+}
+
+/// A cloud's message without what names the account: ARNs and 12-digit account ids
+/// become `…`, an encoded authorization message (which can hold the policy and the
+/// principal) is cut off.
+pub fn redact(message: &str) -> String {
+    let message = match message.find("Encoded authorization failure message") {
+        Some(at) => format!("{}(encoded authorization details omitted)", &message[..at]),
+        None => message.to_string(),
+    };
+    message
+        .split_inclusive(|c: char| c.is_whitespace() || c == '\'' || c == '"' || c == ',')
+        .map(|word| {
+            let (body, end) = word
+                .char_indices()
+                .last()
+                .filter(|(_, c)| c.is_whitespace() || *c == '\'' || *c == '"' || *c == ',')
+                .map_or((word, ""), |(i, _)| (&word[..i], &word[i..]));
+            let digits = body.trim_end_matches(['.', ':', ';', ')']);
+            if body.starts_with("arn:") {
+                format!("…{end}")
+            } else if digits.len() == 12 && digits.bytes().all(|b| b.is_ascii_digit()) {
+                format!("…{}{end}", &body[digits.len()..])
+            } else {
+                word.to_string()
+            }
+        })
+        .collect()
 }
 
 pub struct Ec2Client {
@@ -101,11 +131,15 @@ impl Ec2Client {
         action: &str,
         params: &[(String, String)],
     ) -> Result<String, Ec2Error> {
-        let creds = credentials::load(
-            self.profile.as_deref(),
-            self.credentials_file.as_deref(),
-            &|k| std::env::var(k).ok(),
-        )
+        // Files are read off the runtime's threads.
+        let (profile, file) = (self.profile.clone(), self.credentials_file.clone());
+        let creds = tokio::task::spawn_blocking(move || {
+            credentials::load(profile.as_deref(), file.as_deref(), &|k| {
+                std::env::var(k).ok()
+            })
+        })
+        .await
+        .map_err(|e| Ec2Error::Credentials(e.to_string()))?
         .map_err(Ec2Error::Credentials)?;
         let body = form(action, params);
         let headers = self.sign(&creds, &body)?;
@@ -249,6 +283,29 @@ mod tests {
         assert_eq!(classify("AuthFailure"), Failure::Failed);
         assert_eq!(classify("UnauthorizedOperation"), Failure::Failed);
         assert!(error_of("not xml").is_none());
+        assert_eq!(classify("HTTP503"), Failure::NoCapacity);
+        assert_eq!(classify("HTTP500"), Failure::Failed);
+    }
+
+    #[test]
+    fn messages_shown_to_tenants_name_no_account() {
+        assert_eq!(
+            redact(
+                "EC2 RunInstances: UnauthorizedOperation: You are not authorized. Encoded \
+                 authorization failure message: AbCdEf123"
+            ),
+            "EC2 RunInstances: UnauthorizedOperation: You are not authorized. \
+             (encoded authorization details omitted)"
+        );
+        assert_eq!(
+            redact(
+                "User: arn:aws:iam::123456789012:user/x is not authorized, account 123456789012."
+            ),
+            "User: … is not authorized, account ….",
+        );
+        let plain =
+            "EC2 RunInstances: InvalidAMIID.NotFound: The image id '[ami-1]' does not exist";
+        assert_eq!(redact(plain), plain);
     }
 
     #[test]

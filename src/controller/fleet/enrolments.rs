@@ -108,7 +108,9 @@ impl Fleet {
             crate::controller::controller_url_of(&self.config, &a.backend).ok_or_else(|| {
                 FleetError::Internal("no appliance listener for machines to enrol with".into())
             })?;
-        self.store.delete_appliance_enrolment_tokens(&a.id).await?;
+        self.store
+            .delete_appliance_enrolment_tokens(&a.id, "replaced", self.clock.now())
+            .await?;
         let now = self.clock.now();
         let ttl = i64::try_from(self.config.appliances.launch_timeout.0.as_secs())
             .unwrap_or(i64::MAX / 4)
@@ -324,8 +326,13 @@ impl Fleet {
         if e.state != EnrolmentState::Pending {
             return Err(not_pending(&e));
         }
-        let token = self.store.enrolment_token(&e.token_id).await?;
-        if let Some(appliance) = token.and_then(|t| t.appliance_id) {
+        let Some(token) = self.store.enrolment_token(&e.token_id).await? else {
+            // Deleting a token rejects its waiting requests; one left is refused.
+            return Err(FleetError::Conflict(format!(
+                "the token of enrolment {id} was deleted: reject it"
+            )));
+        };
+        if let Some(appliance) = token.appliance_id {
             return self.attach(id, &e, &appliance, decided_by).await;
         }
         let spki = base64::engine::general_purpose::STANDARD
@@ -339,14 +346,8 @@ impl Fleet {
         })
         .await?;
         let now = self.clock.now();
-        // Its owner: the admin who issued the token (or, the token deleted since, who
-        // accepted it).
-        let owner = self
-            .store
-            .enrolment_token(&e.token_id)
-            .await?
-            .map(|t| t.created_by)
-            .unwrap_or_else(|| decided_by.to_string());
+        // Its owner: the admin who issued the token.
+        let owner = token.created_by.clone();
         let appliance = Appliance {
             id: appliance_id,
             name: e.name.clone(),

@@ -161,8 +161,19 @@ impl Fleet {
                 tracing::error!(appliance = id, error = %e, "cannot remove what the failed create made")
             }
         }
-        if let Err(e) = self.store.delete_appliance_enrolment_tokens(id).await {
+        if let Err(e) = self
+            .store
+            .delete_appliance_enrolment_tokens(id, "create failed", self.clock.now())
+            .await
+        {
             tracing::error!(appliance = id, error = %e, "cannot delete the appliance's enrolment token");
+        }
+        // A machine that enrolled before the create failed: its certificate is revoked.
+        if let Ok(a) = self.appliance(id).await
+            && let Some(serial) = a.cert_serial
+            && let Err(e) = self.revoke_serial(serial).await
+        {
+            tracing::error!(appliance = id, error = %e, "cannot revoke the failed appliance's certificate");
         }
     }
 
@@ -236,13 +247,19 @@ impl Fleet {
         if a.state == State::Deleted {
             return self.view(id).await;
         }
+        let backend = self.backend_of(&a)?;
+        // Its machine's token, unused if it never enrolled, dies first: no enrolment
+        // completes it while it is being destroyed.
+        self.store
+            .delete_appliance_enrolment_tokens(id, "destroy", self.clock.now())
+            .await?;
+        // Read again: a machine that enrolled just before has a certificate now.
+        let a = self.appliance(id).await?;
         if let Some(serial) = a.cert_serial.clone() {
             self.revoke_serial(serial).await?;
         }
         let machine = ApplianceId::from(id.to_string());
-        on_backend(&self.backend_of(&a)?, move |b| b.delete(&machine)).await?;
-        // Its machine's token, unused if it never enrolled, dies with it.
-        self.store.delete_appliance_enrolment_tokens(id).await?;
+        on_backend(&backend, move |b| b.delete(&machine)).await?;
         self.apply(
             id,
             Event::Destroyed,
