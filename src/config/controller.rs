@@ -429,11 +429,12 @@ pub struct Backend {
     pub security_groups: Vec<String>,
     /// `ec2`: shell lines the user data runs before the enrolment command.
     pub agent_install: Option<String>,
-    /// `ec2`: the credentials' profile when the environment has no keys (`AWS_PROFILE`
-    /// wins). Default: `default`.
+    /// `ec2`: the credentials' profile (of `credentials_file`, or of `~/.aws/`);
+    /// configured, it wins over the environment's keys. Default: `AWS_PROFILE`, else
+    /// `default`.
     pub profile: Option<String>,
-    /// `ec2`: the credentials file (AWS's INI format) instead of
-    /// `~/.aws/credentials`: a service has no home directory.
+    /// `ec2`: the credentials file (AWS's INI format), which must hold the profile: a
+    /// service has no home directory. It wins over the environment.
     pub credentials_file: Option<PathBuf>,
     /// `ec2`: a CA bundle for the endpoint's certificate (default: the system's).
     pub endpoint_ca: Option<PathBuf>,
