@@ -162,6 +162,18 @@ fn agent_command(user_data: &str) -> String {
     command
 }
 
+/// The enrolment tokens issued for an appliance's machine, as an admin lists them.
+async fn tokens_of(c: &Controller, root: &str, appliance: &str) -> Vec<Value> {
+    let tokens = c.call(root, "GET", "/v1/enrolment-tokens", "").await.json();
+    tokens
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["appliance_id"] == appliance)
+        .cloned()
+        .collect()
+}
+
 async fn only_instance(moto: &Moto, appliance: &str) -> Value {
     let found = moto.ask("instances", appliance);
     let all = found.as_array().unwrap();
@@ -350,17 +362,8 @@ async fn scenario(db_url: &str, net: u8) {
         .nth(1)
         .unwrap()
         .to_string();
-    let tokens = c
-        .call(&root, "GET", "/v1/enrolment-tokens", "")
-        .await
-        .json();
-    let mine: Vec<&Value> = tokens
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|t| t["appliance_id"] == id.as_str())
-        .collect();
-    assert_eq!(mine.len(), 1, "{tokens}");
+    let mine = tokens_of(&c, &root, &id).await;
+    assert_eq!(mine.len(), 1, "{mine:?}");
     assert!(mine[0]["used_at"].is_null());
 
     // The guest boots: it runs its user data's command, enrols with the appliance's
@@ -455,18 +458,7 @@ async fn scenario(db_url: &str, net: u8) {
             .unwrap()
             .contains(&json!(key_name))
     );
-    let tokens = c
-        .call(&root, "GET", "/v1/enrolment-tokens", "")
-        .await
-        .json();
-    assert!(
-        !tokens
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|t| t["appliance_id"] == id.as_str()),
-        "{tokens}"
-    );
+    assert!(tokens_of(&c, &root, &id).await.is_empty());
     guest.kill();
 
     // A cloud error: an image the cloud does not have. The create fails with the
@@ -491,18 +483,7 @@ async fn scenario(db_url: &str, net: u8) {
             .contains(&json!(format!("applianced-{failed}"))),
         "{names}"
     );
-    let tokens = c
-        .call(&root, "GET", "/v1/enrolment-tokens", "")
-        .await
-        .json();
-    assert!(
-        !tokens
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|t| t["appliance_id"] == failed),
-        "{tokens}"
-    );
+    assert!(tokens_of(&c, &root, failed).await.is_empty());
     assert_eq!(
         c.call(&tenant, "GET", &format!("/v1/appliances/{failed}"), "")
             .await

@@ -437,6 +437,16 @@ async fn what_the_backend_cannot_do_is_refused_before_anything_is_queued() {
     assert_eq!(s.backend.get(&machine).unwrap(), MachineState::Stopped);
 }
 
+/// A certificate signing request for a new P-256 key.
+fn csr() -> String {
+    let key = rcgen::KeyPair::generate().unwrap();
+    rcgen::CertificateParams::default()
+        .serialize_request(&key)
+        .unwrap()
+        .pem()
+        .unwrap()
+}
+
 #[tokio::test]
 async fn a_machine_that_enrols_joins_as_its_appliance_with_its_own_token() {
     use crate::controller::fleet::enrolments::EnrolmentRequest;
@@ -462,12 +472,7 @@ async fn a_machine_that_enrols_joins_as_its_appliance_with_its_own_token() {
     assert_eq!(tokens[0].appliance_id.as_deref(), Some(id.as_str()));
     assert!(tokens[0].auto_accept);
     // The machine enrols: accepted at once, completing its appliance (no new one).
-    let key = rcgen::KeyPair::generate().unwrap();
-    let csr = rcgen::CertificateParams::default()
-        .serialize_request(&key)
-        .unwrap()
-        .pem()
-        .unwrap();
+    let csr = csr();
     let join = |token: String| EnrolmentRequest {
         token,
         csr: csr.clone(),
@@ -558,12 +563,7 @@ async fn an_auto_accepted_request_over_quota_waits_for_an_admin() {
         .issue_enrolment_token(&admin, &team, None, true)
         .await
         .unwrap();
-    let key = rcgen::KeyPair::generate().unwrap();
-    let csr = rcgen::CertificateParams::default()
-        .serialize_request(&key)
-        .unwrap()
-        .pem()
-        .unwrap();
+    let csr = csr();
     let request = EnrolmentRequest {
         token: issued.token.clone(),
         csr,
