@@ -127,7 +127,7 @@ async fn the_generated_document_validates_and_the_live_api_keeps_to_it() {
         .collect::<Vec<_>>()
         .join("\n");
     eprintln!("{summary}");
-    assert!(summary.contains("Tested: 65"), "{report}");
+    assert!(summary.contains("Tested: 66"), "{report}");
     assert!(summary.contains(" generated"), "{report}");
     assert!(
         started.elapsed() < Duration::from_secs(300),
