@@ -1,11 +1,11 @@
 //! The `ec2` compute backend: each appliance is an instance of an EC2-compatible cloud,
 //! made with `RunInstances` from the configured (or chosen) image, instance type and
-//! subnet, tagged with its appliance's id. Its user data (a shell script) runs the
-//! enrolment command with a token issued for that appliance alone, so the instance
-//! joins by itself: nothing is installed from the internet, and its private key is made
-//! on it and never leaves it. `Describe*` gives the catalogue (images, instance types
-//! as flavors, subnets as networks, the region checked against the cloud's) and the
-//! instances' states; `Start`/`Stop`/
+//! subnet, tagged with its appliance's id. Its user data (a shell script) installs a
+//! systemd unit running the enrolment command, with a one-time token issued for that
+//! appliance alone, so the instance joins by itself: nothing is installed from the
+//! internet, and its private key is made on it and never leaves it. `Describe*` gives
+//! the catalogue (images, instance types as flavors, subnets as networks, the region
+//! checked against the cloud's) and the instances' states; `Start`/`Stop`/
 //! `TerminateInstances` act on them; a team's key pair is imported for the instance
 //! (`ImportKeyPair`) and deleted with it.
 
