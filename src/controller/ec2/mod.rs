@@ -461,10 +461,6 @@ impl Ec2Backend {
                 message: format!("appliance {id} has no instance"),
             });
         }
-        // A start right after a stop: the instance must have stopped first.
-        if verb == "StartInstances" && found.iter().any(|(_, state)| state == "stopping") {
-            self.wait_stopped(id).await?;
-        }
         let params: Vec<(String, String)> = found
             .into_iter()
             .enumerate()
@@ -566,7 +562,11 @@ impl Backend for Ec2Backend {
 
     fn action(&self, id: &ApplianceId, action: MachineAction) -> Result<(), BackendError> {
         match action {
-            MachineAction::Start => self.block(self.act(id, "StartInstances", false)),
+            // A start right after a stop: the instance must have stopped first.
+            MachineAction::Start => self.block(async {
+                self.wait_stopped(id).await?;
+                self.act(id, "StartInstances", false).await
+            }),
             // Nothing left to stop is stopped.
             MachineAction::Stop => self.block(self.act(id, "StopInstances", true)),
             MachineAction::Suspend | MachineAction::Resume => Err(BackendError::Unsupported {

@@ -17,12 +17,10 @@ impl Fleet {
                     .await?;
             }
             State::Provisioning => {}
-            // Done before the controller was interrupted (a machine that enrols has no
-            // certificate until it does, and is booting meanwhile).
-            _ if a.cert_serial.is_some() || a.state == State::Booting => {
-                return self.view(id).await;
-            }
-            _ => return Err(illegal(&a, Event::Provision)),
+            // It failed, or was destroyed: the task cannot have done its work.
+            State::Failed | State::Deleted => return Err(illegal(&a, Event::Provision)),
+            // Past provisioning: done before the controller was interrupted.
+            _ => return self.view(id).await,
         }
         match self.provision_steps(id).await {
             Ok(()) => self.view(id).await,
