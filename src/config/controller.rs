@@ -552,6 +552,15 @@ impl Backend {
     }
 }
 
+/// An `https://` URL with a host, of letters, digits and `.-_~:/[]%` only.
+fn is_plain_https_url(url: &str) -> bool {
+    url.bytes()
+        .all(|c| c.is_ascii_alphanumeric() || b".-_~:/[]%".contains(&c))
+        && url.parse::<http::Uri>().is_ok_and(|u| {
+            u.scheme_str() == Some("https") && u.host().is_some_and(|h| !h.is_empty())
+        })
+}
+
 /// `NETWORK/PREFIX`, IPv4, /16 to /29, the network address itself.
 pub fn parse_subnet(s: &str) -> Result<(std::net::Ipv4Addr, u8), String> {
     let (ip, prefix) = s
@@ -750,12 +759,14 @@ impl ControllerConfig {
             } else if !seen_names.insert(name.clone()) {
                 problem(key("name"), format!("{name:?} is used twice"));
             }
+            // It is written into agents' configurations and into the shell script an
+            // ec2 instance runs: a plain https URL, nothing a shell would interpret.
             if let Some(url) = &b.controller_url
-                && !url.starts_with("https://")
+                && !is_plain_https_url(url)
             {
                 problem(
                     key("controller_url"),
-                    format!("{url:?}: expected https://HOST:PORT"),
+                    format!("{url:?}: expected https://HOST[:PORT][/PATH]"),
                 );
             }
             if !has_appliance_listener && b.controller_url.is_none() {
@@ -1449,8 +1460,20 @@ mod tests {
             ("endpoint = \"ftp://x\"", "backend.endpoint"),
             ("instance_types = [\"t3 small\"]", "backend.instance_types"),
             ("region = \"eu west\"", "backend.region"),
+            (
+                "controller_url = \"https://c.example:8444/$(reboot)\"",
+                "backend.controller_url",
+            ),
+            (
+                "controller_url = \"http://c.example\"",
+                "backend.controller_url",
+            ),
         ] {
-            let text = if extra.starts_with("region") {
+            let text = if extra.starts_with("controller_url") {
+                format!(
+                    "region = \"r\"\nimage = \"ami-1\"\ninstance_type = \"t3.small\"\n{extra}\n"
+                )
+            } else if extra.starts_with("region") {
                 format!("{extra}\nimage = \"ami-1\"\ninstance_type = \"t3.small\"\n{url}")
             } else {
                 format!("{good}{extra}\n")
