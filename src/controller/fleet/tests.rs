@@ -383,13 +383,15 @@ async fn what_the_backend_cannot_do_is_refused_before_anything_is_queued() {
     assert_eq!(s.report(&id, CallbackEvent::Launched).await, State::Active);
     let machine = ids::ApplianceId::from(id.clone());
     s.backend.capabilities.lock().unwrap().suspend = false;
-    for action in ["suspend", "resume"] {
-        let e = s
-            .fleet
+    let refused = async |action: &str| {
+        s.fleet
             .act(&s.user, &machine, action, None)
             .await
             .err()
-            .unwrap();
+            .unwrap()
+    };
+    for action in ["suspend", "resume"] {
+        let e = refused(action).await;
         assert_eq!(e.status_and_kind(), (409, "not-supported-by-backend"));
         assert_eq!(
             e.to_string(),
@@ -417,12 +419,7 @@ async fn what_the_backend_cannot_do_is_refused_before_anything_is_queued() {
         .await
         .unwrap();
     for action in ["start", "destroy"] {
-        let e = s
-            .fleet
-            .act(&s.user, &machine, action, None)
-            .await
-            .err()
-            .unwrap();
+        let e = refused(action).await;
         assert_eq!(
             e.status_and_kind(),
             (409, "not-supported-by-backend"),
