@@ -78,15 +78,18 @@ impl Fleet {
     /// The backends: name, kind and what each can do, the default first, then the
     /// `enrolled` backend of appliances that joined by enrolment.
     pub fn backends(&self, _: &Principal) -> Vec<(String, &'static str, Capabilities)> {
-        let enrolled: Arc<dyn Backend> = Arc::new(super::enrolments::EnrolledBackend);
-        self.backends
+        let mut all: Vec<_> = self
+            .backends
             .iter()
-            .chain(std::iter::once(&(
-                super::enrolments::ENROLLED.to_string(),
-                enrolled,
-            )))
             .map(|(name, b)| (name.clone(), b.name(), b.capabilities()))
-            .collect()
+            .collect();
+        let enrolled = super::enrolments::EnrolledBackend;
+        all.push((
+            super::enrolments::ENROLLED.to_string(),
+            enrolled.name(),
+            enrolled.capabilities(),
+        ));
+        all
     }
 
     /// Where appliances are placed, with the backend that serves each, lowest priority
