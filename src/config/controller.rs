@@ -255,9 +255,7 @@ impl Webhooks {
         if self.allowed_hosts.is_empty() {
             return true;
         }
-        let host = host
-            .trim_start_matches('[')
-            .trim_end_matches(']')
+        let host = crate::transport::client::bare_host(host)
             .trim_end_matches('.')
             .to_ascii_lowercase();
         self.allowed_hosts.iter().any(|allowed| {
@@ -595,11 +593,11 @@ fn default_state_dir() -> PathBuf {
 
 impl ControllerConfig {
     /// The compute backends, the default one first: `[[backends]]`, else `[backend]`.
-    pub fn backend_list(&self) -> Vec<Backend> {
+    pub fn backend_list(&self) -> &[Backend] {
         if self.backends.is_empty() {
-            vec![self.backend.clone()]
+            std::slice::from_ref(&self.backend)
         } else {
-            self.backends.clone()
+            &self.backends
         }
     }
 

@@ -162,10 +162,7 @@ fn listener_sans(l: &Listener, config: &ControllerConfig) -> Vec<String> {
             if let Some(host) = uri.host()
                 && port == l.address.port()
             {
-                let host = host
-                    .trim_start_matches('[')
-                    .trim_end_matches(']')
-                    .to_string();
+                let host = crate::transport::client::bare_host(host).to_string();
                 if !sans.contains(&host) {
                     sans.push(host);
                 }
@@ -248,8 +245,7 @@ pub(crate) fn controller_url(config: &ControllerConfig) -> Option<String> {
 
 /// The URL the appliances of the backend named `name` post to and enrol with.
 pub(crate) fn controller_url_of(config: &ControllerConfig, name: &str) -> Option<String> {
-    let backends = config.backend_list();
-    let b = backends.iter().find(|b| b.name() == name)?;
+    let b = config.backend_list().iter().find(|b| b.name() == name)?;
     controller_url_for(config, b)
 }
 

@@ -91,12 +91,7 @@ impl Client {
     ) -> Result<Reply, ClientError> {
         let peer_cn_owned = peer.map(str::to_string);
         let uri: Uri = url.parse().map_err(|_| ClientError::Url(url.into()))?;
-        let host = uri
-            .host()
-            .ok_or_else(|| ClientError::Url(url.into()))?
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_string();
+        let host = bare_host(uri.host().ok_or_else(|| ClientError::Url(url.into()))?).to_string();
         let https = match uri.scheme_str() {
             Some("https") => true,
             Some("http") => false,
@@ -242,6 +237,11 @@ pub fn client_config_from_files(
         None => None,
     };
     client_config(&roots, identity).map_err(|e| format!("{}: {e}", ca.display()))
+}
+
+/// A URL's host without the brackets around an IPv6 address.
+pub fn bare_host(host: &str) -> &str {
+    host.trim_start_matches('[').trim_end_matches(']')
 }
 
 /// JSON request headers.
