@@ -101,7 +101,7 @@ pub enum Event {
     Provision,
     /// The backend started the appliance.
     Spawned,
-    /// The backend could not create it.
+    /// The backend could not create it, or could not start it.
     ProvisionFailed,
     /// Callbacks from the appliance itself.
     Launched,
@@ -178,6 +178,8 @@ pub fn next(from: State, event: Event) -> Option<State> {
         (S::Provisioning, E::Provision) => S::Provisioning,
         (S::Provisioning, E::Spawned) => S::Booting,
         (S::Requested | S::Provisioning, E::ProvisionFailed) => S::Failed,
+        // The backend refused to start it again: failed now rather than at launch_timeout.
+        (S::Booting, E::ProvisionFailed) => S::Failed,
 
         (S::Booting | S::LaunchTimeout, E::Launched) => S::Active,
         // An agent restarted on its own says `launched` again; it is welcome.

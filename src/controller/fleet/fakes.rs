@@ -21,7 +21,7 @@ pub struct FakeBackend {
     pub capacity: AtomicU32,
     /// Writing the appliance's files fails (a full disk).
     pub disk_full: AtomicBool,
-    /// Starting fails (the backend refuses).
+    /// Creating or starting fails (the backend refuses).
     pub refuse_start: AtomicBool,
     /// Creating fails for want of room (a cloud's capacity).
     pub no_capacity: AtomicBool,
@@ -137,6 +137,9 @@ impl Backend for FakeBackend {
                 backend: "process",
                 action: action.name(),
             });
+        }
+        if action == MachineAction::Start && self.refuse_start.load(Ordering::SeqCst) {
+            return Err(BackendError::Failed("cannot start".into()));
         }
         let state = match action {
             MachineAction::Start | MachineAction::Resume => {

@@ -110,7 +110,24 @@ impl Fleet {
             TaskKind::Start => {
                 let backend = self.backend_of(&self.appliance(&appliance_id).await?)?;
                 let id = ApplianceId::from(appliance_id.clone());
-                on_backend(&backend, move |b| b.action(&id, MachineAction::Start)).await?;
+                if let Err(e) =
+                    on_backend(&backend, move |b| b.action(&id, MachineAction::Start)).await
+                {
+                    // Nothing will launch: the appliance is failed now, with the reason.
+                    let detail = json!({"problem": e.problem()});
+                    if let Err(e2) = self
+                        .apply(
+                            &appliance_id,
+                            Event::ProvisionFailed,
+                            |_| Changes::default(),
+                            Some(detail),
+                        )
+                        .await
+                    {
+                        tracing::warn!(appliance = %appliance_id, error = %e2, "cannot record a failed start");
+                    }
+                    return Err(e);
+                }
                 self.view(&appliance_id).await
             }
             TaskKind::Stop => self.stop(&appliance_id).await,

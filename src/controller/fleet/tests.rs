@@ -377,6 +377,37 @@ async fn a_disk_failure_is_internal_and_a_backend_failure_a_bad_gateway() {
 }
 
 #[tokio::test]
+async fn a_start_the_backend_refuses_fails_the_appliance_at_once() {
+    let s = setup().await;
+    let id = s.create("lb", None).await;
+    assert_eq!(s.report(&id, CallbackEvent::Launched).await, State::Active);
+    let machine = ids::ApplianceId::from(id.clone());
+    s.fleet.act(&s.user, &machine, "stop", None).await.unwrap();
+    assert_eq!(s.run_tasks().await, 1);
+    assert_eq!(s.state(&id).await, State::Stopped);
+    s.backend.refuse_start.store(true, Ordering::SeqCst);
+    s.fleet.act(&s.user, &machine, "start", None).await.unwrap();
+    assert_eq!(s.state(&id).await, State::Booting);
+    assert_eq!(s.run_tasks().await, 1);
+    assert_eq!(s.state(&id).await, State::Failed, "not left booting");
+    let events = s.fleet.store.events(&id).await.unwrap();
+    let (failed, _) = events.last().unwrap();
+    assert_eq!(
+        (failed.kind.as_str(), failed.from_state.as_deref()),
+        ("failed", Some("booting"))
+    );
+    let detail: Value = serde_json::from_str(failed.detail.as_deref().unwrap()).unwrap();
+    assert_eq!(detail["problem"]["status"], 502, "{detail}");
+    assert_eq!(detail["problem"]["detail"], "backend: cannot start");
+    // A failed appliance can be started again once the backend can.
+    s.backend.refuse_start.store(false, Ordering::SeqCst);
+    s.fleet.act(&s.user, &machine, "start", None).await.unwrap();
+    assert_eq!(s.run_tasks().await, 1);
+    assert_eq!(s.state(&id).await, State::Booting);
+    assert_eq!(s.report(&id, CallbackEvent::Launched).await, State::Active);
+}
+
+#[tokio::test]
 async fn what_the_backend_cannot_do_is_refused_before_anything_is_queued() {
     let s = setup().await;
     let id = s.create("lb", None).await;
