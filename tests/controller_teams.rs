@@ -67,7 +67,7 @@ async fn service_accounts(
         .await;
     problem(&r, 403, "forbidden", "an owner creating a service account");
     let mut creds = Vec::new();
-    for (name, role) in [("ci", "member"), ("watch", "viewer")] {
+    for (name, role) in [("ci", "member"), ("watch", "viewer"), ("lead", "owner")] {
         let r = c
             .call(
                 root,
@@ -94,7 +94,7 @@ async fn service_accounts(
     }
     // Shown once: the list and the account itself carry no key.
     let r = c.call(root, "GET", "/v1/service-accounts", "").await;
-    assert_eq!(r.json().as_array().unwrap().len(), 2);
+    assert_eq!(r.json().as_array().unwrap().len(), 3);
     assert!(!r.body.contains("PRIVATE KEY"), "{}", r.body);
     let r = c
         .call(
@@ -165,7 +165,7 @@ async fn service_accounts(
             .unwrap()
         }
     };
-    let (ci, watch) = (&creds[0].1, &creds[1].1);
+    let (ci, watch, lead) = (&creds[0].1, &creds[1].1, &creds[2].1);
     let one = format!("/v1/appliances/{appliance}");
     // It sees its team and what the team owns, nothing else.
     let r = call(ci, "GET", "/v1/teams".into(), "").await;
@@ -190,6 +190,28 @@ async fn service_accounts(
         let r = call(creds, "GET", "/v1/users".into(), "").await;
         problem(&r, 403, "forbidden", "an account listing users");
     }
+    // Tasks: an owner account lists its team's (the appliance's create among them), as
+    // an owner user does; a member account only those it queued (none).
+    let r = call(lead, "GET", "/v1/tasks".into(), "").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let tasks = r.json();
+    let create = tasks
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["appliance_id"] == appliance && t["kind"] == "create")
+        .unwrap_or_else(|| panic!("the team's create task in {tasks}"))
+        .clone();
+    let r = call(
+        lead,
+        "GET",
+        format!("/v1/tasks/{}", create["id"].as_str().unwrap()),
+        "",
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let r = call(ci, "GET", "/v1/tasks".into(), "").await;
+    assert_eq!(r.json(), json!([]), "a member account's list");
     // Its role: a member makes a key pair, a viewer does not, nor acts.
     let r = call(ci, "POST", "/v1/keypairs".into(), r#"{"name": "from-ci"}"#).await;
     assert_eq!(r.status, 201, "{}", r.body);
@@ -257,7 +279,7 @@ async fn service_accounts(
     let r = call(watch, "GET", "/v1/teams".into(), "").await;
     assert_eq!(r.status, 200, "the other account still works: {}", r.body);
     // A team with accounts is not deleted; they go first.
-    for id in [&creds[1].0, &ext] {
+    for id in [&creds[1].0, &creds[2].0, &ext] {
         let r = c
             .call(root, "DELETE", &format!("/v1/service-accounts/{id}"), "")
             .await;

@@ -782,7 +782,8 @@ impl Store {
         .await
     }
 
-    /// The newest tasks: those a user queued or whose team it owns, or everybody's.
+    /// The newest tasks: those a user or service account queued or whose team it owns,
+    /// or everybody's.
     pub async fn tasks(&self, reader: Option<&str>, limit: i64) -> Result<Vec<Task>, StoreError> {
         let rows = match reader {
             Some(owner) => {
@@ -790,7 +791,8 @@ impl Store {
                     "SELECT ",
                     task_columns!(),
                     " FROM tasks WHERE owner_id = $1 OR team_id IN (SELECT team_id FROM \
-                     memberships WHERE user_id = $1 AND role = 'owner') \
+                     memberships WHERE user_id = $1 AND role = 'owner') OR team_id IN \
+                     (SELECT team_id FROM service_accounts WHERE id = $1 AND role = 'owner') \
                      ORDER BY created_at DESC, id LIMIT $2"
                 ))
                 .bind(owner)
