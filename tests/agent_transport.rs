@@ -473,6 +473,94 @@ async fn silent_slow_and_garbage_clients_are_dropped_without_hurting_others() {
     );
 }
 
+/// A keep-alive connection waits for the idle timeout between requests, not the header
+/// timeout (which counts from a request's first byte), and is then closed cleanly, with a
+/// TLS close_notify, so that a client's pool sees an orderly close rather than a reset.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keep_alive_connections_last_the_idle_timeout_and_close_cleanly() {
+    use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+    let s = setup();
+    let agent = Agent::start(
+        AgentOptions::new(&s.pki, &s.server)
+            .toml("[limits]\nheader_timeout = \"1s\"\nidle_timeout = \"4s\""),
+    );
+    let client = Client::new(&s.pki.ca_cert(), Some(&s.client));
+    const REQUEST: &[u8] = b"GET /status HTTP/1.1\r\nhost: a\r\n\r\n";
+    // One whole response: the head, then as many bytes as its content-length says.
+    async fn response(tls: &mut (impl AsyncRead + Unpin)) -> String {
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            let n = tls.read(&mut buf).await.unwrap();
+            assert_ne!(
+                n,
+                0,
+                "closed mid-response: {}",
+                String::from_utf8_lossy(&got)
+            );
+            got.extend_from_slice(&buf[..n]);
+            let text = String::from_utf8_lossy(&got).to_string();
+            if let Some(end) = text.find("\r\n\r\n") {
+                let length: usize = text[..end]
+                    .lines()
+                    .find_map(|l| {
+                        l.to_ascii_lowercase()
+                            .strip_prefix("content-length:")
+                            .map(|v| v.trim().parse().unwrap())
+                    })
+                    .expect("a content-length");
+                if got.len() >= end + 4 + length {
+                    return text;
+                }
+            }
+        }
+    }
+    let mut conns = Vec::new();
+    for _ in 0..3 {
+        let mut tls = client.tls(agent.addr).await.unwrap();
+        tls.write_all(REQUEST).await.unwrap();
+        assert!(response(&mut tls).await.starts_with("HTTP/1.1 200"));
+        conns.push(tls);
+    }
+    let served = Instant::now();
+    let (mut quiet, mut reused, mut slow) = (conns.remove(0), conns.remove(0), conns.remove(0));
+
+    // A request trickled after the last one is dropped at the header timeout of its
+    // first byte, well before the idle timeout.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    slow.write_all(b"GET /status HTTP/1.1\r\n").await.unwrap();
+    let trickled = Instant::now();
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(3), slow.read_to_end(&mut rest))
+        .await
+        .expect("trickled headers never dropped")
+        .ok();
+    assert!(rest.is_empty(), "{}", String::from_utf8_lossy(&rest));
+    let waited = trickled.elapsed();
+    assert!(
+        waited >= Duration::from_millis(900) && served.elapsed() < Duration::from_millis(3500),
+        "dropped {waited:?} after the first byte"
+    );
+
+    // Idle past the header timeout: still open, and it serves the next request.
+    tokio::time::sleep(Duration::from_millis(2500).saturating_sub(served.elapsed())).await;
+    reused.write_all(REQUEST).await.unwrap();
+    assert!(response(&mut reused).await.starts_with("HTTP/1.1 200"));
+
+    // Idle for the idle timeout: closed, with a close_notify (a clean end of stream; a
+    // bare TCP close reads as an unexpected EOF).
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(8), quiet.read_to_end(&mut rest))
+        .await
+        .expect("an idle connection never closed")
+        .expect("an idle connection closed without a close_notify");
+    let idle = served.elapsed();
+    assert!(
+        idle >= Duration::from_millis(3900) && idle < Duration::from_secs(7),
+        "closed after {idle:?} idle"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connection_cap_closes_extra_connections() {
     let s = setup();

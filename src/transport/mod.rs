@@ -2,6 +2,7 @@
 //! certificates that can be swapped while serving, and a hardened HTTP server loop.
 //! It knows nothing of instances or bundles.
 
+mod activity;
 pub mod body;
 pub mod client;
 pub mod descriptors;

@@ -7,7 +7,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
@@ -25,6 +25,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 use tokio_rustls::TlsAcceptor;
 
+use super::activity::{Activity, Close, Watched};
 use super::tls::{ClientIdentity, TlsMaterial, handshake_failure_reason};
 
 /// What the application learns about the connection a request came on.
@@ -178,7 +179,8 @@ fn http_builder(limits: &ServerLimits) -> auto::Builder<TokioExecutor> {
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_timeout)
+        // A backstop only: the connection's watchdog enforces both (see `activity`).
+        .header_read_timeout(limits.header_timeout + limits.idle_timeout)
         .keep_alive(true)
         .max_buf_size(limits.max_header_bytes.max(8192));
     builder
@@ -317,8 +319,9 @@ async fn serve_connection<A: App>(
     }
     ctx.metrics.connections_total.inc();
     let conn = Arc::new(ConnInfo { peer, identity });
-    let activity = Activity::new();
-    let io = TokioIo::new(tls);
+    let http2 = tls.get_ref().1.alpn_protocol() == Some(b"h2".as_slice());
+    let activity = Activity::new(http2);
+    let io = TokioIo::new(Watched::new(tls, activity.clone()));
     let service = {
         let activity = activity.clone();
         hyper::service::service_fn(move |req| {
@@ -335,7 +338,9 @@ async fn serve_connection<A: App>(
     let connection = ctx.http.serve_connection(io, service);
     tokio::pin!(connection);
     let mut shutdown = ctx.shutdown.clone();
-    let mut tick = tokio::time::interval(ctx.limits.idle_timeout / 4 + Duration::from_millis(1));
+    let (header_timeout, idle_timeout) = (ctx.limits.header_timeout, ctx.limits.idle_timeout);
+    let mut tick =
+        tokio::time::interval(header_timeout.min(idle_timeout) / 4 + Duration::from_millis(1));
     let mut closing = false;
     // An idle connection asked to close that still has not (a client that does not read
     // what it is sent) is dropped at this deadline.
@@ -353,14 +358,19 @@ async fn serve_connection<A: App>(
                 closing = true;
                 connection.as_mut().graceful_shutdown();
             }
-            _ = tick.tick(), if !closing => {
-                if activity.idle_for() >= ctx.limits.idle_timeout {
+            _ = tick.tick(), if !closing => match activity.due(header_timeout, idle_timeout) {
+                None => {}
+                Some(Close::HeadersLate) => {
+                    tracing::debug!(%peer, "dropping a connection whose request headers are late");
+                    return;
+                }
+                Some(Close::Idle) => {
                     tracing::debug!(%peer, "closing idle connection");
                     closing = true;
                     connection.as_mut().graceful_shutdown();
-                    forced.as_mut().reset(tokio::time::Instant::now() + ctx.limits.header_timeout);
+                    forced.as_mut().reset(tokio::time::Instant::now() + header_timeout);
                 }
-            }
+            },
             _ = forced.as_mut(), if closing => {
                 tracing::debug!(%peer, "dropping a connection that did not close");
                 return;
@@ -374,57 +384,6 @@ fn record_handshake_failure(ctx: &AcceptContext, reason: &str) {
         .handshake_failures
         .get_or_create(&vec![("reason".to_string(), reason.to_string())])
         .inc();
-}
-
-/// When the connection last finished a request, and how many are in flight. Only
-/// requests count: bytes do not, since HTTP/2 keep-alive PINGs and their ACKs would keep
-/// an idle connection open forever (and a client trickling headers or a body has its
-/// own timeouts).
-#[derive(Clone)]
-struct Activity(Arc<ActivityState>);
-
-struct ActivityState {
-    start: Instant,
-    last_ms: AtomicU64,
-    in_flight: AtomicUsize,
-}
-
-impl Activity {
-    fn new() -> Self {
-        Activity(Arc::new(ActivityState {
-            start: Instant::now(),
-            last_ms: AtomicU64::new(0),
-            in_flight: AtomicUsize::new(0),
-        }))
-    }
-
-    fn touch(&self) {
-        let ms = u64::try_from(self.0.start.elapsed().as_millis()).unwrap_or(u64::MAX);
-        self.0.last_ms.store(ms, Ordering::Relaxed);
-    }
-
-    /// Zero while a request is being handled: a slow handler is not an idle client.
-    fn idle_for(&self) -> Duration {
-        if self.0.in_flight.load(Ordering::Relaxed) > 0 {
-            return Duration::ZERO;
-        }
-        let last = Duration::from_millis(self.0.last_ms.load(Ordering::Relaxed));
-        self.0.start.elapsed().saturating_sub(last)
-    }
-
-    fn begin_request(&self) -> RequestGuard {
-        self.0.in_flight.fetch_add(1, Ordering::Relaxed);
-        RequestGuard(self.clone())
-    }
-}
-
-struct RequestGuard(Activity);
-
-impl Drop for RequestGuard {
-    fn drop(&mut self) {
-        self.0.touch();
-        self.0.0.in_flight.fetch_sub(1, Ordering::Relaxed);
-    }
 }
 
 /// Binds a listening socket (address reuse on, backlog 1024).
