@@ -334,6 +334,51 @@ async fn operator_api_on_postgres() {
     scenario(&pg.url).await;
 }
 
+/// Answers given before the body is read (a 405 from the router, a 401 before the body
+/// is parsed) keep the client's connection: its next request on it is served. Each body
+/// is sent only after the answer, as clients that write headers and body apart may.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_before_the_body_keep_the_connection() {
+    use tokio::io::AsyncWriteExt;
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new();
+    let c = start(
+        &pki,
+        &format!("sqlite://{}/controller.db", dir.path().display()),
+    );
+    let client = Client::new(&pki.ca_cert(), None);
+    let mut tls = client.tls(c.addr).await.unwrap();
+    let body = br#"{"name": "0"}"#;
+    let wrong = basic("root", "wrong");
+    for (head, status) in [
+        ("DELETE /v1/teams HTTP/1.1\r\n".to_string(), "405"),
+        (
+            format!("POST /v1/tokens HTTP/1.1\r\nauthorization: {wrong}\r\n"),
+            "401",
+        ),
+    ] {
+        let head = format!(
+            "{head}host: a\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+            body.len()
+        );
+        tls.write_all(head.as_bytes()).await.unwrap();
+        let answer = read_http1_response(&mut tls).await.unwrap();
+        assert!(
+            answer.starts_with(&format!("HTTP/1.1 {status}")),
+            "{answer}"
+        );
+        tls.write_all(body).await.unwrap();
+    }
+    tls.write_all(b"GET /v1/openapi.json HTTP/1.1\r\nhost: a\r\n\r\n")
+        .await
+        .unwrap();
+    let next = read_http1_response(&mut tls).await;
+    assert!(
+        next.as_ref().is_ok_and(|n| n.starts_with("HTTP/1.1 200")),
+        "the next request after unread bodies: {next:?}"
+    );
+}
+
 /// On an admin listener with a client CA, a verified certificate whose common name is a
 /// user's name authenticates as that user without a token; `optional` also lets clients
 /// in with a token alone, `required` refuses them in the handshake.

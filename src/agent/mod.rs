@@ -8,11 +8,11 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::transport::body::RequestBody;
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::{HeaderMap, Method, header};
 use http_body_util::Full;
-use hyper::body::Incoming;
 use hyper::{Request, Response};
 use serde::Serialize;
 
@@ -87,7 +87,7 @@ pub const ACTOR_HEADER: &str = "x-applianced-actor";
 impl App for Agent {
     async fn handle(
         self: Arc<Self>,
-        req: Request<Incoming>,
+        req: Request<RequestBody>,
         conn: Arc<ConnInfo>,
     ) -> Response<Full<Bytes>> {
         let started = Instant::now();
@@ -140,7 +140,7 @@ impl Agent {
         &self,
         method: &Method,
         path: &str,
-        req: Request<Incoming>,
+        req: Request<RequestBody>,
         conn: &ConnInfo,
     ) -> (Response<Full<Bytes>>, &'static str, &'static str) {
         let wants_json = accepts_json(req.headers());
@@ -199,7 +199,7 @@ struct ListenerInfo {
 }
 
 impl Agent {
-    async fn dispatch(&self, route: Route, req: Request<Incoming>) -> Result<Reply, AgentError> {
+    async fn dispatch(&self, route: Route, req: Request<RequestBody>) -> Result<Reply, AgentError> {
         match route {
             Route::Root => Ok(Reply::json(&RootInfo {
                 api_version: API_VERSION,
@@ -282,7 +282,7 @@ impl Agent {
     }
 
     /// Reads the body within the configured size and time limits.
-    async fn read_body(&self, req: Request<Incoming>) -> Result<Bytes, AgentError> {
+    async fn read_body(&self, req: Request<RequestBody>) -> Result<Bytes, AgentError> {
         use crate::transport::body::{BodyError, read_limited};
         read_limited(req, self.max_body_bytes, self.body_timeout)
             .await

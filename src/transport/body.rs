@@ -1,27 +1,36 @@
-//! Reading a request body within a size and a time limit, for every role: refused
-//! before reading when the declared length is already too large, never held beyond
-//! `max` bytes, and a client that trickles its body is cut off at `timeout`.
+//! Request bodies for every role: [`RequestBody`], what applications receive, and
+//! [`read_limited`], reading one within a size and a time limit: refused before reading
+//! when the declared length is already too large, never held beyond `max` bytes, and a
+//! client that trickles its body is cut off at `timeout`.
 //!
-//! A refused body is not simply dropped. Dropping it before the answer is sent makes
+//! A body left unread is not simply dropped. Dropping it before the answer is sent makes
 //! HTTP/2 reset the stream with `CANCEL` ahead of the response frames (curl reports a
-//! framing error, httpx hangs) and makes HTTP/1.1 close a socket with unread data (the
-//! client sees a broken pipe, not the answer). Instead the rest of the body is handed to
-//! a background task that reads and discards at most [`DRAIN_MAX_BYTES`] within
-//! [`DRAIN_MAX_TIME`], so the client finishes sending and reads the 413 (or 408); past
-//! that bound the body is released after a short grace, by then after the answer, so
-//! HTTP/2 resets with `NO_ERROR` as RFC 9113 §8.1 allows and HTTP/1.1 closes.
+//! framing error, httpx hangs) and makes HTTP/1.1 close the connection after the answer
+//! (with unread data in the socket, a reset that can lose the answer; and a client that
+//! has already sent its next request on the kept-alive connection sees it fail). Instead
+//! the rest of the body is handed to a background task that reads and discards a bounded
+//! amount within [`DRAIN_MAX_TIME`], so the client finishes sending, reads the answer and
+//! keeps its connection; past that bound the body is released after a short grace, by
+//! then after the answer, so HTTP/2 resets with `NO_ERROR` as RFC 9113 §8.1 allows and
+//! HTTP/1.1 closes. A refused body (413) is drained up to [`DRAIN_MAX_BYTES`]; a body an
+//! application simply did not need (a 401, 404 or 405 answered before reading) up to
+//! [`UNREAD_DRAIN_BYTES`].
 
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http::{Version, header};
 use http_body_util::BodyExt;
 use hyper::Request;
-use hyper::body::Incoming;
+use hyper::body::{Body, Frame, Incoming, SizeHint};
 
 /// Most bytes of a refused body read and discarded so its client sees the answer.
 pub const DRAIN_MAX_BYTES: u64 = 16 * 1024 * 1024;
-/// Longest time spent discarding a refused body.
+/// Most bytes of a body an application dropped unread that are read and discarded.
+pub const UNREAD_DRAIN_BYTES: u64 = 1024 * 1024;
+/// Longest time spent discarding a refused or unread body.
 pub const DRAIN_MAX_TIME: Duration = Duration::from_secs(10);
 /// How long a refused body that is not drained is held before it is released, so the
 /// answer goes out first.
@@ -37,8 +46,69 @@ pub enum BodyError {
     Read(String),
 }
 
+/// A request's body as applications receive it: hyper's, drained in the background
+/// (within [`UNREAD_DRAIN_BYTES`]) if it is dropped unread.
+pub struct RequestBody {
+    inner: Option<Incoming>,
+    done: bool,
+}
+
+impl RequestBody {
+    pub fn new(body: Incoming) -> RequestBody {
+        RequestBody {
+            inner: Some(body),
+            done: false,
+        }
+    }
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self.get_mut();
+        let Some(inner) = this.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let polled = Pin::new(inner).poll_frame(cx);
+        if matches!(polled, Poll::Ready(None)) {
+            this.done = true;
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done || self.inner.as_ref().is_none_or(Body::is_end_stream)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner
+            .as_ref()
+            .map(Body::size_hint)
+            .unwrap_or_else(|| SizeHint::with_exact(0))
+    }
+}
+
+impl Drop for RequestBody {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        if let Some(body) = self.inner.take()
+            && !body.is_end_stream()
+            && tokio::runtime::Handle::try_current().is_ok()
+        {
+            release(body, UNREAD_DRAIN_BYTES);
+        }
+    }
+}
+
 pub async fn read_limited(
-    req: Request<Incoming>,
+    req: Request<RequestBody>,
     max: u64,
     timeout: Duration,
 ) -> Result<Bytes, BodyError> {
@@ -97,18 +167,24 @@ pub async fn read_limited(
 }
 
 /// Releases a body the application will not use without losing its answer: reads and
-/// discards it (when `drain`) within the bounds above, else holds it briefly.
-/// Must be called from within the runtime.
-pub fn discard(body: Incoming, drain: bool) {
+/// discards it (when `drain`, up to [`DRAIN_MAX_BYTES`]) within the bounds above, else
+/// holds it briefly. Must be called from within the runtime.
+pub fn discard(mut body: RequestBody, drain: bool) {
+    if let Some(inner) = body.inner.take() {
+        release(inner, if drain { DRAIN_MAX_BYTES } else { 0 });
+    }
+}
+
+fn release(body: Incoming, drain_bytes: u64) {
     tokio::spawn(async move {
         let mut body = body;
-        if drain {
+        if drain_bytes > 0 {
             let mut seen: u64 = 0;
             let reading = async {
                 while let Some(Ok(frame)) = body.frame().await {
                     if let Ok(data) = frame.into_data() {
                         seen += data.len() as u64;
-                        if seen > DRAIN_MAX_BYTES {
+                        if seen > drain_bytes {
                             return false;
                         }
                     }

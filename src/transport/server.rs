@@ -26,6 +26,7 @@ use tokio::sync::{Semaphore, watch};
 use tokio_rustls::TlsAcceptor;
 
 use super::activity::{Activity, Close, Watched};
+use super::body::RequestBody;
 use super::tls::{ClientIdentity, TlsMaterial, handshake_failure_reason};
 
 /// What the application learns about the connection a request came on.
@@ -41,7 +42,7 @@ pub struct ConnInfo {
 pub trait App: Send + Sync + 'static {
     fn handle(
         self: Arc<Self>,
-        req: Request<Incoming>,
+        req: Request<RequestBody>,
         conn: Arc<ConnInfo>,
     ) -> impl Future<Output = Response<Full<Bytes>>> + Send;
 }
@@ -324,7 +325,8 @@ async fn serve_connection<A: App>(
     let io = TokioIo::new(Watched::new(tls, activity.clone()));
     let service = {
         let activity = activity.clone();
-        hyper::service::service_fn(move |req| {
+        hyper::service::service_fn(move |req: Request<Incoming>| {
+            let req = req.map(RequestBody::new);
             let app = app.clone();
             let conn = conn.clone();
             let guard = activity.begin_request();

@@ -505,6 +505,40 @@ impl Conn {
     }
 }
 
+/// One HTTP/1.1 response read off a raw stream, head and body as text: the head, then
+/// as many bytes as its content-length says. An end of stream before that is an error.
+pub async fn read_http1_response(
+    stream: &mut (impl tokio::io::AsyncRead + Unpin),
+) -> std::io::Result<String> {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = stream.read(&mut buf).await?;
+        if n == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                format!("closed mid-response: {}", String::from_utf8_lossy(&got)),
+            ));
+        }
+        got.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&got).to_string();
+        if let Some(end) = text.find("\r\n\r\n") {
+            let length: usize = text[..end]
+                .lines()
+                .find_map(|l| {
+                    let l = l.to_ascii_lowercase();
+                    l.strip_prefix("content-length:")
+                        .and_then(|v| v.trim().parse().ok())
+                })
+                .unwrap_or(0);
+            if got.len() >= end + 4 + length {
+                return Ok(text);
+            }
+        }
+    }
+}
+
 /// The TLS alert in an error's source chain, if any.
 pub fn tls_alert(err: &(dyn StdError + 'static)) -> Option<AlertDescription> {
     let mut cur: Option<&(dyn StdError + 'static)> = Some(err);

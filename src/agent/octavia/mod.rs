@@ -16,11 +16,11 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use crate::transport::body::RequestBody;
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::{HeaderValue, Method, StatusCode, header};
 use http_body_util::Full;
-use hyper::body::Incoming;
 use hyper::{Request, Response};
 use serde_json::{Value, json};
 
@@ -455,7 +455,7 @@ impl Agent {
         &self,
         method: &Method,
         path: &str,
-        req: Request<Incoming>,
+        req: Request<RequestBody>,
     ) -> (Response<Full<Bytes>>, &'static str, &'static str) {
         let route = routes::parse(method, path);
         let label = route.as_ref().map(Route::label).unwrap_or("(unknown)");
@@ -495,7 +495,7 @@ impl Agent {
     /// 413 as success, so a body over the limit is a 400; and since that client sends the
     /// whole body before it reads an answer, up to [`DRAIN_FACTOR`] times the limit is
     /// read and discarded first (never held), so that it sees the 400 rather than a reset.
-    async fn octavia_body(&self, req: Request<Incoming>) -> Result<Bytes, OctaviaError> {
+    async fn octavia_body(&self, req: Request<RequestBody>) -> Result<Bytes, OctaviaError> {
         use http_body_util::BodyExt;
         let max = self.max_body_bytes;
         let too_large = || {
@@ -548,7 +548,7 @@ impl Agent {
     async fn octavia_dispatch(
         &self,
         route: Route,
-        req: Request<Incoming>,
+        req: Request<RequestBody>,
     ) -> Result<OctaviaReply, OctaviaError> {
         match route {
             Route::VersionDiscovery => Ok(OctaviaReply::json(
@@ -734,7 +734,7 @@ impl Agent {
         verb: FileVerb,
         lb_id: String,
         filename: String,
-        req: Request<Incoming>,
+        req: Request<RequestBody>,
     ) -> Result<OctaviaReply, OctaviaError> {
         let name = cert_name(&filename)?;
         let id = lb(&lb_id);

@@ -443,7 +443,7 @@ pub async fn serve(router: &Router, mut req: Request) -> Response {
 impl App for ControllerApp {
     async fn handle(
         self: Arc<Self>,
-        req: http::Request<hyper::body::Incoming>,
+        req: http::Request<crate::transport::body::RequestBody>,
         conn: Arc<ConnInfo>,
     ) -> http::Response<Full<Bytes>> {
         let mut req = req.map(axum::body::Body::new);
