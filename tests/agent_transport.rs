@@ -498,8 +498,19 @@ async fn keep_alive_connections_last_the_idle_timeout_and_close_cleanly() {
         );
         conns.push(tls);
     }
+    // One answered before its body was sent, the body sent after: the body is not the
+    // start of a next request, so this one is idle too.
+    let mut early = client.tls(agent.addr).await.unwrap();
+    early
+        .write_all(b"PUT /no/such/route HTTP/1.1\r\nhost: a\r\ncontent-length: 4\r\n\r\n")
+        .await
+        .unwrap();
+    let answer = read_http1_response(&mut early).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 403"), "{answer}");
+    early.write_all(b"body").await.unwrap();
+    early.flush().await.unwrap();
     let served = Instant::now();
-    let (mut quiet, mut reused, mut slow) = (conns.remove(0), conns.remove(0), conns.remove(0));
+    let (quiet, mut reused, mut slow) = (conns.remove(0), conns.remove(0), conns.remove(0));
 
     // A request trickled after the last one is dropped at the header timeout of its
     // first byte, well before the idle timeout.
@@ -529,16 +540,21 @@ async fn keep_alive_connections_last_the_idle_timeout_and_close_cleanly() {
 
     // Idle for the idle timeout: closed, with a close_notify (a clean end of stream; a
     // bare TCP close reads as an unexpected EOF).
-    let mut rest = Vec::new();
-    tokio::time::timeout(Duration::from_secs(8), quiet.read_to_end(&mut rest))
-        .await
-        .expect("an idle connection never closed")
-        .expect("an idle connection closed without a close_notify");
-    let idle = served.elapsed();
-    assert!(
-        idle >= Duration::from_millis(3900) && idle < Duration::from_secs(7),
-        "closed after {idle:?} idle"
-    );
+    for (mut conn, which) in [
+        (quiet, "an idle connection"),
+        (early, "after an early answer"),
+    ] {
+        let mut rest = Vec::new();
+        tokio::time::timeout(Duration::from_secs(8), conn.read_to_end(&mut rest))
+            .await
+            .unwrap_or_else(|_| panic!("{which}: never closed"))
+            .unwrap_or_else(|e| panic!("{which}: closed without a close_notify: {e}"));
+        let idle = served.elapsed();
+        assert!(
+            idle >= Duration::from_millis(3900) && idle < Duration::from_secs(7),
+            "{which}: closed after {idle:?} idle"
+        );
+    }
 }
 
 /// A request answered before its body is read (an unknown route's 403) does not cost

@@ -99,12 +99,18 @@ impl Activity {
         u64::try_from(self.0.start.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
-    /// A request's headers are complete and its handler runs until the guard drops.
+    /// A request's headers are complete; it is in flight until its guards drop (one
+    /// for its handler, one for its body while the body is still being received).
     pub(super) fn begin_request(&self) -> RequestGuard {
         let s = &self.0;
-        s.in_flight.fetch_add(1, Ordering::Relaxed);
         s.served.store(true, Ordering::Relaxed);
         s.pending_ms.store(0, Ordering::Relaxed);
+        self.hold()
+    }
+
+    /// One more part of the current request in flight.
+    pub(super) fn hold(&self) -> RequestGuard {
+        self.0.in_flight.fetch_add(1, Ordering::Relaxed);
         RequestGuard(self.clone())
     }
 
@@ -140,7 +146,7 @@ impl Activity {
     }
 }
 
-/// Held while a request's handler runs.
+/// Held while a request's handler runs, and while its body is received.
 pub(super) struct RequestGuard(Activity);
 
 impl Drop for RequestGuard {
@@ -290,7 +296,15 @@ mod tests {
             0,
             "a body is not a request"
         );
+        let body = a.hold();
         drop(guard);
+        a.read(b"body bytes after the answer");
+        assert_eq!(
+            a.0.pending_ms.load(Ordering::Relaxed),
+            0,
+            "a body still received after its answer is not a request"
+        );
+        drop(body);
         a.read(b"GET /next");
         assert_ne!(
             a.0.pending_ms.load(Ordering::Relaxed),

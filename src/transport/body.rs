@@ -26,6 +26,8 @@ use http_body_util::BodyExt;
 use hyper::Request;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 
+use super::activity::{Activity, RequestGuard};
+
 /// Most bytes of a refused body read and discarded so its client sees the answer.
 pub const DRAIN_MAX_BYTES: u64 = 16 * 1024 * 1024;
 /// Most bytes of a body an application dropped unread that are read and discarded.
@@ -48,18 +50,41 @@ pub enum BodyError {
 
 /// A request's body as applications receive it: hyper's, drained in the background
 /// (within [`UNREAD_DRAIN_BYTES`]) if it is dropped unread.
+/// While it is received, its connection counts the request as in flight.
 pub struct RequestBody {
     inner: Option<Incoming>,
     done: bool,
+    polled: bool,
+    /// An HTTP/1.1 client waiting for "100 Continue": until the body is read it has sent
+    /// nothing, and reading would invite it.
+    awaits_continue: bool,
+    receiving: Option<RequestGuard>,
 }
 
 impl RequestBody {
-    pub fn new(body: Incoming) -> RequestBody {
-        RequestBody {
-            inner: Some(body),
-            done: false,
-        }
+    pub(super) fn new(req: Request<Incoming>, activity: &Activity) -> Request<RequestBody> {
+        let awaits_continue = expects_continue(&req);
+        req.map(|body| {
+            let receiving = (!body.is_end_stream()).then(|| activity.hold());
+            RequestBody {
+                inner: Some(body),
+                done: false,
+                polled: false,
+                awaits_continue,
+                receiving,
+            }
+        })
     }
+}
+
+/// Whether an HTTP/1.1 request waits for "100 Continue" before it sends its body.
+fn expects_continue<B>(req: &Request<B>) -> bool {
+    req.version() < Version::HTTP_2
+        && req
+            .headers()
+            .get(header::EXPECT)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.eq_ignore_ascii_case("100-continue"))
 }
 
 impl Body for RequestBody {
@@ -71,12 +96,16 @@ impl Body for RequestBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let this = self.get_mut();
-        let Some(inner) = this.inner.as_mut() else {
+        let Some(inner) = this.inner.as_mut().filter(|_| !this.done) else {
             return Poll::Ready(None);
         };
-        let polled = Pin::new(inner).poll_frame(cx);
-        if matches!(polled, Poll::Ready(None)) {
+        this.polled = true;
+        let polled = Pin::new(&mut *inner).poll_frame(cx);
+        // Ended by its length as well as by its channel: once a response is written,
+        // hyper keeps the channel open until the next request, though all is received.
+        if matches!(polled, Poll::Ready(None)) || inner.is_end_stream() {
             this.done = true;
+            this.receiving = None;
         }
         polled
     }
@@ -102,7 +131,11 @@ impl Drop for RequestBody {
             && !body.is_end_stream()
             && tokio::runtime::Handle::try_current().is_ok()
         {
-            release(body, UNREAD_DRAIN_BYTES);
+            // Not invited, or more than is worth reading: held briefly, then closed.
+            let invited = self.polled || !self.awaits_continue;
+            let drain = invited && body.size_hint().lower() <= UNREAD_DRAIN_BYTES;
+            let drain_bytes = if drain { UNREAD_DRAIN_BYTES } else { 0 };
+            release(body, drain_bytes, self.receiving.take());
         }
     }
 }
@@ -117,17 +150,11 @@ pub async fn read_limited(
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    let waits_for_continue = req.version() < Version::HTTP_2
-        && req
-            .headers()
-            .get(header::EXPECT)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.eq_ignore_ascii_case("100-continue"));
     let mut body = req.into_body();
     if declared.is_some_and(|n| n > max) {
         // A client waiting for "100 Continue" has sent nothing and will send nothing:
-        // reading would invite the body instead.
-        if waits_for_continue {
+        // reading would invite the body instead (dropping the body does not read it).
+        if body.awaits_continue {
             return Err(BodyError::TooLarge(max));
         }
         let drain = declared.is_some_and(|n| n <= DRAIN_MAX_BYTES);
@@ -171,17 +198,24 @@ pub async fn read_limited(
 /// holds it briefly. Must be called from within the runtime.
 pub fn discard(mut body: RequestBody, drain: bool) {
     if let Some(inner) = body.inner.take() {
-        release(inner, if drain { DRAIN_MAX_BYTES } else { 0 });
+        let drain_bytes = if drain { DRAIN_MAX_BYTES } else { 0 };
+        release(inner, drain_bytes, body.receiving.take());
     }
 }
 
-fn release(body: Incoming, drain_bytes: u64) {
+/// Drains or holds `body` in the background; the request stays in flight on its
+/// connection (`receiving`) until then.
+fn release(body: Incoming, drain_bytes: u64, receiving: Option<RequestGuard>) {
     tokio::spawn(async move {
+        let _receiving = receiving;
         let mut body = body;
         if drain_bytes > 0 {
             let mut seen: u64 = 0;
             let reading = async {
-                while let Some(Ok(frame)) = body.frame().await {
+                // Ended by its length too (see `RequestBody::poll_frame`).
+                while !body.is_end_stream()
+                    && let Some(Ok(frame)) = body.frame().await
+                {
                     if let Ok(data) = frame.into_data() {
                         seen += data.len() as u64;
                         if seen > drain_bytes {

@@ -326,10 +326,10 @@ async fn serve_connection<A: App>(
     let service = {
         let activity = activity.clone();
         hyper::service::service_fn(move |req: Request<Incoming>| {
-            let req = req.map(RequestBody::new);
+            let guard = activity.begin_request();
+            let req = RequestBody::new(req, &activity);
             let app = app.clone();
             let conn = conn.clone();
-            let guard = activity.begin_request();
             async move {
                 let response = app.handle(req, conn).await;
                 drop(guard);
