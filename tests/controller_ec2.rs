@@ -288,6 +288,12 @@ async fn scenario(db_url: &str, net: u8) {
         .call(&tenant, "GET", &format!("/v1/networks/{subnet}"), "")
         .await;
     assert_eq!(r.status, 200, "{}", r.body);
+    let described = r.json()["description"].as_str().unwrap().to_string();
+    assert!(
+        described.contains('/') && described.contains(" in "),
+        "the subnet's CIDR and zone: {}",
+        r.body
+    );
 
     // What each backend can do.
     let r = c.call(&tenant, "GET", "/v1/backends", "").await;

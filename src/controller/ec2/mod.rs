@@ -103,28 +103,22 @@ impl Ec2Backend {
             Ok(()) => {}
             Err(e) => failed.push(e),
         }
-        let mut described = Catalogue::default();
-        for id in &self.images {
-            match self.describe_image(id).await {
-                Ok(Some(e)) => described.images.push(e),
-                Ok(None) => {}
-                Err(e) => failed.push(e),
+        let mut describe_all = async |what: Described, ids: &[String]| {
+            let mut found = Vec::new();
+            for id in ids {
+                match self.describe(what, id).await {
+                    Ok(Some(e)) => found.push(e),
+                    Ok(None) => {}
+                    Err(e) => failed.push(e),
+                }
             }
-        }
-        for id in &self.instance_types {
-            match self.describe_instance_type(id).await {
-                Ok(Some(e)) => described.flavors.push(e),
-                Ok(None) => {}
-                Err(e) => failed.push(e),
-            }
-        }
-        for id in &self.subnets {
-            match self.describe_subnet(id).await {
-                Ok(Some(e)) => described.networks.push(e),
-                Ok(None) => {}
-                Err(e) => failed.push(e),
-            }
-        }
+            found
+        };
+        let described = Catalogue {
+            images: describe_all(Described::Image, &self.images).await,
+            flavors: describe_all(Described::InstanceType, &self.instance_types).await,
+            networks: describe_all(Described::Subnet, &self.subnets).await,
+        };
         // In the configured order; one the cloud did not describe stays as configured
         // (a create with it fails with the cloud's own message).
         let configured = self.configured_catalogue();
@@ -165,67 +159,19 @@ impl Ec2Backend {
         Ok(())
     }
 
-    async fn describe_image(&self, id: &str) -> Result<Option<CatalogueEntry>, Ec2Error> {
+    /// The cloud's description of one configured id, if it knows it.
+    async fn describe(
+        &self,
+        what: Described,
+        id: &str,
+    ) -> Result<Option<CatalogueEntry>, Ec2Error> {
+        let (action, param, set) = what.call();
         let xml = self
             .client
-            .call("DescribeImages", &[("ImageId.1".into(), id.into())])
+            .call(action, &[(format!("{param}.1"), id.into())])
             .await?;
-        let doc = parse("DescribeImages", &xml)?;
-        Ok(items(&doc, "imagesSet").into_iter().find_map(|i| {
-            let id = child_text(i, "imageId")?.to_string();
-            Some(CatalogueEntry {
-                name: child_text(i, "name").unwrap_or(&id).to_string(),
-                description: child_text(i, "description").unwrap_or("image").to_string(),
-                id,
-            })
-        }))
-    }
-
-    async fn describe_instance_type(&self, id: &str) -> Result<Option<CatalogueEntry>, Ec2Error> {
-        let xml = self
-            .client
-            .call(
-                "DescribeInstanceTypes",
-                &[("InstanceType.1".into(), id.into())],
-            )
-            .await?;
-        let doc = parse("DescribeInstanceTypes", &xml)?;
-        Ok(items(&doc, "instanceTypeSet").into_iter().find_map(|t| {
-            let id = child_text(t, "instanceType")?.to_string();
-            let node = |name: &str| t.children().find(|c| c.tag_name().name() == name);
-            let vcpus = node("vCpuInfo").and_then(|v| child_text(v, "defaultVCpus"));
-            let mib = node("memoryInfo").and_then(|m| child_text(m, "sizeInMiB"));
-            Some(CatalogueEntry {
-                name: id.clone(),
-                description: format!("{} vCPU, {} MiB", vcpus.unwrap_or("?"), mib.unwrap_or("?")),
-                id,
-            })
-        }))
-    }
-
-    async fn describe_subnet(&self, id: &str) -> Result<Option<CatalogueEntry>, Ec2Error> {
-        let xml = self
-            .client
-            .call("DescribeSubnets", &[("SubnetId.1".into(), id.into())])
-            .await?;
-        let doc = parse("DescribeSubnets", &xml)?;
-        Ok(items(&doc, "subnetSet").into_iter().find_map(|n| {
-            let id = child_text(n, "subnetId")?.to_string();
-            let name = tags(n)
-                .into_iter()
-                .find(|(k, _)| k == "Name")
-                .map(|(_, v)| v)
-                .unwrap_or_else(|| id.clone());
-            Some(CatalogueEntry {
-                name,
-                description: format!(
-                    "{} in {}",
-                    child_text(n, "cidrBlock").unwrap_or("?"),
-                    child_text(n, "availabilityZone").unwrap_or("?")
-                ),
-                id,
-            })
-        }))
+        let doc = parse(action, &xml)?;
+        Ok(items(&doc, set).into_iter().find_map(|n| what.entry(n)))
     }
 
     fn block<T>(
@@ -586,6 +532,71 @@ impl Backend for Ec2Backend {
                 .unwrap_or_else(|e| e.into_inner())
                 .remove(id.as_str());
             Ok(())
+        })
+    }
+}
+
+/// What the catalogue describes: images, instance types (flavors), subnets (networks).
+#[derive(Debug, Clone, Copy)]
+enum Described {
+    Image,
+    InstanceType,
+    Subnet,
+}
+
+impl Described {
+    /// The describing action, its id parameter and the answer's item set.
+    fn call(self) -> (&'static str, &'static str, &'static str) {
+        match self {
+            Described::Image => ("DescribeImages", "ImageId", "imagesSet"),
+            Described::InstanceType => ("DescribeInstanceTypes", "InstanceType", "instanceTypeSet"),
+            Described::Subnet => ("DescribeSubnets", "SubnetId", "subnetSet"),
+        }
+    }
+
+    /// One item of the answer as a catalogue entry.
+    fn entry(self, n: roxmltree::Node<'_, '_>) -> Option<CatalogueEntry> {
+        Some(match self {
+            Described::Image => {
+                let id = child_text(n, "imageId")?.to_string();
+                CatalogueEntry {
+                    name: child_text(n, "name").unwrap_or(&id).to_string(),
+                    description: child_text(n, "description").unwrap_or("image").to_string(),
+                    id,
+                }
+            }
+            Described::InstanceType => {
+                let id = child_text(n, "instanceType")?.to_string();
+                let node = |name: &str| n.children().find(|c| c.tag_name().name() == name);
+                let vcpus = node("vCpuInfo").and_then(|v| child_text(v, "defaultVCpus"));
+                let mib = node("memoryInfo").and_then(|m| child_text(m, "sizeInMiB"));
+                CatalogueEntry {
+                    name: id.clone(),
+                    description: format!(
+                        "{} vCPU, {} MiB",
+                        vcpus.unwrap_or("?"),
+                        mib.unwrap_or("?")
+                    ),
+                    id,
+                }
+            }
+            Described::Subnet => {
+                let id = child_text(n, "subnetId")?.to_string();
+                let name = tags(n)
+                    .into_iter()
+                    .find(|(k, _)| k == "Name")
+                    .map(|(_, v)| v)
+                    .unwrap_or_else(|| id.clone());
+                CatalogueEntry {
+                    name,
+                    description: format!(
+                        "{} in {}",
+                        child_text(n, "cidrBlock").unwrap_or("?"),
+                        child_text(n, "availabilityZone").unwrap_or("?")
+                    ),
+                    id,
+                }
+            }
         })
     }
 }
