@@ -108,10 +108,10 @@ impl Fleet {
             crate::controller::controller_url_of(&self.config, &a.backend).ok_or_else(|| {
                 FleetError::Internal("no appliance listener for machines to enrol with".into())
             })?;
-        self.store
-            .delete_appliance_enrolment_tokens(&a.id, "replaced", self.clock.now())
-            .await?;
         let now = self.clock.now();
+        self.store
+            .delete_appliance_enrolment_tokens(&a.id, "replaced", now)
+            .await?;
         let ttl = i64::try_from(self.config.appliances.launch_timeout.0.as_secs())
             .unwrap_or(i64::MAX / 4)
             .max(60)
